@@ -1,0 +1,145 @@
+//! Wiring: keys, rules, engine, the ext_authz gRPC server and the HTTP side port, with
+//! graceful shutdown. Tests build the whole app on `127.0.0.1:0` through [`build`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Env};
+use crate::engine::Engine;
+use crate::extauthz::{AuthorizationServer, ExtAuthz};
+use crate::http::{SideState, router};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::rules::RuleSet;
+use crate::tokens::{Claims, Keyring, Purpose};
+
+/// The key ring for `serve`: configured keys, or an ephemeral signing key when none is
+/// configured (development: tokens die with the process). Returns whether it is ephemeral.
+pub fn keys_for_serve(config: &Config, env: &dyn Env) -> anyhow::Result<(Keyring, bool)> {
+    let mut keys = config.keyring(env)?;
+    let ephemeral = !keys.can_verify(Purpose::Local) && !keys.can_verify(Purpose::Public);
+    if ephemeral {
+        keys.add_ephemeral_signing_key()?;
+    }
+    Ok((keys, ephemeral))
+}
+
+/// A compiled, not yet listening, heimdall.
+pub struct Built {
+    pub config: Arc<Config>,
+    pub keys: Arc<Keyring>,
+    pub engine: Arc<Engine>,
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+}
+
+/// Compiles the rules against the keys.
+pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
+    let keys = Arc::new(keys);
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let rules = RuleSet::compile(&config, &keys, &metrics).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
+    for rule in rules.iter().filter(|r| r.allows_anonymous) {
+        tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
+    }
+    let engine = Arc::new(Engine::new(rules, metrics, config.server.check_timeout, &config.server.rule_extension, config.log.decisions));
+    Ok(Built { config: Arc::new(config), keys, engine, registry: Arc::new(registry), readiness: Readiness::default() })
+}
+
+/// A serving heimdall.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub readiness: Readiness,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Built {
+    /// Binds both ports (port 0 picks a free one) and serves until [`Running::shutdown`].
+    pub async fn serve(self) -> anyhow::Result<Running> {
+        let listening = self.readiness.block("listeners");
+        let server = &self.config.server;
+        let grpc_listener = TcpListener::bind((server.bind, server.grpc_port)).await.with_context(|| format!("ext_authz gRPC port {} cannot be bound", server.grpc_port))?;
+        let http_listener = TcpListener::bind((server.bind, server.http_port)).await.with_context(|| format!("HTTP side port {} cannot be bound", server.http_port))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let (shutdown, signal) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(Arc::clone(&self.engine)));
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let mut grpc_signal = signal.clone();
+        let grpc = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .add_service(health_service)
+                .add_service(ext_authz)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = grpc_signal.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("ext_authz gRPC server failed")
+        });
+
+        let state = SideState {
+            engine: Arc::clone(&self.engine),
+            readiness: self.readiness.clone(),
+            registry: Arc::clone(&self.registry),
+            keys: Arc::clone(&self.keys),
+            trusted_proxies: self.config.server.trusted_proxies.clone().into(),
+        };
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let mut http_signal = signal.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_signal.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("HTTP side port failed")
+        });
+        drop(listening);
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
+        Ok(Running { grpc_addr, http_addr, readiness: self.readiness, shutdown, tasks: vec![grpc, http] })
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (bounded by `grace`), and returns.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        let _ = self.shutdown.send(true);
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace period over; in-flight requests dropped");
+        }
+    }
+
+    /// Waits until a server task ends (an error) or the process is told to stop.
+    pub async fn until_stopped(mut self) -> anyhow::Result<()> {
+        let (first, _, rest) = futures_util::future::select_all(std::mem::take(&mut self.tasks)).await;
+        self.tasks = rest;
+        match first {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+        }
+    }
+}
+
+/// A demo token for the startup log in development mode.
+pub fn demo_token(keys: &Keyring, config: &Config) -> Option<String> {
+    let mut claims = Claims::new("demo-user", &config.tokens.issuer, config.tokens.ttl);
+    claims.roles = vec!["user".into()];
+    if let Some(aud) = &config.tokens.audience {
+        claims.aud = crate::tokens::Audience::One(aud.clone());
+    }
+    keys.mint(Purpose::Public, &claims).ok()
+}

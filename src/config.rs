@@ -1,0 +1,342 @@
+//! The process configuration: one YAML file plus the environment variables of the service
+//! heimdall replaces (`PASETO_SYMMETRIC_KEY`, `PORT`, …), which override the file.
+//!
+//! Every struct refuses unknown fields, so a typo is an error that names the field and line,
+//! not a silently ignored setting. With no file at all, the embedded example configuration
+//! (`config/heimdall.yaml`) is used.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::rules::spec::{MechanismsSpec, PipelineSpec, RuleSpec};
+use crate::tokens::{KeyError, Keyring};
+
+/// The configuration compiled into the binary: example rules, no external services.
+pub const EMBEDDED: &str = include_str!("../config/heimdall.yaml");
+
+/// The rule format version this build reads.
+pub const VERSION: &str = "1";
+
+/// Reads environment variables; tests pass a map instead of touching the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A configuration that cannot be used, with what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config in {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("unsupported config version `{0}` (this heimdall reads version \"1\")")]
+    Version(String),
+    #[error("invalid environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("cannot read key file `{path}`: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+    #[error("key {index}: environment variable `{name}` is not set")]
+    KeyEnv { index: usize, name: String },
+    #[error("invalid setting `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; `"1"`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub mechanisms: MechanismsSpec,
+    /// The pipeline for requests no rule matches. Without it, they are denied (403).
+    #[serde(default)]
+    pub default_rule: Option<PipelineSpec>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+fn default_version() -> String {
+    VERSION.to_owned()
+}
+
+/// Listeners and request handling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address both ports bind to.
+    pub bind: IpAddr,
+    /// ext_authz gRPC port (`GRPC_PORT`).
+    pub grpc_port: u16,
+    /// HTTP side port (`PORT`).
+    pub http_port: u16,
+    /// Deadline for one decision; keep it below Envoy's ext_authz timeout.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Peers whose `X-Forwarded-*` headers `/decision` trusts.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The `context_extensions` key that names a rule directly.
+    pub rule_extension: String,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            grpc_port: 9001,
+            http_port: 8080,
+            check_timeout: Duration::from_millis(180),
+            trusted_proxies: vec![IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)), IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))],
+            rule_extension: "heimdall_rule".into(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive (`info`, `heimdall=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+    /// Log every decision at info (denials are always logged at info).
+    pub decisions: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Plain, decisions: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// heimdall's own tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// `iss` of minted tokens, and the issuer authenticators accept by default.
+    pub issuer: String,
+    /// `aud` of minted tokens and required by authenticators by default (none when unset).
+    pub audience: Option<String>,
+    /// Lifetime of minted tokens.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Keys as PASERK, inline, from a file or from an environment variable. The first
+    /// `k4.local` and the first `k4.secret` key mint; every key verifies.
+    pub keys: Vec<KeySource>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self { issuer: "heimdall".into(), audience: None, ttl: Duration::from_secs(3600), keys: Vec::new() }
+    }
+}
+
+/// Where a PASERK key comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum KeySource {
+    Paserk(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl Serialize for KeySource {
+    /// Never writes key material: an inline secret shows as its PASERK type only.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Self::Paserk(p) if p.starts_with("k4.public.") => map.serialize_entry("paserk", p)?,
+            Self::Paserk(p) => map.serialize_entry("paserk", &format!("{}<redacted>", p.split('.').take(2).collect::<Vec<_>>().join(".") + "."))?,
+            Self::File(path) => map.serialize_entry("file", path)?,
+            Self::Env(name) => map.serialize_entry("env", name)?,
+        }
+        map.end()
+    }
+}
+
+/// Where the configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Embedded,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("the embedded default configuration"),
+            Self::File(p) => write!(f, "`{}`", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Parses YAML; errors carry the origin and serde's line/column.
+    pub fn parse(text: &str, origin: &Origin) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        if config.version != VERSION {
+            return Err(ConfigError::Version(config.version));
+        }
+        Ok(config)
+    }
+
+    /// Loads `path`, or the embedded default when `None`, then applies the environment.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<(Self, Origin), ConfigError> {
+        let (text, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                (text, Origin::File(path.to_owned()))
+            }
+            None => (EMBEDDED.to_owned(), Origin::Embedded),
+        };
+        let mut config = Self::parse(&text, &origin)?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok((config, origin))
+    }
+
+    /// Applies `PORT` and `GRPC_PORT`.
+    pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(port) = env.var("PORT") {
+            self.server.http_port = parse_port("PORT", &port)?;
+        }
+        if let Some(port) = env.var("GRPC_PORT") {
+            self.server.grpc_port = parse_port("GRPC_PORT", &port)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.check_timeout.is_zero() {
+            return Err(ConfigError::Invalid { field: "server.check_timeout", message: "must be positive".into() });
+        }
+        if self.tokens.ttl.is_zero() {
+            return Err(ConfigError::Invalid { field: "tokens.ttl", message: "must be positive".into() });
+        }
+        if self.tokens.issuer.is_empty() {
+            return Err(ConfigError::Invalid { field: "tokens.issuer", message: "must not be empty".into() });
+        }
+        Ok(())
+    }
+
+    /// Builds the key ring: `PASETO_SYMMETRIC_KEY` (exactly 32 bytes) first, then `tokens.keys`.
+    pub fn keyring(&self, env: &dyn Env) -> Result<Keyring, ConfigError> {
+        let mut ring = Keyring::default();
+        if let Some(raw) = env.var("PASETO_SYMMETRIC_KEY") {
+            ring.add_raw_symmetric(raw.as_bytes())?;
+        }
+        for (index, source) in self.tokens.keys.iter().enumerate() {
+            let text = match source {
+                KeySource::Paserk(p) => p.clone(),
+                KeySource::File(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile { path: path.clone(), source })?,
+                KeySource::Env(name) => env.var(name).ok_or_else(|| ConfigError::KeyEnv { index, name: name.clone() })?,
+            };
+            ring.add_paserk(&text, index)?;
+        }
+        Ok(ring)
+    }
+
+    /// The configuration as YAML with secrets redacted, for the startup log.
+    pub fn redacted_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("<config cannot be shown: {e}>"))
+    }
+}
+
+fn parse_port(name: &'static str, value: &str) -> Result<u16, ConfigError> {
+    value.trim().parse::<u16>().map_err(|_| ConfigError::Env { name, message: format!("`{value}` is not a port number") })
+}
+
+/// Shared, immutable configuration.
+pub type SharedConfig = Arc<Config>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_config_loads() {
+        let (config, origin) = Config::load(None, &env(&[])).unwrap();
+        assert!(matches!(origin, Origin::Embedded));
+        assert!(!config.rules.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_ports() {
+        let (config, _) = Config::load(None, &env(&[("PORT", "18080"), ("GRPC_PORT", "19001")])).unwrap();
+        assert_eq!((config.server.http_port, config.server.grpc_port), (18080, 19001));
+        let err = Config::load(None, &env(&[("PORT", "http")])).unwrap_err();
+        assert_eq!(err.to_string(), "invalid environment variable PORT: `http` is not a port number");
+    }
+
+    #[test]
+    fn old_example_key_is_refused_with_its_length() {
+        let (config, _) = Config::load(None, &env(&[])).unwrap();
+        let err = config.keyring(&env(&[("PASETO_SYMMETRIC_KEY", "change-this-to-32-byte-secret!!")])).unwrap_err();
+        assert_eq!(err.to_string(), "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_location() {
+        let err = Config::parse("version: \"1\"\nserver:\n  grpc_prot: 1\n", &Origin::Embedded).unwrap_err().to_string();
+        assert!(err.contains("unknown field `grpc_prot`"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = Config::parse("version: \"2\"\n", &Origin::Embedded).unwrap_err().to_string();
+        assert!(err.contains("unsupported config version `2`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut config = Config::parse("version: \"1\"\n", &Origin::Embedded).unwrap();
+        config.tokens.keys.push(KeySource::Paserk("k4.local.c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI".into()));
+        let yaml = config.redacted_yaml();
+        assert!(yaml.contains("k4.local.<redacted>"), "{yaml}");
+        assert!(!yaml.contains("c2VjcmV0"), "{yaml}");
+    }
+}

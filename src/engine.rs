@@ -1,0 +1,125 @@
+//! The decision engine: picks the rule, runs its pipeline under a deadline, records metrics and
+//! the decision log. Both entry points (ext_authz gRPC and `/decision`) call it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::Instrument as _;
+
+use crate::metrics::{Metrics, RuleMetrics};
+use crate::pipeline::{Decision, ErrorKind, Outcome, StepError};
+use crate::request::RequestView;
+use crate::rules::{NoRule, RuleSet};
+
+/// The label under which requests that matched no rule are counted.
+const NO_RULE_LABEL: &str = "<none>";
+
+/// Shared by every request; rules are swapped atomically as a whole.
+pub struct Engine {
+    rules: ArcSwap<RuleSet>,
+    metrics: Metrics,
+    no_rule: RuleMetrics,
+    check_timeout: Duration,
+    rule_extension: Box<str>,
+    log_allows: bool,
+    router_id: Arc<str>,
+}
+
+/// A decision and the rule that made it.
+pub struct Decided {
+    pub outcome: Outcome,
+    pub rule: Option<Arc<str>>,
+}
+
+impl Engine {
+    pub fn new(rules: RuleSet, metrics: Metrics, check_timeout: Duration, rule_extension: &str, log_allows: bool) -> Self {
+        let no_rule = metrics.for_rule(NO_RULE_LABEL);
+        Self {
+            rules: ArcSwap::from_pointee(rules),
+            metrics,
+            no_rule,
+            check_timeout,
+            rule_extension: rule_extension.into(),
+            log_allows,
+            router_id: Arc::from("router"),
+        }
+    }
+
+    /// The metrics handle (for entry points that count their own rejections).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replaces the rule set; requests in flight finish on the old one.
+    pub fn swap_rules(&self, rules: RuleSet) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Decides on one request.
+    pub async fn decide(&self, req: &RequestView<'_>) -> Decided {
+        let span = tracing::info_span!("check", request.id = %req.id, rule.id = tracing::field::Empty);
+        self.decide_inner(req).instrument(span).await
+    }
+
+    async fn decide_inner(&self, req: &RequestView<'_>) -> Decided {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let rules = self.rules.load();
+        let named = req.context_extensions.and_then(|ext| ext.get(&*self.rule_extension)).map(String::as_str);
+        let (outcome, rule, rule_metrics) = match rules.select(named, req.method, req.host, req.path) {
+            Ok(selected) => {
+                tracing::Span::current().record("rule.id", &*selected.rule.id);
+                let outcome = match tokio::time::timeout(self.check_timeout, selected.rule.pipeline.execute(req, &selected.captures)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::from_error(StepError::new(
+                        ErrorKind::Communication,
+                        &selected.rule.id,
+                        format!("no decision within the deadline of {:?}", self.check_timeout),
+                    )),
+                };
+                (outcome, Some(Arc::clone(&selected.rule.id)), &selected.rule.metrics)
+            }
+            Err(no_rule) => {
+                let message = match no_rule {
+                    NoRule::NoMatch => format!("no rule matches {} {}{}", req.method, req.host, req.path),
+                    NoRule::UnknownRule(name) => format!("context_extensions `{}` names unknown rule `{name}`", self.rule_extension),
+                };
+                (Outcome::from_error(StepError::new(ErrorKind::NoRule, &self.router_id, message)), None, &self.no_rule)
+            }
+        };
+        let elapsed = started.elapsed();
+        rule_metrics.duration.observe(elapsed.as_secs_f64());
+        self.metrics.in_flight.dec();
+        let rule_id = rule.as_deref().unwrap_or(NO_RULE_LABEL);
+        match &outcome.decision {
+            Decision::Allow(_) => {
+                rule_metrics.allow.inc();
+                if self.log_allows {
+                    tracing::info!(rule.id = rule_id, decision = "allow", method = req.method, host = req.host, path = req.path, "request allowed");
+                }
+            }
+            Decision::Deny(response) | Decision::Error(response) => {
+                let is_error = matches!(outcome.decision, Decision::Error(_));
+                let counter = if is_error { &rule_metrics.error } else { &rule_metrics.deny };
+                counter.inc();
+                if let Some(error) = &outcome.error {
+                    self.metrics.step_error(&error.mechanism, error.kind);
+                    tracing::info!(
+                        rule.id = rule_id,
+                        decision = if is_error { "error" } else { "deny" },
+                        status = response.status,
+                        error.kind = error.kind.as_str(),
+                        error.mechanism = &*error.mechanism,
+                        reason = %error.message,
+                        method = req.method,
+                        host = req.host,
+                        path = req.path,
+                        "request denied"
+                    );
+                }
+            }
+        }
+        Decided { outcome, rule }
+    }
+}

@@ -1,0 +1,127 @@
+//! The Envoy ext_authz v3 gRPC service: `CheckRequest` → request view → engine → `CheckResponse`.
+//!
+//! Allow is an `ok_response` with the headers to set (overwriting), to remove and to add to the
+//! response; a denial is a `denied_response`; "heimdall cannot decide" is an `error_response`,
+//! so Envoy's `failure_mode_allow` decides (our configurations keep it false: fail closed).
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse as EnvoyHttpResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tonic::{Request, Response, Status};
+
+use crate::engine::Engine;
+use crate::metrics::EntryLabels;
+use crate::pipeline::{Allowed, Decision, HttpResponse};
+use crate::request::{Headers, Peer, RequestView};
+
+pub use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+
+/// gRPC status codes used in `CheckResponse.status`.
+const RPC_OK: i32 = 0;
+const RPC_PERMISSION_DENIED: i32 = 7;
+const RPC_UNAVAILABLE: i32 = 14;
+const RPC_UNAUTHENTICATED: i32 = 16;
+
+/// The ext_authz service.
+pub struct ExtAuthz {
+    engine: Arc<Engine>,
+}
+
+impl ExtAuthz {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+/// Builds the request view, or says what is missing.
+pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
+    let attributes = check.attributes.as_ref().ok_or("CheckRequest has no `attributes`")?;
+    let http = attributes.request.as_ref().and_then(|r| r.http.as_ref()).ok_or("CheckRequest has no `attributes.request.http`")?;
+    if http.method.is_empty() {
+        return Err("CheckRequest has no HTTP method");
+    }
+    let headers = match &http.header_map {
+        Some(map) if !map.headers.is_empty() => Headers::List(&map.headers),
+        _ => Headers::Map(&http.headers),
+    };
+    let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
+    let mut view = RequestView::new(&http.method, &http.scheme, &http.host, path, headers);
+    if view.query.is_empty() && !http.query.is_empty() {
+        view.query = &http.query;
+    }
+    view.id = &http.id;
+    if let Some(source) = &attributes.source {
+        let address = source
+            .address
+            .as_ref()
+            .and_then(|a| match &a.address {
+                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+                _ => None,
+            })
+            .unwrap_or("");
+        view.peer = Peer { address, principal: &source.principal };
+    }
+    view.context_extensions = Some(&attributes.context_extensions);
+    Ok(view)
+}
+
+fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        append_action: action as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+fn denied(response: &HttpResponse) -> DeniedHttpResponse {
+    DeniedHttpResponse {
+        status: Some(HttpStatus { code: i32::from(response.status) }),
+        headers: response.headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd)).collect(),
+        body: response.body.clone(),
+    }
+}
+
+fn ok(allowed: &Allowed) -> OkHttpResponse {
+    OkHttpResponse {
+        headers: allowed.upstream_headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd)).collect(),
+        headers_to_remove: allowed.remove_headers.iter().map(|h| h.to_string()).collect(),
+        response_headers_to_add: allowed.response_headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd)).collect(),
+        ..OkHttpResponse::default()
+    }
+}
+
+/// The `CheckResponse` for a decision.
+pub fn check_response(decision: &Decision) -> CheckResponse {
+    let (code, http) = match decision {
+        Decision::Allow(allowed) => (RPC_OK, EnvoyHttpResponse::OkResponse(ok(allowed))),
+        Decision::Deny(response) => {
+            let code = if response.status == 401 { RPC_UNAUTHENTICATED } else { RPC_PERMISSION_DENIED };
+            (code, EnvoyHttpResponse::DeniedResponse(denied(response)))
+        }
+        Decision::Error(response) => (RPC_UNAVAILABLE, EnvoyHttpResponse::ErrorResponse(denied(response))),
+    };
+    CheckResponse { status: Some(RpcStatus { code, ..RpcStatus::default() }), http_response: Some(http), ..CheckResponse::default() }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let view = match view(&check) {
+            Ok(view) => view,
+            Err(message) => {
+                // Not Envoy-shaped: deny with 400 rather than erroring, and say why in the log.
+                self.engine.metrics().rejected.get_or_create(&EntryLabels { entry: "ext_authz" }).inc();
+                tracing::warn!(reason = message, "malformed CheckRequest denied");
+                let response = HttpResponse::from_kind(crate::pipeline::ErrorKind::BadRequest);
+                return Ok(Response::new(check_response(&Decision::Deny(response))));
+            }
+        };
+        let decided = self.engine.decide(&view).await;
+        Ok(Response::new(check_response(&decided.outcome.decision)))
+    }
+}

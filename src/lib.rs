@@ -1,0 +1,23 @@
+//! heimdall: an Envoy external authorizer.
+//!
+//! Envoy (or an Istio sidecar) calls `envoy.service.auth.v3.Authorization/Check` for every
+//! request; heimdall matches the request to a rule and runs the rule's pipeline (authenticate →
+//! authorize → finalize, or the error pipeline). See `README.md` and `ARCHITECTURE.md`.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod expr;
+pub mod extauthz;
+pub mod http;
+pub mod mechanisms;
+pub mod metrics;
+pub mod pipeline;
+pub mod readiness;
+pub mod request;
+pub mod rules;
+pub mod telemetry;
+pub mod tokens;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod test_helpers;

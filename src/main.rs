@@ -1,0 +1,198 @@
+//! The `heimdall` command: `serve` (default), `validate`, `keys generate`, `token mint|inspect`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use heimdall::config::{Config, Origin, ProcessEnv};
+use heimdall::tokens::{Accept, Audience, Claims, Purpose, generate_key, token_purpose};
+
+#[derive(Parser)]
+#[command(name = "heimdall", version, about = "An Envoy external authorizer")]
+struct Cli {
+    /// Configuration file (YAML). Without it, the embedded example configuration is used.
+    #[arg(long, short, global = true, env = "HEIMDALL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz gRPC and the HTTP side port (the default).
+    Serve,
+    /// Load and compile the configuration and rules; exit non-zero with every problem found.
+    Validate,
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Tokens for operators and demos.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new key as PASERK: `local` (k4.local) or `public` (k4.secret + k4.public).
+    Generate {
+        #[arg(long, value_enum, default_value = "public")]
+        purpose: PurposeArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token with the configured keys; prints it on stdout.
+    Mint {
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Attributes as `key=value` (value parsed as JSON when it is valid JSON).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// Lifetime, e.g. `15m`, `1h` (default: `tokens.ttl`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, value_enum)]
+        purpose: Option<PurposeArg>,
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    /// Verify a token with the configured keys and print its claims.
+    Inspect { token: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PurposeArg {
+    Local,
+    Public,
+}
+
+impl From<PurposeArg> for Purpose {
+    fn from(p: PurposeArg) -> Self {
+        match p {
+            PurposeArg::Local => Purpose::Local,
+            PurposeArg::Public => Purpose::Public,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<(Config, Origin)> {
+    Ok(Config::load(cli.config.as_deref(), &ProcessEnv)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        None | Some(Command::Serve) => serve(&cli),
+        Some(Command::Validate) => {
+            let (config, origin) = load(&cli)?;
+            let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
+            heimdall::app::build(config, keys)?;
+            println!("{origin}: configuration and rules are valid{}", if ephemeral { " (no key configured: serve would use an ephemeral key)" } else { "" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Keys { command: KeysCommand::Generate { purpose } }) => {
+            let (secret, public, kid) = generate_key((*purpose).into())?;
+            match public {
+                Some(public) => println!("secret: {secret}\npublic: {public}\nkid:    {kid}"),
+                None => println!("local: {secret}\nkid:   {kid}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Token { command: TokenCommand::Mint { sub, roles, attrs, ttl, purpose, audience } }) => {
+            let (config, _) = load(&cli)?;
+            let keys = config.keyring(&ProcessEnv)?;
+            let purpose = match purpose {
+                Some(p) => (*p).into(),
+                None => keys.default_mint_purpose().context("no key to mint with: set PASETO_SYMMETRIC_KEY or add a k4.secret key under tokens.keys")?,
+            };
+            let mut claims = Claims::new(sub, &config.tokens.issuer, ttl.unwrap_or(config.tokens.ttl));
+            claims.roles = roles.iter().filter(|r| !r.is_empty()).cloned().collect();
+            if let Some(aud) = audience.clone().or_else(|| config.tokens.audience.clone()) {
+                claims.aud = Audience::One(aud);
+            }
+            for attr in attrs {
+                let (k, v) = attr.split_once('=').with_context(|| format!("--attr `{attr}` is not key=value"))?;
+                let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+                claims.attr.insert(k.to_owned(), value);
+            }
+            println!("{}", keys.mint(purpose, &claims)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Token { command: TokenCommand::Inspect { token } }) => {
+            let (config, _) = load(&cli)?;
+            let keys = config.keyring(&ProcessEnv)?;
+            let purpose = token_purpose(token)?;
+            let claims = keys.open(token, Accept::Any, usize::MAX).with_context(|| format!("v4.{purpose} token does not verify with the configured keys"))?;
+            println!("purpose: v4.{purpose}\nverified: yes\nclaims: {}", serde_json::to_string_pretty(&claims)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let (config, origin) = load(cli)?;
+    heimdall::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async move {
+        tracing::info!(config = %origin, "configuration loaded");
+        tracing::debug!(config = %config.redacted_yaml(), "effective configuration");
+        let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
+        if ephemeral {
+            let token = heimdall::app::demo_token(&keys, &config).unwrap_or_default();
+            tracing::warn!(
+                "no token key configured: generated an ephemeral v4.public key pair that dies with this process (development only). \
+                 A demo token for subject `demo-user` with role `user`, valid {}: {token} — \
+                 try: curl -H 'Authorization: Bearer <token>' through Envoy. For real keys run `heimdall keys generate` \
+                 or set PASETO_SYMMETRIC_KEY (32 bytes) and mint with `heimdall token mint --sub alice --roles user`.",
+                humantime::format_duration(config.tokens.ttl)
+            );
+        } else {
+            tracing::info!("get a token this heimdall accepts with: heimdall token mint --sub alice --roles user (same configuration and environment)");
+        }
+        let grace = config.server.shutdown_grace;
+        let running = heimdall::app::build(config, keys)?.serve().await?;
+        let stopped = tokio::select! {
+            result = wait_for_signal() => result,
+            result = async { Err::<(), _>(anyhow::anyhow!("a server stopped")) } , if false => result,
+        };
+        stopped?;
+        tracing::info!("shutting down");
+        running.shutdown(grace).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+        tokio::select! {
+            result = ctrl_c => result.context("Ctrl-C handler")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.context("Ctrl-C handler")?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! A rule's pipeline and its execution: authenticate → authorize → finalize, or the error
+//! pipeline.
+//!
+//! Semantics (see the README): authenticator steps that target the same principal form a
+//! fallback chain (the first that produces a principal wins; "not responsible" and "failed" both
+//! try the next); chains for different principals are all required. Authorizer steps then run in
+//! order, then finalizers. Every step may carry a CEL condition. Any failure hands the error to
+//! the error pipeline: the first handler whose condition holds answers; otherwise the error kind
+//! decides the status. No step ever turns an error into an allow.
+
+mod error;
+mod subject;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+pub use error::{ErrorKind, StepError};
+pub use subject::{DEFAULT_PRINCIPAL, Principal, Subject};
+
+use crate::expr::{Expr, Vars};
+use crate::mechanisms::{AuthnError, Authenticator, Authorizer, ErrorHandler, Finalizer};
+use crate::request::RequestView;
+
+/// One step: a mechanism with the id it is known by and an optional condition.
+pub struct Step<M> {
+    pub id: Arc<str>,
+    pub when: Option<Expr>,
+    pub mechanism: Arc<M>,
+}
+
+/// Authenticators that target one principal, tried in order.
+pub struct AuthnChain {
+    pub principal: Arc<str>,
+    pub steps: Box<[Step<Authenticator>]>,
+}
+
+/// A compiled pipeline; immutable and shared by every request of its rule.
+pub struct Pipeline {
+    pub authn: Box<[AuthnChain]>,
+    pub authorizers: Box<[Step<Authorizer>]>,
+    pub finalizers: Box<[Step<Finalizer>]>,
+    pub on_error: Box<[Step<ErrorHandler>]>,
+    /// Whether any expression or handler reads `request`: bind it only then.
+    needs_request: bool,
+}
+
+/// Headers for the upstream request and the downstream response of an allowed request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Allowed {
+    pub upstream_headers: SmallVec<[(Arc<str>, String); 4]>,
+    pub remove_headers: SmallVec<[Arc<str>; 2]>,
+    pub response_headers: SmallVec<[(Arc<str>, String); 2]>,
+}
+
+impl Allowed {
+    /// Sets (overwrites) an upstream header.
+    pub fn set_header(&mut self, name: &Arc<str>, value: String) {
+        self.remove_headers.retain(|h| h != name);
+        match self.upstream_headers.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.upstream_headers.push((Arc::clone(name), value)),
+        }
+    }
+
+    /// Removes a header from the upstream request (and any value a finalizer set before).
+    pub fn remove_header(&mut self, name: &Arc<str>) {
+        self.upstream_headers.retain(|(n, _)| n != name);
+        if !self.remove_headers.contains(name) {
+            self.remove_headers.push(Arc::clone(name));
+        }
+    }
+}
+
+/// A denial or error answer to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The default answer for an error kind: its status and a short JSON body naming the kind
+    /// (never the detail, which goes to the log).
+    pub fn from_kind(kind: ErrorKind) -> Self {
+        let mut headers = vec![(Cow::Borrowed("content-type"), "application/json".to_owned())];
+        if kind == ErrorKind::Authentication {
+            // RFC 9110 §15.5.2: a 401 carries a challenge.
+            headers.push((Cow::Borrowed("www-authenticate"), "Bearer realm=\"heimdall\"".to_owned()));
+        }
+        Self { status: kind.default_status(), headers, body: format!("{{\"error\":\"{}\"}}", kind.as_str()) }
+    }
+}
+
+/// What heimdall answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(HttpResponse),
+    /// heimdall could not decide: Envoy applies `failure_mode_allow` (never set in our configs).
+    Error(HttpResponse),
+}
+
+/// A decision with the error that led to it, for logs and metrics.
+#[derive(Debug)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub error: Option<StepError>,
+}
+
+impl Outcome {
+    /// A decision that no pipeline produced (no rule, a bad request, a timeout).
+    pub fn from_error(error: StepError) -> Self {
+        let response = HttpResponse::from_kind(error.kind);
+        let decision = match error.kind {
+            ErrorKind::Internal | ErrorKind::Communication => Decision::Error(response),
+            _ => Decision::Deny(response),
+        };
+        Self { decision, error: Some(error) }
+    }
+}
+
+impl Pipeline {
+    /// Assembles a pipeline; the compiler has checked order and references.
+    pub fn new(authn: Box<[AuthnChain]>, authorizers: Box<[Step<Authorizer>]>, finalizers: Box<[Step<Finalizer>]>, on_error: Box<[Step<ErrorHandler>]>) -> Self {
+        let conditions = authn
+            .iter()
+            .flat_map(|c| c.steps.iter().filter_map(|s| s.when.as_ref()))
+            .chain(authorizers.iter().filter_map(|s| s.when.as_ref()))
+            .chain(finalizers.iter().filter_map(|s| s.when.as_ref()))
+            .chain(on_error.iter().filter_map(|s| s.when.as_ref()));
+        let mut needs_request = false;
+        for expr in conditions {
+            needs_request |= expr.uses_request();
+        }
+        needs_request |= authorizers.iter().flat_map(|s| s.mechanism.expressions()).any(Expr::uses_request);
+        needs_request |= finalizers.iter().flat_map(|s| s.mechanism.expressions()).any(Expr::uses_request);
+        needs_request |= on_error.iter().any(|s| s.mechanism.uses_request() || s.mechanism.expressions().any(Expr::uses_request));
+        Self { authn, authorizers, finalizers, on_error, needs_request }
+    }
+
+    /// Runs the pipeline for one request. `captures` are the matched path parameters.
+    pub async fn execute<'r>(&self, req: &RequestView<'r>, captures: &'r [(&'r str, Cow<'r, str>)]) -> Outcome {
+        // Declared before `vars`, which borrows them once they are final.
+        let mut subject = Subject::default();
+        let failure: StepError;
+        let mut vars = Vars::default();
+        if self.needs_request {
+            vars.bind_request(req, captures);
+        }
+
+        'run: {
+            for chain in &self.authn {
+                match authenticate(chain, req, &vars).await {
+                    Ok(principal) => subject.insert(Arc::clone(&chain.principal), principal),
+                    Err(error) => {
+                        failure = error;
+                        break 'run;
+                    }
+                }
+            }
+            vars.bind_subject(&subject);
+
+            for step in &self.authorizers {
+                match condition(step.when.as_ref(), &step.id, &vars) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        failure = error;
+                        break 'run;
+                    }
+                }
+                if let Err(error) = step.mechanism.authorize(&vars).await {
+                    failure = error;
+                    break 'run;
+                }
+            }
+
+            let mut allowed = Allowed::default();
+            for step in &self.finalizers {
+                let result = match condition(step.when.as_ref(), &step.id, &vars) {
+                    Ok(true) => step.mechanism.finalize(&vars, &mut allowed),
+                    Ok(false) => Ok(()),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = result {
+                    failure = error;
+                    break 'run;
+                }
+            }
+            return Outcome { decision: Decision::Allow(allowed), error: None };
+        }
+
+        // The error pipeline. The subject may be partial (authentication failed): bind what there is.
+        vars.bind_subject(&subject);
+        vars.bind_error(&failure);
+        for step in &self.on_error {
+            match condition(step.when.as_ref(), &step.id, &vars) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    // A broken condition must not hide the error: skip the handler, say why.
+                    tracing::warn!(handler = %step.id, error = %e.message, "error handler condition failed; handler skipped");
+                    continue;
+                }
+            }
+            if let Some(response) = step.mechanism.handle(&failure, req, &vars) {
+                return Outcome { decision: Decision::Deny(response), error: Some(failure.clone()) };
+            }
+            break;
+        }
+        let outcome = Outcome::from_error(failure.clone());
+        drop(vars);
+        outcome
+    }
+}
+
+/// Evaluates a step condition; an evaluation error fails the step as an internal error.
+fn condition(when: Option<&Expr>, step: &Arc<str>, vars: &Vars<'_>) -> Result<bool, StepError> {
+    match when {
+        None => Ok(true),
+        Some(expr) => expr.eval_bool(vars).map_err(|e| StepError::new(ErrorKind::Internal, step, format!("condition: {e}"))),
+    }
+}
+
+/// Runs one fallback chain: the first principal wins; otherwise the first real failure is
+/// reported, or "no credential" when every authenticator was not responsible.
+async fn authenticate(chain: &AuthnChain, req: &RequestView<'_>, vars: &Vars<'_>) -> Result<Arc<Principal>, StepError> {
+    let mut first_failure = None;
+    for step in &chain.steps {
+        match condition(step.when.as_ref(), &step.id, vars) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => return Err(error),
+        }
+        match step.mechanism.authenticate(req).await {
+            Ok(principal) => return Ok(principal),
+            Err(AuthnError::NotResponsible) => {}
+            Err(AuthnError::Failed(error)) => {
+                first_failure.get_or_insert(error);
+            }
+        }
+    }
+    Err(first_failure.unwrap_or_else(|| {
+        let last = chain.steps.last().map_or_else(|| Arc::from("authentication"), |s| Arc::clone(&s.id));
+        StepError::new(ErrorKind::Authentication, &last, "no credential found")
+    }))
+}

@@ -1,0 +1,325 @@
+//! The compiled rule set: an immutable snapshot of every rule, its pipeline and the matcher.
+//!
+//! Compilation resolves mechanism ids, merges per-rule config overrides, compiles every CEL
+//! expression and checks the pipeline order, collecting every problem with the rule id in its
+//! message, so `heimdall validate` reports them all at once.
+
+pub mod matcher;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::expr::Expr;
+use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
+use crate::metrics::{Metrics, RuleMetrics};
+use crate::pipeline::{AuthnChain, DEFAULT_PRINCIPAL, Pipeline, Step};
+use crate::tokens::Keyring;
+use matcher::{Found, Matcher, PathPattern};
+use spec::{MechanismSpec, PipelineSpec, StepSpec};
+
+/// The id of the rule that takes unmatched requests.
+pub const DEFAULT_RULE_ID: &str = "default";
+
+/// Every problem found while compiling, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct CompileError(pub Vec<String>);
+
+/// A compiled rule.
+pub struct Rule {
+    pub id: Arc<str>,
+    pub pipeline: Pipeline,
+    pub metrics: RuleMetrics,
+    /// Whether an anonymous authenticator can satisfy it (reported at load).
+    pub allows_anonymous: bool,
+}
+
+/// All rules, ready to match.
+pub struct RuleSet {
+    rules: Box<[Rule]>,
+    default: Option<Rule>,
+    matcher: Matcher,
+    by_id: HashMap<Box<str>, usize>,
+}
+
+/// The rule chosen for a request.
+pub struct Selected<'a> {
+    pub rule: &'a Rule,
+    pub captures: matcher::Captures<'a>,
+}
+
+/// Why no rule was chosen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoRule<'a> {
+    /// Nothing matches and there is no default rule.
+    NoMatch,
+    /// `context_extensions` names a rule that does not exist.
+    UnknownRule(&'a str),
+}
+
+impl RuleSet {
+    /// Compiles the rules of `config`.
+    pub fn compile(config: &Config, keys: &Arc<Keyring>, metrics: &Metrics) -> Result<Self, CompileError> {
+        let mut errors = Vec::new();
+        let ctx = BuildContext { keys, tokens: &config.tokens };
+        let catalogue = Catalogue::build(config, &ctx, &mut errors);
+
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut by_id = HashMap::new();
+        let mut matcher = Matcher::default();
+        for spec in &config.rules {
+            if spec.id.is_empty() || spec.id == DEFAULT_RULE_ID {
+                errors.push(format!("rule id `{}` is reserved or empty", spec.id));
+                continue;
+            }
+            if by_id.contains_key(spec.id.as_str()) {
+                errors.push(format!("rule `{}` is defined twice", spec.id));
+                continue;
+            }
+            let Some(rule) = compile_rule(&spec.id, &spec.pipeline, &catalogue, &ctx, metrics, &mut errors) else { continue };
+            let index = rules.len();
+            if let Some(m) = &spec.matcher {
+                // No paths means every path: the root and everything under it.
+                let patterns: Vec<&str> = if m.paths.is_empty() { vec!["/", "/*path"] } else { m.paths.iter().map(String::as_str).collect() };
+                let before = errors.len();
+                let paths: Vec<PathPattern> =
+                    patterns.iter().filter_map(|p| PathPattern::parse(p).map_err(|e| errors.push(format!("rule `{}`: {e}", spec.id))).ok()).collect();
+                let mut methods = Vec::with_capacity(m.methods.len());
+                for method in &m.methods {
+                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        errors.push(format!("rule `{}`: method `{method}` is not an HTTP method", spec.id));
+                    }
+                    methods.push(method.to_ascii_uppercase());
+                }
+                if errors.len() == before
+                    && let Err(e) = matcher.add(index, &spec.id, &m.hosts, &paths, &methods)
+                {
+                    errors.push(e);
+                }
+            }
+            by_id.insert(Box::from(spec.id.as_str()), index);
+            rules.push(rule);
+        }
+        let default = config.default_rule.as_ref().and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, &ctx, metrics, &mut errors));
+        if errors.is_empty() { Ok(Self { rules: rules.into(), default, matcher, by_id }) } else { Err(CompileError(errors)) }
+    }
+
+    /// The rule for a request: the one named by `context_extensions`, else the most specific
+    /// match, else the default rule.
+    pub fn select<'a>(&'a self, named: Option<&'a str>, method: &str, host: &str, path: &'a str) -> Result<Selected<'a>, NoRule<'a>> {
+        if let Some(name) = named {
+            let rule = if name == DEFAULT_RULE_ID {
+                self.default.as_ref()
+            } else {
+                self.by_id.get(name).and_then(|&i| self.rules.get(i))
+            };
+            return rule.map(|rule| Selected { rule, captures: matcher::Captures::new() }).ok_or(NoRule::UnknownRule(name));
+        }
+        match self.matcher.find(method, host, path) {
+            Some(Found { rule, captures }) => self.rules.get(rule).map(|rule| Selected { rule, captures }).ok_or(NoRule::NoMatch),
+            None => self.default.as_ref().map(|rule| Selected { rule, captures: matcher::Captures::new() }).ok_or(NoRule::NoMatch),
+        }
+    }
+
+    /// Every rule (the default one last).
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().chain(self.default.as_ref())
+    }
+}
+
+/// Built mechanisms by kind and id, with their specs for per-rule overrides.
+struct Catalogue<'c> {
+    entries: HashMap<(KindKey, &'c str), (&'c MechanismSpec, Mechanism)>,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+enum KindKey {
+    Authn,
+    Authz,
+    Finalizer,
+    ErrorHandler,
+}
+
+fn kind_key(kind: Kind) -> KindKey {
+    match kind {
+        Kind::Authenticator => KindKey::Authn,
+        Kind::Authorizer => KindKey::Authz,
+        Kind::Finalizer => KindKey::Finalizer,
+        Kind::ErrorHandler => KindKey::ErrorHandler,
+    }
+}
+
+impl<'c> Catalogue<'c> {
+    fn build(config: &'c Config, ctx: &BuildContext<'_>, errors: &mut Vec<String>) -> Self {
+        let mut entries = HashMap::new();
+        let m = &config.mechanisms;
+        let groups = [
+            (Kind::Authenticator, &m.authenticators),
+            (Kind::Authorizer, &m.authorizers),
+            (Kind::Finalizer, &m.finalizers),
+            (Kind::ErrorHandler, &m.error_handlers),
+        ];
+        for (kind, specs) in groups {
+            for spec in specs {
+                let key = (kind_key(kind), spec.id.as_str());
+                if entries.contains_key(&key) {
+                    errors.push(format!("{} `{}` is defined twice", kind.as_str(), spec.id));
+                    continue;
+                }
+                let id: Arc<str> = Arc::from(spec.id.as_str());
+                match mechanisms::build(kind, &id, &spec.type_name, &spec.config, ctx) {
+                    Ok(mechanism) => {
+                        entries.insert(key, (spec, mechanism));
+                    }
+                    Err(e) => errors.push(format!("{} `{}` (type `{}`): {e}", kind.as_str(), spec.id, spec.type_name)),
+                }
+            }
+        }
+        Self { entries }
+    }
+
+    /// The mechanism `id` of `kind`, rebuilt with `overrides` merged when there are any.
+    fn resolve(&self, kind: Kind, id: &str, overrides: &serde_yaml_ng::Value, rule: &str, ctx: &BuildContext<'_>) -> Result<Mechanism, String> {
+        let Some((spec, built)) = self.entries.get(&(kind_key(kind), id)) else {
+            let mut known: Vec<&str> = self.entries.keys().filter(|(k, _)| *k == kind_key(kind)).map(|(_, id)| *id).collect();
+            known.sort_unstable();
+            return Err(format!("unknown {} `{id}` in rule `{rule}` (known: {})", kind.as_str(), if known.is_empty() { "none".to_owned() } else { known.join(", ") }));
+        };
+        if overrides.is_null() {
+            return Ok(match built {
+                Mechanism::Authenticator(m) => Mechanism::Authenticator(Arc::clone(m)),
+                Mechanism::Authorizer(m) => Mechanism::Authorizer(Arc::clone(m)),
+                Mechanism::Finalizer(m) => Mechanism::Finalizer(Arc::clone(m)),
+                Mechanism::ErrorHandler(m) => Mechanism::ErrorHandler(Arc::clone(m)),
+            });
+        }
+        let merged = mechanisms::merge_config(&spec.config, overrides);
+        let step_id: Arc<str> = Arc::from(format!("{rule}/{id}"));
+        mechanisms::build(kind, &step_id, &spec.type_name, &merged, ctx).map_err(|e| format!("rule `{rule}`: {} `{id}` with its override: {e}", kind.as_str()))
+    }
+}
+
+/// Which stage a step belongs to, for the order check.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+enum Stage {
+    Authenticate,
+    Authorize,
+    Finalize,
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Authenticate => "authenticator",
+        Stage::Authorize => "authorizer",
+        Stage::Finalize => "finalizer",
+    }
+}
+
+fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
+    let named: Vec<(Stage, &str)> = [(Stage::Authenticate, &step.authenticator), (Stage::Authorize, &step.authorizer), (Stage::Finalize, &step.finalizer)]
+        .into_iter()
+        .filter_map(|(stage, id)| id.as_deref().map(|id| (stage, id)))
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!("rule `{rule}`: step {} names no mechanism (use `authenticator`, `authorizer` or `finalizer`)", index + 1)),
+        _ => Err(format!("rule `{rule}`: step {} names more than one mechanism", index + 1)),
+    }
+}
+
+fn compile_condition(source: Option<&str>, rule: &str, step: usize, errors: &mut Vec<String>) -> Option<Expr> {
+    let source = source?;
+    match Expr::compile(source) {
+        Ok(expr) => Some(expr),
+        Err(e) => {
+            errors.push(format!("rule `{rule}`: step {} condition: {e}", step + 1));
+            None
+        }
+    }
+}
+
+fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, ctx: &BuildContext<'_>, metrics: &Metrics, errors: &mut Vec<String>) -> Option<Rule> {
+    let before = errors.len();
+    let mut chains: Vec<(Arc<str>, Vec<Step<mechanisms::Authenticator>>)> = Vec::new();
+    let mut authorizers = Vec::new();
+    let mut finalizers = Vec::new();
+    let mut stage = Stage::Authenticate;
+    let mut allows_anonymous = false;
+    for (index, step) in spec.execute.iter().enumerate() {
+        let (step_stage, id) = match step_kind(step, rule_id, index) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if step_stage < stage {
+            errors.push(format!(
+                "rule `{rule_id}`: step {} ({} `{id}`) comes after a {}; the order is authenticators, then authorizers, then finalizers",
+                index + 1,
+                stage_name(step_stage),
+                stage_name(stage)
+            ));
+            continue;
+        }
+        stage = step_stage;
+        if step.principal.is_some() && step_stage != Stage::Authenticate {
+            errors.push(format!("rule `{rule_id}`: step {}: `principal` applies to authenticators only", index + 1));
+        }
+        let when = compile_condition(step.condition.as_deref(), rule_id, index, errors);
+        if step.condition.is_some() && when.is_none() {
+            continue;
+        }
+        let kind = match step_stage {
+            Stage::Authenticate => Kind::Authenticator,
+            Stage::Authorize => Kind::Authorizer,
+            Stage::Finalize => Kind::Finalizer,
+        };
+        let mechanism = match catalogue.resolve(kind, id, &step.config, rule_id, ctx) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let step_id: Arc<str> = Arc::from(id);
+        match mechanism {
+            Mechanism::Authenticator(m) => {
+                allows_anonymous |= m.is_anonymous();
+                let principal = step.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL);
+                let built = Step { id: step_id, when, mechanism: m };
+                match chains.iter_mut().find(|(p, _)| &**p == principal) {
+                    Some((_, chain)) => chain.push(built),
+                    None => chains.push((Arc::from(principal), vec![built])),
+                }
+            }
+            Mechanism::Authorizer(m) => authorizers.push(Step { id: step_id, when, mechanism: m }),
+            Mechanism::Finalizer(m) => finalizers.push(Step { id: step_id, when, mechanism: m }),
+            Mechanism::ErrorHandler(_) => errors.push(format!("rule `{rule_id}`: internal: error handler in execute")),
+        }
+    }
+    if chains.is_empty() && errors.len() == before {
+        errors.push(format!("rule `{rule_id}`: needs at least one authenticator step (use `anonymous` for public routes)"));
+    }
+    let mut on_error = Vec::with_capacity(spec.on_error.len());
+    for (index, step) in spec.on_error.iter().enumerate() {
+        let when = compile_condition(step.condition.as_deref(), rule_id, index, errors);
+        match catalogue.resolve(Kind::ErrorHandler, &step.error_handler, &step.config, rule_id, ctx) {
+            Ok(Mechanism::ErrorHandler(m)) => on_error.push(Step { id: Arc::from(step.error_handler.as_str()), when, mechanism: m }),
+            Ok(_) => errors.push(format!("rule `{rule_id}`: internal: not an error handler")),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() != before {
+        return None;
+    }
+    let authn = chains.into_iter().map(|(principal, steps)| AuthnChain { principal, steps: steps.into() }).collect();
+    Some(Rule {
+        id: Arc::from(rule_id),
+        pipeline: Pipeline::new(authn, authorizers.into(), finalizers.into(), on_error.into()),
+        metrics: metrics.for_rule(rule_id),
+        allows_anonymous,
+    })
+}

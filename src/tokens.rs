@@ -1,0 +1,647 @@
+//! heimdall's own tokens: PASETO v4 (`local` and `public`) key ring, minting and strict verification.
+//!
+//! Keys are identified by their PASERK id (`k4.lid.…` for local keys, `k4.pid.…` for public keys),
+//! which minted tokens carry in their footer as `kid`, so keys rotate without downtime: add the new
+//! key, let old tokens expire, remove the old key. Tokens without a `kid` (as the service heimdall
+//! replaces minted them) are tried against every key of their purpose.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate, SymmetricKey};
+use pasetors::paserk::{FormatAsPaserk, Id};
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{LocalToken, PublicToken, V4};
+use pasetors::{Local, Public};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The two PASETO v4 purposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// `v4.local`: encrypted and authenticated with a 32-byte symmetric key.
+    Local,
+    /// `v4.public`: signed with Ed25519; verifiers hold only the public key.
+    Public,
+}
+
+impl Purpose {
+    /// The token prefix of this purpose.
+    pub const fn header(self) -> &'static str {
+        match self {
+            Self::Local => LocalToken::HEADER,
+            Self::Public => PublicToken::HEADER,
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Local => "local",
+            Self::Public => "public",
+        })
+    }
+}
+
+/// Why a token was refused. The messages name the problem, never the token or a key.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("unsupported token version `{0}`: only PASETO v4 is accepted")]
+    UnsupportedVersion(String),
+    #[error("not a PASETO token")]
+    Malformed,
+    #[error("`v4.{got}` token where only `v4.{allowed}` tokens are accepted")]
+    WrongPurpose { got: Purpose, allowed: Purpose },
+    #[error("token footer is not a valid JSON object with a string `kid`")]
+    BadFooter,
+    #[error("unknown key id `{0}`")]
+    UnknownKey(String),
+    #[error("no {0} key is configured")]
+    NoKey(Purpose),
+    #[error("signature or authentication tag does not verify")]
+    BadSignature,
+    #[error("claims are not a valid JSON object: {0}")]
+    BadClaims(String),
+    #[error("claim `{0}` is missing")]
+    MissingClaim(&'static str),
+    #[error("claim `{0}` is not an RFC 3339 time")]
+    BadTime(&'static str),
+    #[error("token expired at {0}")]
+    Expired(String),
+    #[error("token is not valid before {0}")]
+    NotYetValid(String),
+    #[error("token issued in the future ({0})")]
+    IssuedInFuture(String),
+    #[error("issuer `{0}` is not accepted")]
+    WrongIssuer(String),
+    #[error("audience does not include `{0}`")]
+    WrongAudience(String),
+    #[error("token has no expiry and non-expiring tokens are not accepted")]
+    NoExpiry,
+}
+
+/// Errors building or using the key ring.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got {0}")]
+    SymmetricKeyLength(usize),
+    #[error("key {index}: `{prefix}…` is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)")]
+    UnknownPaserk { index: usize, prefix: String },
+    #[error("key {index}: invalid {kind} PASERK")]
+    InvalidPaserk { index: usize, kind: &'static str },
+    #[error("no signing key for v4.{0} tokens is configured: set PASETO_SYMMETRIC_KEY for local tokens or add a `k4.secret.` key under `tokens.keys`")]
+    NoSigningKey(Purpose),
+    #[error("key generation failed")]
+    Generate,
+    #[error("token could not be built: {0}")]
+    Mint(String),
+}
+
+/// A verification or encryption key with its PASERK id.
+struct LocalKey {
+    id: Arc<str>,
+    key: SymmetricKey<V4>,
+}
+
+struct PublicKey {
+    id: Arc<str>,
+    key: AsymmetricPublicKey<V4>,
+    paserk: String,
+}
+
+struct SigningKey {
+    /// The id of the matching public key: verifiers look that up.
+    id: Arc<str>,
+    secret: AsymmetricSecretKey<V4>,
+}
+
+/// Every key heimdall knows. The first local key and the first secret key mint new tokens;
+/// all keys verify.
+#[derive(Default)]
+pub struct Keyring {
+    local: Vec<LocalKey>,
+    public: Vec<PublicKey>,
+    signing: Option<SigningKey>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids only: key material never reaches a log.
+        f.debug_struct("Keyring")
+            .field("local", &self.local.iter().map(|k| &*k.id).collect::<Vec<_>>())
+            .field("public", &self.public.iter().map(|k| &*k.id).collect::<Vec<_>>())
+            .field("signing", &self.signing.as_ref().map(|k| &*k.id))
+            .finish()
+    }
+}
+
+fn paserk_string(key: &dyn FormatAsPaserk) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = key.fmt(&mut out);
+    out
+}
+
+fn key_id(id: Id) -> Arc<str> {
+    Arc::from(paserk_string(&id))
+}
+
+impl Keyring {
+    /// Adds a raw 32-byte symmetric key (the `PASETO_SYMMETRIC_KEY` contract).
+    pub fn add_raw_symmetric(&mut self, raw: &[u8]) -> Result<(), KeyError> {
+        if raw.len() != 32 {
+            return Err(KeyError::SymmetricKeyLength(raw.len()));
+        }
+        let key = SymmetricKey::<V4>::from(raw).map_err(|_| KeyError::SymmetricKeyLength(raw.len()))?;
+        self.push_local(key);
+        Ok(())
+    }
+
+    fn push_local(&mut self, key: SymmetricKey<V4>) {
+        let id = key_id(Id::from(&key));
+        if !self.local.iter().any(|k| k.id == id) {
+            self.local.push(LocalKey { id, key });
+        }
+    }
+
+    fn push_public(&mut self, key: AsymmetricPublicKey<V4>) {
+        let id = key_id(Id::from(&key));
+        if !self.public.iter().any(|k| k.id == id) {
+            let paserk = paserk_string(&key);
+            self.public.push(PublicKey { id, key, paserk });
+        }
+    }
+
+    /// Adds a key given as PASERK: `k4.local.` (encrypt + decrypt), `k4.secret.` (sign, and
+    /// verify through its public half) or `k4.public.` (verify only). `index` locates it in errors.
+    pub fn add_paserk(&mut self, paserk: &str, index: usize) -> Result<(), KeyError> {
+        let paserk = paserk.trim();
+        if paserk.starts_with("k4.local.") {
+            let key = SymmetricKey::<V4>::try_from(paserk).map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.local" })?;
+            self.push_local(key);
+        } else if paserk.starts_with("k4.secret.") {
+            let secret = AsymmetricSecretKey::<V4>::try_from(paserk)
+                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.secret" })?;
+            let public = AsymmetricPublicKey::<V4>::try_from(&secret)
+                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.secret" })?;
+            let id = key_id(Id::from(&public));
+            self.push_public(public);
+            if self.signing.is_none() {
+                self.signing = Some(SigningKey { id, secret });
+            }
+        } else if paserk.starts_with("k4.public.") {
+            let key = AsymmetricPublicKey::<V4>::try_from(paserk)
+                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.public" })?;
+            self.push_public(key);
+        } else {
+            let prefix: String = paserk.chars().take(10).collect();
+            return Err(KeyError::UnknownPaserk { index, prefix });
+        }
+        Ok(())
+    }
+
+    /// Generates an Ed25519 key pair that lives only in this process (development mode).
+    pub fn add_ephemeral_signing_key(&mut self) -> Result<(), KeyError> {
+        let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| KeyError::Generate)?;
+        let id = key_id(Id::from(&pair.public));
+        self.push_public(pair.public);
+        self.signing = Some(SigningKey { id, secret: pair.secret });
+        Ok(())
+    }
+
+    /// Whether any key can verify tokens of `purpose`.
+    pub fn can_verify(&self, purpose: Purpose) -> bool {
+        match purpose {
+            Purpose::Local => !self.local.is_empty(),
+            Purpose::Public => !self.public.is_empty(),
+        }
+    }
+
+    /// Whether tokens of `purpose` can be minted.
+    pub fn can_mint(&self, purpose: Purpose) -> bool {
+        match purpose {
+            Purpose::Local => !self.local.is_empty(),
+            Purpose::Public => self.signing.is_some(),
+        }
+    }
+
+    /// The purpose `token mint` uses when none is asked for: public when a signing key exists.
+    pub fn default_mint_purpose(&self) -> Option<Purpose> {
+        if self.signing.is_some() {
+            Some(Purpose::Public)
+        } else if !self.local.is_empty() {
+            Some(Purpose::Local)
+        } else {
+            None
+        }
+    }
+
+    /// Public verification keys as `(kid, k4.public PASERK)`, for `/.well-known/paseto-keys`.
+    pub fn public_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.public.iter().map(|k| (&*k.id, k.paserk.as_str()))
+    }
+
+    /// Mints a token of `purpose` for `claims`, with the key id in the footer.
+    pub fn mint(&self, purpose: Purpose, claims: &Claims) -> Result<String, KeyError> {
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Mint(e.to_string()))?;
+        match purpose {
+            Purpose::Local => {
+                let key = self.local.first().ok_or(KeyError::NoSigningKey(purpose))?;
+                let footer = footer_json(&key.id);
+                LocalToken::encrypt(&key.key, &payload, Some(footer.as_bytes()), None).map_err(|e| KeyError::Mint(e.to_string()))
+            }
+            Purpose::Public => {
+                let key = self.signing.as_ref().ok_or(KeyError::NoSigningKey(purpose))?;
+                let footer = footer_json(&key.id);
+                PublicToken::sign(&key.secret, &payload, Some(footer.as_bytes()), None).map_err(|e| KeyError::Mint(e.to_string()))
+            }
+        }
+    }
+
+    /// Checks a token's format, selects the key by footer `kid` (or tries each key of the token's
+    /// purpose when there is none) and verifies or decrypts it. Claims are parsed but their
+    /// times, issuer and audience are checked by [`Validation::check`].
+    pub fn open(&self, token: &str, accept: Accept, max_bytes: usize) -> Result<Claims, TokenError> {
+        if token.len() > max_bytes {
+            return Err(TokenError::TooLarge { size: token.len(), limit: max_bytes });
+        }
+        let purpose = token_purpose(token)?;
+        if !accept.allows(purpose) {
+            let allowed = match purpose {
+                Purpose::Local => Purpose::Public,
+                Purpose::Public => Purpose::Local,
+            };
+            return Err(TokenError::WrongPurpose { got: purpose, allowed });
+        }
+        let payload = match purpose {
+            Purpose::Local => self.open_local(token)?,
+            Purpose::Public => self.open_public(token)?,
+        };
+        serde_json::from_str::<Claims>(&payload).map_err(|e| TokenError::BadClaims(e.to_string()))
+    }
+
+    fn open_local(&self, token: &str) -> Result<String, TokenError> {
+        let untrusted = UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let kid = footer_kid(untrusted.untrusted_footer())?;
+        if self.local.is_empty() {
+            return Err(TokenError::NoKey(Purpose::Local));
+        }
+        let candidates = self.local.iter().filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
+        let mut tried = false;
+        for key in candidates {
+            tried = true;
+            if let Ok(trusted) = LocalToken::decrypt(&key.key, &untrusted, None, None) {
+                return Ok(trusted.payload().to_owned());
+            }
+        }
+        match (tried, kid) {
+            (false, Some(kid)) => Err(TokenError::UnknownKey(kid)),
+            _ => Err(TokenError::BadSignature),
+        }
+    }
+
+    fn open_public(&self, token: &str) -> Result<String, TokenError> {
+        let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let kid = footer_kid(untrusted.untrusted_footer())?;
+        if self.public.is_empty() {
+            return Err(TokenError::NoKey(Purpose::Public));
+        }
+        let candidates = self.public.iter().filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
+        let mut tried = false;
+        for key in candidates {
+            tried = true;
+            if let Ok(trusted) = PublicToken::verify(&key.key, &untrusted, None, None) {
+                return Ok(trusted.payload().to_owned());
+            }
+        }
+        match (tried, kid) {
+            (false, Some(kid)) => Err(TokenError::UnknownKey(kid)),
+            _ => Err(TokenError::BadSignature),
+        }
+    }
+}
+
+fn footer_json(kid: &str) -> String {
+    serde_json::json!({ "kid": kid }).to_string()
+}
+
+/// The largest footer heimdall reads before the signature is checked.
+const MAX_FOOTER_BYTES: usize = 1024;
+
+/// The `kid` of an (untrusted) footer. The footer is authenticated later by the signature or
+/// tag, so a forged `kid` only selects a key that then fails to verify.
+fn footer_kid(footer: &[u8]) -> Result<Option<String>, TokenError> {
+    if footer.is_empty() {
+        return Ok(None);
+    }
+    if footer.len() > MAX_FOOTER_BYTES {
+        return Err(TokenError::BadFooter);
+    }
+    #[derive(Deserialize)]
+    struct Footer {
+        kid: Option<String>,
+    }
+    let parsed: Footer = serde_json::from_slice(footer).map_err(|_| TokenError::BadFooter)?;
+    Ok(parsed.kid)
+}
+
+/// The purpose of a token from its header, refusing other versions by name.
+pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
+    if token.starts_with(LocalToken::HEADER) {
+        Ok(Purpose::Local)
+    } else if token.starts_with(PublicToken::HEADER) {
+        Ok(Purpose::Public)
+    } else {
+        match token.split_once('.') {
+            Some((version @ ("v1" | "v2" | "v3" | "v4"), _)) => Err(TokenError::UnsupportedVersion(format!("{version}.{}", token.split('.').nth(1).unwrap_or("")))),
+            _ => Err(TokenError::Malformed),
+        }
+    }
+}
+
+/// Which purposes an authenticator accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accept {
+    /// Both `v4.local` and `v4.public`.
+    #[default]
+    Any,
+    Local,
+    Public,
+}
+
+impl Accept {
+    fn allows(self, purpose: Purpose) -> bool {
+        matches!((self, purpose), (Self::Any, _) | (Self::Local, Purpose::Local) | (Self::Public, Purpose::Public))
+    }
+}
+
+/// The claims heimdall reads and writes. Unknown claims are kept in `extra`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Audience::is_empty")]
+    pub aud: Audience,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attr: serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `aud` as PASETO writes it (a string) or as a list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Audience {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::None)
+    }
+
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::One(a) => a == wanted,
+            Self::Many(list) => list.iter().any(|a| a == wanted),
+        }
+    }
+}
+
+impl Claims {
+    /// Claims for a new token: `iat` and `nbf` now, `exp` after `ttl`, a random `jti`.
+    pub fn new(subject: &str, issuer: &str, ttl: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let exp = now + ttl;
+        Self {
+            sub: Some(subject.to_owned()),
+            iss: Some(issuer.to_owned()),
+            iat: format_time(now),
+            nbf: format_time(now),
+            exp: format_time(exp),
+            jti: Some(random_id()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether a claim is present, by name.
+    pub fn has(&self, name: &str) -> bool {
+        match name {
+            "sub" => self.sub.is_some(),
+            "iss" => self.iss.is_some(),
+            "aud" => !self.aud.is_empty(),
+            "exp" => self.exp.is_some(),
+            "nbf" => self.nbf.is_some(),
+            "iat" => self.iat.is_some(),
+            "jti" => self.jti.is_some(),
+            "roles" => !self.roles.is_empty(),
+            "attr" => !self.attr.is_empty(),
+            other => self.extra.contains_key(other),
+        }
+    }
+}
+
+fn format_time(t: OffsetDateTime) -> Option<String> {
+    t.replace_nanosecond(0).ok().and_then(|t| t.format(&Rfc3339).ok())
+}
+
+fn random_id() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 18] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn parse_time(value: Option<&str>, name: &'static str) -> Result<Option<OffsetDateTime>, TokenError> {
+    value.map(|v| OffsetDateTime::parse(v, &Rfc3339).map_err(|_| TokenError::BadTime(name))).transpose()
+}
+
+/// Claim rules of one authenticator.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    pub issuers: Box<[String]>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub required: Box<[String]>,
+    pub allow_non_expiring: bool,
+}
+
+/// The times of a validated token.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidTimes {
+    pub expires_at: Option<OffsetDateTime>,
+    pub issued_at: Option<OffsetDateTime>,
+}
+
+impl Validation {
+    /// Checks `sub`, times (with leeway), issuer, audience and required claims at `now`.
+    pub fn check(&self, claims: &Claims, now: OffsetDateTime) -> Result<ValidTimes, TokenError> {
+        if claims.sub.as_deref().is_none_or(str::is_empty) {
+            return Err(TokenError::MissingClaim("sub"));
+        }
+        let leeway = self.leeway;
+        let exp = parse_time(claims.exp.as_deref(), "exp")?;
+        let nbf = parse_time(claims.nbf.as_deref(), "nbf")?;
+        let iat = parse_time(claims.iat.as_deref(), "iat")?;
+        match exp {
+            Some(exp) if now - leeway >= exp => return Err(TokenError::Expired(claims.exp.clone().unwrap_or_default())),
+            None if !self.allow_non_expiring => return Err(TokenError::NoExpiry),
+            _ => {}
+        }
+        if let Some(nbf) = nbf
+            && now + leeway < nbf
+        {
+            return Err(TokenError::NotYetValid(claims.nbf.clone().unwrap_or_default()));
+        }
+        if let Some(iat) = iat
+            && now + leeway < iat
+        {
+            return Err(TokenError::IssuedInFuture(claims.iat.clone().unwrap_or_default()));
+        }
+        if !self.issuers.is_empty() {
+            let iss = claims.iss.as_deref().ok_or(TokenError::MissingClaim("iss"))?;
+            if !self.issuers.iter().any(|i| i == iss) {
+                return Err(TokenError::WrongIssuer(iss.to_owned()));
+            }
+        }
+        if let Some(aud) = &self.audience
+            && !claims.aud.contains(aud)
+        {
+            return Err(TokenError::WrongAudience(aud.clone()));
+        }
+        for name in &self.required {
+            if !claims.has(name) {
+                return Err(TokenError::MissingClaim(required_name(name)));
+            }
+        }
+        Ok(ValidTimes { expires_at: exp, issued_at: iat })
+    }
+}
+
+/// Maps a configured claim name onto a static name for the error (names are config-bounded).
+fn required_name(name: &str) -> &'static str {
+    match name {
+        "iss" => "iss",
+        "aud" => "aud",
+        "exp" => "exp",
+        "nbf" => "nbf",
+        "iat" => "iat",
+        "jti" => "jti",
+        "roles" => "roles",
+        "attr" => "attr",
+        _ => "required claim",
+    }
+}
+
+/// Generates a fresh key of `purpose`, returned as `(secret PASERK, public PASERK if any, kid)`.
+pub fn generate_key(purpose: Purpose) -> Result<(String, Option<String>, String), KeyError> {
+    match purpose {
+        Purpose::Local => {
+            let key = SymmetricKey::<V4>::generate().map_err(|_| KeyError::Generate)?;
+            Ok((paserk_string(&key), None, paserk_string(&Id::from(&key))))
+        }
+        Purpose::Public => {
+            let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| KeyError::Generate)?;
+            Ok((paserk_string(&pair.secret), Some(paserk_string(&pair.public)), paserk_string(&Id::from(&pair.public))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        let mut ring = Keyring::default();
+        ring.add_raw_symmetric(b"0123456789abcdef0123456789abcdef").unwrap();
+        ring.add_ephemeral_signing_key().unwrap();
+        ring
+    }
+
+    fn validation() -> Validation {
+        Validation {
+            issuers: vec!["heimdall".into()].into(),
+            audience: None,
+            leeway: Duration::from_secs(0),
+            required: Box::new([]),
+            allow_non_expiring: false,
+        }
+    }
+
+    #[test]
+    fn symmetric_key_length_is_exact() {
+        let mut ring = Keyring::default();
+        let err = ring.add_raw_symmetric(b"change-this-to-32-byte-secret!!").unwrap_err();
+        assert_eq!(err.to_string(), "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31");
+        assert!(ring.add_raw_symmetric(&[7u8; 33]).is_err());
+        assert!(ring.add_raw_symmetric(&[7u8; 32]).is_ok());
+    }
+
+    #[test]
+    fn round_trip_both_purposes() {
+        let ring = ring();
+        for purpose in [Purpose::Local, Purpose::Public] {
+            let mut claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+            claims.roles = vec!["user".into()];
+            let token = ring.mint(purpose, &claims).unwrap();
+            assert!(token.starts_with(purpose.header()));
+            let opened = ring.open(&token, Accept::Any, 8192).unwrap();
+            assert_eq!(opened, claims);
+            validation().check(&opened, OffsetDateTime::now_utc()).unwrap();
+        }
+    }
+
+    #[test]
+    fn refuses_wrong_purpose_version_and_size() {
+        let ring = ring();
+        let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+        let local = ring.mint(Purpose::Local, &claims).unwrap();
+        assert!(matches!(ring.open(&local, Accept::Public, 8192), Err(TokenError::WrongPurpose { .. })));
+        assert!(matches!(ring.open("v3.public.abc", Accept::Any, 8192), Err(TokenError::UnsupportedVersion(v)) if v == "v3.public"));
+        assert!(matches!(ring.open("garbage", Accept::Any, 8192), Err(TokenError::Malformed)));
+        assert!(matches!(ring.open(&local, Accept::Any, 10), Err(TokenError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn expired_and_future_tokens_are_refused() {
+        let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+        let later = OffsetDateTime::now_utc() + Duration::from_secs(120);
+        assert!(matches!(validation().check(&claims, later), Err(TokenError::Expired(_))));
+        let earlier = OffsetDateTime::now_utc() - Duration::from_secs(120);
+        assert!(matches!(validation().check(&claims, earlier), Err(TokenError::NotYetValid(_))));
+        let mut lenient = validation();
+        lenient.leeway = Duration::from_secs(300);
+        assert!(lenient.check(&claims, later).is_ok());
+    }
+
+    #[test]
+    fn other_keys_do_not_verify() {
+        let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+        let token = ring().mint(Purpose::Public, &claims).unwrap();
+        let other = ring();
+        // The kid names a key the other ring does not hold.
+        assert!(matches!(other.open(&token, Accept::Any, 8192), Err(TokenError::UnknownKey(_))));
+    }
+}
