@@ -54,7 +54,7 @@ pub enum ConfigError {
     Version(String),
     #[error("invalid environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot read key file `{path}`: {source}")]
     KeyFile { path: PathBuf, source: std::io::Error },

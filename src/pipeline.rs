@@ -95,6 +95,7 @@ impl HttpResponse {
 }
 
 /// What heimdall answers.
+#[expect(clippy::large_enum_variant, reason = "one per request, moved not copied; boxing the common Allow case would allocate")]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow(Allowed),

@@ -1,0 +1,367 @@
+//! A real Envoy in front of heimdall for integration tests.
+//!
+//! The configuration is `tests/fixtures/envoy-test.yaml.tmpl`: `envoy/envoy.yaml` with
+//! placeholders for the addresses (tests/envoy_configs.rs keeps the two in step), so the ext_authz
+//! settings under test are the shipped ones: fail closed with 503, `/healthz` unauthenticated,
+//! `/admin/` carrying the `heimdall_rule: admin` context extension.
+//!
+//! Envoy's listener and admin bind port 0 on 127.0.0.1 (no port race); the admin address comes
+//! from `--admin-address-path`, the listener's from the admin `/listeners` endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::tools;
+
+/// The configuration template, `tests/fixtures/envoy-test.yaml.tmpl`.
+pub const TEMPLATE: &str = include_str!("../fixtures/envoy-test.yaml.tmpl");
+
+/// How long Envoy may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often readiness is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What the test Envoy connects to.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyOptions {
+    /// heimdall's gRPC ext_authz address (a loopback address; nothing need listen there).
+    pub ext_authz_grpc: SocketAddr,
+    /// The upstream that allowed requests are routed to (a loopback address).
+    pub upstream: SocketAddr,
+    /// The ext_authz call timeout in milliseconds (`envoy/envoy.yaml` uses 250).
+    pub timeout_ms: u32,
+}
+
+impl EnvoyOptions {
+    /// Options with the shipped ext_authz timeout (250 ms).
+    pub fn new(ext_authz_grpc: SocketAddr, upstream: SocketAddr) -> Self {
+        Self {
+            ext_authz_grpc,
+            upstream,
+            timeout_ms: 250,
+        }
+    }
+}
+
+/// Values for the template's placeholders.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateValues {
+    pub admin_port: u16,
+    pub listen_port: u16,
+    pub ext_authz_grpc: SocketAddr,
+    pub upstream: SocketAddr,
+    pub timeout_ms: u32,
+}
+
+/// Renders [`TEMPLATE`] with `values`. Fails if a placeholder is left over.
+pub fn render(values: &TemplateValues) -> Result<String, String> {
+    let timeout = duration(values.timeout_ms);
+    let replacements = [
+        ("{{ADMIN_PORT}}", values.admin_port.to_string()),
+        ("{{LISTEN_PORT}}", values.listen_port.to_string()),
+        ("{{EXT_AUTHZ_ADDRESS}}", yaml_ip(values.ext_authz_grpc)),
+        (
+            "{{EXT_AUTHZ_PORT}}",
+            values.ext_authz_grpc.port().to_string(),
+        ),
+        ("{{EXT_AUTHZ_TIMEOUT}}", timeout),
+        ("{{UPSTREAM_ADDRESS}}", yaml_ip(values.upstream)),
+        ("{{UPSTREAM_PORT}}", values.upstream.port().to_string()),
+    ];
+    let mut rendered = String::with_capacity(TEMPLATE.len());
+    for line in TEMPLATE.lines() {
+        if line.trim_start().starts_with('#') {
+            // The template's header documents the placeholders; leave it as it is.
+            rendered.push_str(line);
+        } else {
+            let mut line = line.to_owned();
+            for (placeholder, value) in &replacements {
+                line = line.replace(placeholder, value);
+            }
+            if line.contains("{{") {
+                return Err(format!(
+                    "unresolved placeholder in the Envoy template: {}",
+                    line.trim()
+                ));
+            }
+            rendered.push_str(&line);
+        }
+        rendered.push('\n');
+    }
+    Ok(rendered)
+}
+
+/// Milliseconds as a protobuf JSON duration: 250 -> `0.25s`, 1000 -> `1s`.
+fn duration(ms: u32) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    if millis == 0 {
+        return format!("{secs}s");
+    }
+    let fraction = format!("{millis:03}");
+    format!("{secs}.{}s", fraction.trim_end_matches('0'))
+}
+
+/// An IP address as a YAML scalar (IPv6 needs quoting: `::1` is not a plain scalar).
+fn yaml_ip(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("\"{}\"", v6.ip()),
+    }
+}
+
+/// A running Envoy; killed (and its temporary directory removed) when dropped.
+pub struct Envoy {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy with the test configuration and waits (at most 20 s) until it is ready.
+    ///
+    /// Returns `None` when Envoy is not installed and the tests do not run in CI (see
+    /// [`tools::require`]); panics if Envoy is installed but does not start, with its log.
+    pub async fn start(options: EnvoyOptions) -> Option<Envoy> {
+        let binary = tools::require("envoy")?;
+        match Self::try_start(&binary, options).await {
+            Ok(envoy) => Some(envoy),
+            Err(message) => {
+                #[allow(
+                    clippy::panic,
+                    reason = "an installed Envoy that does not start fails the test"
+                )]
+                {
+                    panic!("{message}");
+                }
+            }
+        }
+    }
+
+    async fn try_start(binary: &Path, options: EnvoyOptions) -> Result<Envoy, String> {
+        for addr in [options.ext_authz_grpc, options.upstream] {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "test Envoy only talks to loopback addresses, not {addr}"
+                ));
+            }
+        }
+        let config = render(&TemplateValues {
+            admin_port: 0,
+            listen_port: 0,
+            ext_authz_grpc: options.ext_authz_grpc,
+            upstream: options.upstream,
+            timeout_ms: options.timeout_ms,
+        })?;
+
+        let id = unique_id();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("envoy-{}-{id}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let config_path = dir.join("envoy.yaml");
+        let admin_path = dir.join("admin-address");
+        let log_path = dir.join("envoy.log");
+        std::fs::write(&config_path, config)
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("create {}: {e}", log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| format!("clone {}: {e}", log_path.display()))?;
+
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--base-id")
+            .arg(base_id(id).to_string())
+            .args(["--log-level", "warn", "--concurrency", "1"])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
+
+        let mut envoy = Envoy {
+            child,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        match envoy.wait_ready(&admin_path).await {
+            Ok(()) => Ok(envoy),
+            Err(reason) => Err(format!(
+                "Envoy did not become ready: {reason}\n--- {} ---\n{}",
+                log_path.display(),
+                envoy.log()
+            )),
+        }
+    }
+
+    /// Polls until Envoy's admin answers `/ready` with 200 and its listener has an address.
+    async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
+        let client = http_client()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("no admin address yet");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy exited with {status}"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready after {}s ({last})",
+                    READY_TIMEOUT.as_secs()
+                ));
+            }
+            match self.probe(&client, admin_path).await {
+                Ok(()) => return Ok(()),
+                Err(reason) => last = reason,
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn probe(&mut self, client: &reqwest::Client, admin_path: &Path) -> Result<(), String> {
+        let text =
+            std::fs::read_to_string(admin_path).map_err(|e| format!("admin address: {e}"))?;
+        let admin: SocketAddr = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("admin address {text:?}: {e}"))?;
+        let ready = client
+            .get(format!("http://{admin}/ready"))
+            .send()
+            .await
+            .map_err(|e| format!("admin /ready: {e}"))?;
+        if !ready.status().is_success() {
+            return Err(format!("admin /ready answered {}", ready.status()));
+        }
+        let listeners: serde_json::Value = client
+            .get(format!("http://{admin}/listeners?format=json"))
+            .send()
+            .await
+            .map_err(|e| format!("admin /listeners: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("admin /listeners: {e}"))?;
+        let socket = listeners
+            .get("listener_statuses")
+            .and_then(|l| l.as_array())
+            .and_then(|l| {
+                l.iter()
+                    .find(|s| s.get("name").and_then(|n| n.as_str()) == Some("ingress"))
+            })
+            .and_then(|s| s.get("local_address"))
+            .and_then(|a| a.get("socket_address"))
+            .ok_or_else(|| format!("no ingress listener in {listeners}"))?;
+        let address = socket
+            .get("address")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| format!("listener without an address: {socket}"))?;
+        let port = socket
+            .get("port_value")
+            .and_then(|p| p.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("listener without a port: {socket}"))?;
+        let ip = address
+            .parse()
+            .map_err(|e| format!("listener address {address:?}: {e}"))?;
+        self.admin = admin;
+        self.listen = SocketAddr::new(ip, port);
+        Ok(())
+    }
+
+    /// Validates a configuration file with `envoy --mode validate -c FILE`.
+    ///
+    /// `Err` carries Envoy's output; it is also `Err` when Envoy is not installed (use
+    /// [`tools::require`] first to skip outside CI).
+    pub fn validate(path: &Path) -> Result<(), String> {
+        let binary = tools::find("envoy")
+            .ok_or_else(|| "envoy not installed, run `make tools`".to_owned())?;
+        let output = std::process::Command::new(&binary)
+            .args(["--mode", "validate", "--log-level", "warn", "-c"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run {}: {e}", binary.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not a valid Envoy configuration ({}):\n{}{}",
+                path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// The address of Envoy's HTTP listener (127.0.0.1).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The address of Envoy's admin interface (127.0.0.1).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `http://LISTEN_ADDR{path}`; `path` starts with `/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `http://ADMIN_ADDR{path}`, e.g. `admin_url("/stats?filter=ext_authz")`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The rendered configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("envoy.yaml")
+    }
+
+    /// What Envoy has logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        // kill_on_drop would do it too; start_kill makes it happen before the directory goes.
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP client for loopback test traffic: no proxy from the environment, bounded timeouts.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("build HTTP client: {e}"))
+}
+
+fn unique_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A base id no other Envoy of this machine's test runs uses at the same time: hot restart is
+/// disabled, but Envoy still names its shared-memory region after the base id.
+fn base_id(id: u32) -> u32 {
+    (std::process::id() % 100_000) * 100 + id % 100
+}

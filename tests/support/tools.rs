@@ -1,0 +1,75 @@
+//! Finding the real components (Envoy, NATS, Cerbos, ...) that `make tools` installs.
+//!
+//! Lookup order: the directory in `$HEIMDALL_TOOLS`, then `<repo>/.tools/bin`, then `$PATH`.
+//! In CI (`CI=true` or `CI=1`) a missing tool is a test failure, never a silent skip.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The repository's own tool directory, filled by `scripts/install-tools.sh`.
+pub fn repo_tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools")
+        .join("bin")
+}
+
+/// The directory holding the npm packages installed by `make tools` (e.g. `oidc-provider`):
+/// `<repo>/.tools/npm`, whose `node_modules` a node script resolves from.
+pub fn npm_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools")
+        .join("npm")
+}
+
+/// Where `name` is installed, if anywhere: `$HEIMDALL_TOOLS`, `<repo>/.tools/bin`, then `$PATH`.
+pub fn find(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(tools) = std::env::var_os("HEIMDALL_TOOLS").filter(|v| !v.is_empty()) {
+        dirs.extend(std::env::split_paths(&tools));
+    }
+    dirs.push(repo_tools_dir());
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Like [`find`], for a test that needs the tool.
+///
+/// When the tool is missing: in CI (`CI` is `true` or `1`) this panics, telling to run
+/// `make tools`; elsewhere it prints a "skipping" line to stderr and returns `None`, and the
+/// caller returns early.
+pub fn require(name: &str) -> Option<PathBuf> {
+    if let Some(path) = find(name) {
+        return Some(path);
+    }
+    if in_ci() {
+        #[allow(
+            clippy::panic,
+            reason = "in CI a missing tool must fail the test, not skip it"
+        )]
+        {
+            panic!(
+                "{name} is not installed (looked in $HEIMDALL_TOOLS, {}, $PATH): run `make tools`",
+                repo_tools_dir().display()
+            );
+        }
+    }
+    eprintln!("skipping: {name} not installed, run `make tools`");
+    None
+}
+
+/// Whether the tests run in CI (`CI=true` or `CI=1`).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| {
+        v == OsStr::new("1") || v.to_str().is_some_and(|s| s.eq_ignore_ascii_case("true"))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    // `metadata` follows symlinks: .tools/bin holds links into the installed packages.
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
