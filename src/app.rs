@@ -44,12 +44,25 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     let keys = Arc::new(keys);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let rules = RuleSet::compile(&config, &keys, &metrics).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
+    let rules = RuleSet::compile(&config, &keys, &metrics)
+        .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
     }
-    let engine = Arc::new(Engine::new(rules, metrics, config.server.check_timeout, &config.server.rule_extension, config.log.decisions));
-    Ok(Built { config: Arc::new(config), keys, engine, registry: Arc::new(registry), readiness: Readiness::default() })
+    let engine = Arc::new(Engine::new(
+        rules,
+        metrics,
+        config.server.check_timeout,
+        &config.server.rule_extension,
+        config.log.decisions,
+    ));
+    Ok(Built {
+        config: Arc::new(config),
+        keys,
+        engine,
+        registry: Arc::new(registry),
+        readiness: Readiness::default(),
+    })
 }
 
 /// A serving heimdall.
@@ -66,8 +79,12 @@ impl Built {
     pub async fn serve(self) -> anyhow::Result<Running> {
         let listening = self.readiness.block("listeners");
         let server = &self.config.server;
-        let grpc_listener = TcpListener::bind((server.bind, server.grpc_port)).await.with_context(|| format!("ext_authz gRPC port {} cannot be bound", server.grpc_port))?;
-        let http_listener = TcpListener::bind((server.bind, server.http_port)).await.with_context(|| format!("HTTP side port {} cannot be bound", server.http_port))?;
+        let grpc_listener = TcpListener::bind((server.bind, server.grpc_port))
+            .await
+            .with_context(|| format!("ext_authz gRPC port {} cannot be bound", server.grpc_port))?;
+        let http_listener = TcpListener::bind((server.bind, server.http_port))
+            .await
+            .with_context(|| format!("HTTP side port {} cannot be bound", server.http_port))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
@@ -75,7 +92,8 @@ impl Built {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
         let ext_authz = AuthorizationServer::new(ExtAuthz::new(Arc::clone(&self.engine)));
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let mut grpc_signal = signal.clone();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -108,7 +126,13 @@ impl Built {
         });
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
-        Ok(Running { grpc_addr, http_addr, readiness: self.readiness, shutdown, tasks: vec![grpc, http] })
+        Ok(Running {
+            grpc_addr,
+            http_addr,
+            readiness: self.readiness,
+            shutdown,
+            tasks: vec![grpc, http],
+        })
     }
 }
 
@@ -118,13 +142,17 @@ impl Running {
         let _ = self.shutdown.send(true);
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(?grace, "shutdown grace period over; in-flight requests dropped");
+            tracing::warn!(
+                ?grace,
+                "shutdown grace period over; in-flight requests dropped"
+            );
         }
     }
 
     /// Waits until a server task ends (an error) or the process is told to stop.
     pub async fn until_stopped(mut self) -> anyhow::Result<()> {
-        let (first, _, rest) = futures_util::future::select_all(std::mem::take(&mut self.tasks)).await;
+        let (first, _, rest) =
+            futures_util::future::select_all(std::mem::take(&mut self.tasks)).await;
         self.tasks = rest;
         match first {
             Ok(Ok(())) => Ok(()),

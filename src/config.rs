@@ -47,7 +47,10 @@ impl Env for HashMap<String, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file `{path}`: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config in {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("unsupported config version `{0}` (this heimdall reads version \"1\")")]
@@ -57,11 +60,17 @@ pub enum ConfigError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot read key file `{path}`: {source}")]
-    KeyFile { path: PathBuf, source: std::io::Error },
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key {index}: environment variable `{name}` is not set")]
     KeyEnv { index: usize, name: String },
     #[error("invalid setting `{field}`: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// The whole configuration file.
@@ -119,7 +128,10 @@ impl Default for ServerConfig {
             grpc_port: 9001,
             http_port: 8080,
             check_timeout: Duration::from_millis(180),
-            trusted_proxies: vec![IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)), IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))],
+            trusted_proxies: vec![
+                IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            ],
             rule_extension: "heimdall_rule".into(),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -139,7 +151,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Plain, decisions: false }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Plain,
+            decisions: false,
+        }
     }
 }
 
@@ -168,7 +184,12 @@ pub struct TokensConfig {
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { issuer: "heimdall".into(), audience: None, ttl: Duration::from_secs(3600), keys: Vec::new() }
+        Self {
+            issuer: "heimdall".into(),
+            audience: None,
+            ttl: Duration::from_secs(3600),
+            keys: Vec::new(),
+        }
     }
 }
 
@@ -188,7 +209,13 @@ impl Serialize for KeySource {
         let mut map = s.serialize_map(Some(1))?;
         match self {
             Self::Paserk(p) if p.starts_with("k4.public.") => map.serialize_entry("paserk", p)?,
-            Self::Paserk(p) => map.serialize_entry("paserk", &format!("{}<redacted>", p.split('.').take(2).collect::<Vec<_>>().join(".") + "."))?,
+            Self::Paserk(p) => map.serialize_entry(
+                "paserk",
+                &format!(
+                    "{}<redacted>",
+                    p.split('.').take(2).collect::<Vec<_>>().join(".") + "."
+                ),
+            )?,
             Self::File(path) => map.serialize_entry("file", path)?,
             Self::Env(name) => map.serialize_entry("env", name)?,
         }
@@ -215,7 +242,10 @@ impl std::fmt::Display for Origin {
 impl Config {
     /// Parses YAML; errors carry the origin and serde's line/column.
     pub fn parse(text: &str, origin: &Origin) -> Result<Self, ConfigError> {
-        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
         if config.version != VERSION {
             return Err(ConfigError::Version(config.version));
         }
@@ -226,7 +256,10 @@ impl Config {
     pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<(Self, Origin), ConfigError> {
         let (text, origin) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 (text, Origin::File(path.to_owned()))
             }
             None => (EMBEDDED.to_owned(), Origin::Embedded),
@@ -251,13 +284,22 @@ impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.check_timeout.is_zero() {
-            return Err(ConfigError::Invalid { field: "server.check_timeout", message: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                field: "server.check_timeout",
+                message: "must be positive".into(),
+            });
         }
         if self.tokens.ttl.is_zero() {
-            return Err(ConfigError::Invalid { field: "tokens.ttl", message: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                field: "tokens.ttl",
+                message: "must be positive".into(),
+            });
         }
         if self.tokens.issuer.is_empty() {
-            return Err(ConfigError::Invalid { field: "tokens.issuer", message: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                field: "tokens.issuer",
+                message: "must not be empty".into(),
+            });
         }
         Ok(())
     }
@@ -271,8 +313,16 @@ impl Config {
         for (index, source) in self.tokens.keys.iter().enumerate() {
             let text = match source {
                 KeySource::Paserk(p) => p.clone(),
-                KeySource::File(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile { path: path.clone(), source })?,
-                KeySource::Env(name) => env.var(name).ok_or_else(|| ConfigError::KeyEnv { index, name: name.clone() })?,
+                KeySource::File(path) => {
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+                KeySource::Env(name) => env.var(name).ok_or_else(|| ConfigError::KeyEnv {
+                    index,
+                    name: name.clone(),
+                })?,
             };
             ring.add_paserk(&text, index)?;
         }
@@ -286,7 +336,10 @@ impl Config {
 }
 
 fn parse_port(name: &'static str, value: &str) -> Result<u16, ConfigError> {
-    value.trim().parse::<u16>().map_err(|_| ConfigError::Env { name, message: format!("`{value}` is not a port number") })
+    value.trim().parse::<u16>().map_err(|_| ConfigError::Env {
+        name,
+        message: format!("`{value}` is not a port number"),
+    })
 }
 
 /// Shared, immutable configuration.
@@ -297,7 +350,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -309,32 +365,56 @@ mod tests {
 
     #[test]
     fn env_overrides_ports() {
-        let (config, _) = Config::load(None, &env(&[("PORT", "18080"), ("GRPC_PORT", "19001")])).unwrap();
-        assert_eq!((config.server.http_port, config.server.grpc_port), (18080, 19001));
+        let (config, _) =
+            Config::load(None, &env(&[("PORT", "18080"), ("GRPC_PORT", "19001")])).unwrap();
+        assert_eq!(
+            (config.server.http_port, config.server.grpc_port),
+            (18080, 19001)
+        );
         let err = Config::load(None, &env(&[("PORT", "http")])).unwrap_err();
-        assert_eq!(err.to_string(), "invalid environment variable PORT: `http` is not a port number");
+        assert_eq!(
+            err.to_string(),
+            "invalid environment variable PORT: `http` is not a port number"
+        );
     }
 
     #[test]
     fn old_example_key_is_refused_with_its_length() {
         let (config, _) = Config::load(None, &env(&[])).unwrap();
-        let err = config.keyring(&env(&[("PASETO_SYMMETRIC_KEY", "change-this-to-32-byte-secret!!")])).unwrap_err();
-        assert_eq!(err.to_string(), "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31");
+        let err = config
+            .keyring(&env(&[(
+                "PASETO_SYMMETRIC_KEY",
+                "change-this-to-32-byte-secret!!",
+            )]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31"
+        );
     }
 
     #[test]
     fn unknown_fields_are_errors_with_a_location() {
-        let err = Config::parse("version: \"1\"\nserver:\n  grpc_prot: 1\n", &Origin::Embedded).unwrap_err().to_string();
+        let err = Config::parse(
+            "version: \"1\"\nserver:\n  grpc_prot: 1\n",
+            &Origin::Embedded,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `grpc_prot`"), "{err}");
         assert!(err.contains("line 3"), "{err}");
-        let err = Config::parse("version: \"2\"\n", &Origin::Embedded).unwrap_err().to_string();
+        let err = Config::parse("version: \"2\"\n", &Origin::Embedded)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unsupported config version `2`"), "{err}");
     }
 
     #[test]
     fn secrets_are_redacted() {
         let mut config = Config::parse("version: \"1\"\n", &Origin::Embedded).unwrap();
-        config.tokens.keys.push(KeySource::Paserk("k4.local.c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI".into()));
+        config.tokens.keys.push(KeySource::Paserk(
+            "k4.local.c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI".into(),
+        ));
         let yaml = config.redacted_yaml();
         assert!(yaml.contains("k4.local.<redacted>"), "{yaml}");
         assert!(!yaml.contains("c2VjcmV0"), "{yaml}");

@@ -33,7 +33,13 @@ pub struct Decided {
 }
 
 impl Engine {
-    pub fn new(rules: RuleSet, metrics: Metrics, check_timeout: Duration, rule_extension: &str, log_allows: bool) -> Self {
+    pub fn new(
+        rules: RuleSet,
+        metrics: Metrics,
+        check_timeout: Duration,
+        rule_extension: &str,
+        log_allows: bool,
+    ) -> Self {
         let no_rule = metrics.for_rule(NO_RULE_LABEL);
         Self {
             rules: ArcSwap::from_pointee(rules),
@@ -58,7 +64,8 @@ impl Engine {
 
     /// Decides on one request.
     pub async fn decide(&self, req: &RequestView<'_>) -> Decided {
-        let span = tracing::info_span!("check", request.id = %req.id, rule.id = tracing::field::Empty);
+        let span =
+            tracing::info_span!("check", request.id = %req.id, rule.id = tracing::field::Empty);
         self.decide_inner(req).instrument(span).await
     }
 
@@ -66,28 +73,57 @@ impl Engine {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let rules = self.rules.load();
-        let named = req.context_extensions.and_then(|ext| ext.get(&*self.rule_extension)).map(String::as_str);
-        let (outcome, rule, rule_metrics) = match rules.select(named, req.method, req.host, req.path) {
-            Ok(selected) => {
-                tracing::Span::current().record("rule.id", &*selected.rule.id);
-                let outcome = match tokio::time::timeout(self.check_timeout, selected.rule.pipeline.execute(req, &selected.captures)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Outcome::from_error(StepError::new(
-                        ErrorKind::Communication,
-                        &selected.rule.id,
-                        format!("no decision within the deadline of {:?}", self.check_timeout),
-                    )),
-                };
-                (outcome, Some(Arc::clone(&selected.rule.id)), &selected.rule.metrics)
-            }
-            Err(no_rule) => {
-                let message = match no_rule {
-                    NoRule::NoMatch => format!("no rule matches {} {}{}", req.method, req.host, req.path),
-                    NoRule::UnknownRule(name) => format!("context_extensions `{}` names unknown rule `{name}`", self.rule_extension),
-                };
-                (Outcome::from_error(StepError::new(ErrorKind::NoRule, &self.router_id, message)), None, &self.no_rule)
-            }
-        };
+        let named = req
+            .context_extensions
+            .and_then(|ext| ext.get(&*self.rule_extension))
+            .map(String::as_str);
+        let (outcome, rule, rule_metrics) =
+            match rules.select(named, req.method, req.host, req.path) {
+                Ok(selected) => {
+                    tracing::Span::current().record("rule.id", &*selected.rule.id);
+                    let outcome = match tokio::time::timeout(
+                        self.check_timeout,
+                        selected.rule.pipeline.execute(req, &selected.captures),
+                    )
+                    .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => Outcome::from_error(StepError::new(
+                            ErrorKind::Communication,
+                            &selected.rule.id,
+                            format!(
+                                "no decision within the deadline of {:?}",
+                                self.check_timeout
+                            ),
+                        )),
+                    };
+                    (
+                        outcome,
+                        Some(Arc::clone(&selected.rule.id)),
+                        &selected.rule.metrics,
+                    )
+                }
+                Err(no_rule) => {
+                    let message = match no_rule {
+                        NoRule::NoMatch => {
+                            format!("no rule matches {} {}{}", req.method, req.host, req.path)
+                        }
+                        NoRule::UnknownRule(name) => format!(
+                            "context_extensions `{}` names unknown rule `{name}`",
+                            self.rule_extension
+                        ),
+                    };
+                    (
+                        Outcome::from_error(StepError::new(
+                            ErrorKind::NoRule,
+                            &self.router_id,
+                            message,
+                        )),
+                        None,
+                        &self.no_rule,
+                    )
+                }
+            };
         let elapsed = started.elapsed();
         rule_metrics.duration.observe(elapsed.as_secs_f64());
         self.metrics.in_flight.dec();
@@ -96,12 +132,23 @@ impl Engine {
             Decision::Allow(_) => {
                 rule_metrics.allow.inc();
                 if self.log_allows {
-                    tracing::info!(rule.id = rule_id, decision = "allow", method = req.method, host = req.host, path = req.path, "request allowed");
+                    tracing::info!(
+                        rule.id = rule_id,
+                        decision = "allow",
+                        method = req.method,
+                        host = req.host,
+                        path = req.path,
+                        "request allowed"
+                    );
                 }
             }
             Decision::Deny(response) | Decision::Error(response) => {
                 let is_error = matches!(outcome.decision, Decision::Error(_));
-                let counter = if is_error { &rule_metrics.error } else { &rule_metrics.deny };
+                let counter = if is_error {
+                    &rule_metrics.error
+                } else {
+                    &rule_metrics.deny
+                };
                 counter.inc();
                 if let Some(error) = &outcome.error {
                     self.metrics.step_error(&error.mechanism, error.kind);

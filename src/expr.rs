@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
@@ -42,7 +44,11 @@ pub enum ExprError {
     #[error("CEL `{expr}` failed: {message}")]
     Eval { expr: Arc<str>, message: String },
     #[error("CEL `{expr}` returned {got}, expected {expected}")]
-    Type { expr: Arc<str>, got: String, expected: &'static str },
+    Type {
+        expr: Arc<str>,
+        got: String,
+        expected: &'static str,
+    },
     #[error("CEL environment could not be built")]
     Environment,
 }
@@ -58,15 +64,27 @@ pub struct Expr {
 impl Expr {
     /// Compiles `expr`, refusing variables heimdall does not bind.
     pub fn compile(expr: &str) -> Result<Self, ExprError> {
-        let program = env()?
-            .compile(expr)
-            .map_err(|e| ExprError::Parse { expr: expr.to_owned(), message: e.to_string().replace('\n', " ") })?;
+        let program = env()?.compile(expr).map_err(|e| ExprError::Parse {
+            expr: expr.to_owned(),
+            message: e.to_string().replace('\n', " "),
+        })?;
         let references = program.references();
-        if let Some(name) = references.variables().into_iter().find(|v| !VARIABLES.contains(v)) {
-            return Err(ExprError::UnknownVariable { expr: expr.to_owned(), name: name.to_owned() });
+        if let Some(name) = references
+            .variables()
+            .into_iter()
+            .find(|v| !VARIABLES.contains(v))
+        {
+            return Err(ExprError::UnknownVariable {
+                expr: expr.to_owned(),
+                name: name.to_owned(),
+            });
         }
         let uses_request = references.has_variable("request");
-        Ok(Self { expr: Arc::from(expr), program: Arc::new(program), uses_request })
+        Ok(Self {
+            expr: Arc::from(expr),
+            program: Arc::new(program),
+            uses_request,
+        })
     }
 
     /// The source text, for messages.
@@ -83,14 +101,21 @@ impl Expr {
         let env = env()?;
         let mut context = Context::with_env(Arc::clone(env));
         context.set_variable_resolver(vars);
-        self.program.execute(&context).map_err(|e| ExprError::Eval { expr: Arc::clone(&self.expr), message: e.to_string() })
+        self.program.execute(&context).map_err(|e| ExprError::Eval {
+            expr: Arc::clone(&self.expr),
+            message: e.to_string(),
+        })
     }
 
     /// Evaluates a condition. Anything but a boolean is an error, never "true".
     pub fn eval_bool(&self, vars: &Vars<'_>) -> Result<bool, ExprError> {
         match self.eval(vars)? {
             Value::Bool(b) => Ok(b),
-            other => Err(ExprError::Type { expr: Arc::clone(&self.expr), got: other.type_of().to_string(), expected: "a bool" }),
+            other => Err(ExprError::Type {
+                expr: Arc::clone(&self.expr),
+                got: other.type_of().to_string(),
+                expected: "a bool",
+            }),
         }
     }
 
@@ -191,7 +216,9 @@ impl<'a> Vars<'a> {
             let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
             let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
             // First value wins, as most frameworks read a single-valued parameter.
-            query.entry(CelMapKey::String(CelString::from(k))).or_insert_with(|| Box::new(CelString::from(v)));
+            query
+                .entry(CelMapKey::String(CelString::from(k)))
+                .or_insert_with(|| Box::new(CelString::from(v)));
         }
         let mut capture_map = Entries::new();
         for (name, value) in captures {
@@ -221,7 +248,10 @@ impl<'a> Vars<'a> {
         let mut map = principal_entries(subject.primary());
         let mut principals = Entries::new();
         for (name, principal) in subject.iter() {
-            principals.insert(key(name), Box::new(CelMap::from(principal_entries(Some(principal)))));
+            principals.insert(
+                key(name),
+                Box::new(CelMap::from(principal_entries(Some(principal)))),
+            );
         }
         map.insert(key("principals"), Box::new(CelMap::from(principals)));
         self.subject = Some(CelMap::from(map));
@@ -246,7 +276,12 @@ fn principal_entries(principal: Option<&crate::pipeline::Principal>) -> Entries<
         return map;
     };
     map.insert(key("id"), string(&p.id));
-    map.insert(key("roles"), Box::new(CelList::from(p.roles.iter().map(|r| string(r)).collect::<Vec<_>>())));
+    map.insert(
+        key("roles"),
+        Box::new(CelList::from(
+            p.roles.iter().map(|r| string(r)).collect::<Vec<_>>(),
+        )),
+    );
     let mut attr = Entries::new();
     for (k, v) in p.attributes.iter() {
         attr.insert(key(k), json_val(v));
@@ -272,7 +307,9 @@ pub fn json_val(value: &serde_json::Value) -> Box<dyn Val + '_> {
             }
         }
         J::String(s) => string(s),
-        J::Array(items) => Box::new(CelList::from(items.iter().map(json_val).collect::<Vec<_>>())),
+        J::Array(items) => Box::new(CelList::from(
+            items.iter().map(json_val).collect::<Vec<_>>(),
+        )),
         J::Object(map) => {
             let mut entries = Entries::new();
             for (k, v) in map {
@@ -293,37 +330,69 @@ mod tests {
         let mut attributes = serde_json::Map::new();
         attributes.insert("plan".into(), "pro".into());
         attributes.insert("max_users".into(), 500.into());
-        Subject::single(Principal::new("alice", vec!["user".into(), "editor".into()], attributes, "test"))
+        Subject::single(Principal::new(
+            "alice",
+            vec!["user".into(), "editor".into()],
+            attributes,
+            "test",
+        ))
     }
 
     #[test]
     fn refuses_unknown_variables_and_bad_syntax() {
-        assert!(matches!(Expr::compile("foo == 1"), Err(ExprError::UnknownVariable { name, .. }) if name == "foo"));
-        assert!(matches!(Expr::compile("subject.id =="), Err(ExprError::Parse { .. })));
+        assert!(
+            matches!(Expr::compile("foo == 1"), Err(ExprError::UnknownVariable { name, .. }) if name == "foo")
+        );
+        assert!(matches!(
+            Expr::compile("subject.id =="),
+            Err(ExprError::Parse { .. })
+        ));
     }
 
     #[test]
     fn evaluates_over_request_and_subject() {
         let headers = HashMap::from([("accept".to_string(), "text/html".to_string())]);
-        let req = RequestView::new("PUT", "https", "api.example.com", "/documents/42?x=1&y=a%20b", Headers::Map(&headers));
+        let req = RequestView::new(
+            "PUT",
+            "https",
+            "api.example.com",
+            "/documents/42?x=1&y=a%20b",
+            Headers::Map(&headers),
+        );
         let captures = vec![("id", Cow::Borrowed("42"))];
         let subject = subject();
         let mut vars = Vars::default();
         vars.bind_request(&req, &captures);
         vars.bind_subject(&subject);
         let cases = [
-            (r#"request.method == "PUT" && request.captures.id == "42""#, true),
-            (r#""editor" in subject.roles && subject.attr.max_users > 100"#, true),
-            (r#"request.query.y == "a b" && request.headers.accept.contains("html")"#, true),
+            (
+                r#"request.method == "PUT" && request.captures.id == "42""#,
+                true,
+            ),
+            (
+                r#""editor" in subject.roles && subject.attr.max_users > 100"#,
+                true,
+            ),
+            (
+                r#"request.query.y == "a b" && request.headers.accept.contains("html")"#,
+                true,
+            ),
             (r#"has(request.headers.authorization)"#, false),
             (r#"subject.principals.default.id == "alice""#, true),
         ];
         for (expr, expected) in cases {
-            assert_eq!(Expr::compile(expr).unwrap().eval_bool(&vars).unwrap(), expected, "{expr}");
+            assert_eq!(
+                Expr::compile(expr).unwrap().eval_bool(&vars).unwrap(),
+                expected,
+                "{expr}"
+            );
         }
         let roles = Expr::compile("subject.roles").unwrap();
         assert_eq!(roles.eval_string(&vars).unwrap(), "user,editor");
         let not_bool = Expr::compile("subject.id").unwrap();
-        assert!(matches!(not_bool.eval_bool(&vars), Err(ExprError::Type { .. })));
+        assert!(matches!(
+            not_bool.eval_bool(&vars),
+            Err(ExprError::Type { .. })
+        ));
     }
 }

@@ -6,10 +6,16 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse as EnvoyHttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    check_response::HttpResponse as EnvoyHttpResponse,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
@@ -39,8 +45,15 @@ impl ExtAuthz {
 
 /// Builds the request view, or says what is missing.
 pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
-    let attributes = check.attributes.as_ref().ok_or("CheckRequest has no `attributes`")?;
-    let http = attributes.request.as_ref().and_then(|r| r.http.as_ref()).ok_or("CheckRequest has no `attributes.request.http`")?;
+    let attributes = check
+        .attributes
+        .as_ref()
+        .ok_or("CheckRequest has no `attributes`")?;
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or("CheckRequest has no `attributes.request.http`")?;
     if http.method.is_empty() {
         return Err("CheckRequest has no HTTP method");
     }
@@ -48,7 +61,11 @@ pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
         Some(map) if !map.headers.is_empty() => Headers::List(&map.headers),
         _ => Headers::Map(&http.headers),
     };
-    let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
+    let path = if http.path.is_empty() {
+        "/"
+    } else {
+        http.path.as_str()
+    };
     let mut view = RequestView::new(&http.method, &http.scheme, &http.host, path, headers);
     if view.query.is_empty() && !http.query.is_empty() {
         view.query = &http.query;
@@ -59,11 +76,16 @@ pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
             .address
             .as_ref()
             .and_then(|a| match &a.address {
-                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s),
+                ) => Some(s.address.as_str()),
                 _ => None,
             })
             .unwrap_or("");
-        view.peer = Peer { address, principal: &source.principal };
+        view.peer = Peer {
+            address,
+            principal: &source.principal,
+        };
     }
     view.context_extensions = Some(&attributes.context_extensions);
     Ok(view)
@@ -71,7 +93,11 @@ pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
 
 fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
         append_action: action as i32,
         ..HeaderValueOption::default()
     }
@@ -79,49 +105,105 @@ fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpt
 
 fn denied(response: &HttpResponse) -> DeniedHttpResponse {
     DeniedHttpResponse {
-        status: Some(HttpStatus { code: i32::from(response.status) }),
-        headers: response.headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd)).collect(),
+        status: Some(HttpStatus {
+            code: i32::from(response.status),
+        }),
+        headers: response
+            .headers
+            .iter()
+            .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .collect(),
         body: response.body.clone(),
     }
 }
 
 fn ok(allowed: &Allowed) -> OkHttpResponse {
     OkHttpResponse {
-        headers: allowed.upstream_headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd)).collect(),
-        headers_to_remove: allowed.remove_headers.iter().map(|h| h.to_string()).collect(),
-        response_headers_to_add: allowed.response_headers.iter().map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd)).collect(),
+        headers: allowed
+            .upstream_headers
+            .iter()
+            .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .collect(),
+        headers_to_remove: allowed
+            .remove_headers
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+        response_headers_to_add: allowed
+            .response_headers
+            .iter()
+            .map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd))
+            .collect(),
         ..OkHttpResponse::default()
     }
 }
 
-/// The `CheckResponse` for a decision.
-pub fn check_response(decision: &Decision) -> CheckResponse {
+/// `dynamic_metadata` naming the rule, for Envoy access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:rule)%`).
+fn rule_metadata(rule: Option<&str>) -> Option<Struct> {
+    let rule = rule?;
+    let value = ProtoValue {
+        kind: Some(Kind::StringValue(rule.to_owned())),
+    };
+    Some(Struct {
+        fields: std::iter::once(("rule".to_owned(), value)).collect(),
+    })
+}
+
+/// The `CheckResponse` for a decision by `rule`.
+pub fn check_response(decision: &Decision, rule: Option<&str>) -> CheckResponse {
     let (code, http) = match decision {
         Decision::Allow(allowed) => (RPC_OK, EnvoyHttpResponse::OkResponse(ok(allowed))),
         Decision::Deny(response) => {
-            let code = if response.status == 401 { RPC_UNAUTHENTICATED } else { RPC_PERMISSION_DENIED };
+            let code = if response.status == 401 {
+                RPC_UNAUTHENTICATED
+            } else {
+                RPC_PERMISSION_DENIED
+            };
             (code, EnvoyHttpResponse::DeniedResponse(denied(response)))
         }
-        Decision::Error(response) => (RPC_UNAVAILABLE, EnvoyHttpResponse::ErrorResponse(denied(response))),
+        Decision::Error(response) => (
+            RPC_UNAVAILABLE,
+            EnvoyHttpResponse::ErrorResponse(denied(response)),
+        ),
     };
-    CheckResponse { status: Some(RpcStatus { code, ..RpcStatus::default() }), http_response: Some(http), ..CheckResponse::default() }
+    CheckResponse {
+        status: Some(RpcStatus {
+            code,
+            ..RpcStatus::default()
+        }),
+        http_response: Some(http),
+        dynamic_metadata: rule_metadata(rule),
+    }
 }
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
         let view = match view(&check) {
             Ok(view) => view,
             Err(message) => {
                 // Not Envoy-shaped: deny with 400 rather than erroring, and say why in the log.
-                self.engine.metrics().rejected.get_or_create(&EntryLabels { entry: "ext_authz" }).inc();
+                self.engine
+                    .metrics()
+                    .rejected
+                    .get_or_create(&EntryLabels { entry: "ext_authz" })
+                    .inc();
                 tracing::warn!(reason = message, "malformed CheckRequest denied");
                 let response = HttpResponse::from_kind(crate::pipeline::ErrorKind::BadRequest);
-                return Ok(Response::new(check_response(&Decision::Deny(response))));
+                return Ok(Response::new(check_response(
+                    &Decision::Deny(response),
+                    None,
+                )));
             }
         };
         let decided = self.engine.decide(&view).await;
-        Ok(Response::new(check_response(&decided.outcome.decision)))
+        Ok(Response::new(check_response(
+            &decided.outcome.decision,
+            decided.rule.as_deref(),
+        )))
     }
 }

@@ -43,7 +43,12 @@ pub fn router(state: SideState) -> Router {
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response {
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 async fn health() -> Response {
@@ -55,27 +60,48 @@ async fn ready(State(state): State<SideState>) -> Response {
     if pending.is_empty() {
         json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
     } else {
-        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "not ready", "waiting_for": pending }))
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not ready", "waiting_for": pending }),
+        )
     }
 }
 
 async fn metrics(State(state): State<SideState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response(),
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
 async fn paseto_keys(State(state): State<SideState>) -> Response {
-    let keys: Vec<_> = state.keys.public_keys().map(|(kid, paserk)| serde_json::json!({ "kid": kid, "paserk": paserk })).collect();
+    let keys: Vec<_> = state
+        .keys
+        .public_keys()
+        .map(|(kid, paserk)| serde_json::json!({ "kid": kid, "paserk": paserk }))
+        .collect();
     json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
 }
 
 fn to_response(response: &HttpResponse) -> Response {
-    let mut out = (StatusCode::from_u16(response.status).unwrap_or(StatusCode::FORBIDDEN), response.body.clone()).into_response();
+    let mut out = (
+        StatusCode::from_u16(response.status).unwrap_or(StatusCode::FORBIDDEN),
+        response.body.clone(),
+    )
+        .into_response();
     for (name, value) in &response.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_ref()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_ref()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             out.headers_mut().insert(name, value);
         }
     }
@@ -83,7 +109,12 @@ fn to_response(response: &HttpResponse) -> Response {
 }
 
 fn deny(state: &SideState, kind: ErrorKind, reason: &str) -> Response {
-    state.engine.metrics().rejected.get_or_create(&EntryLabels { entry: "decision" }).inc();
+    state
+        .engine
+        .metrics()
+        .rejected
+        .get_or_create(&EntryLabels { entry: "decision" })
+        .inc();
     tracing::info!(reason, "forward-auth request refused");
     to_response(&HttpResponse::from_kind(kind))
 }
@@ -92,10 +123,22 @@ fn deny(state: &SideState, kind: ErrorKind, reason: &str) -> Response {
 /// and `-Uri` (trusted only from `server.trusted_proxies`); credentials are the request's own
 /// headers. 200 carries the finalizers' headers (`X-User-ID`, `X-User-Roles`) for the gateway
 /// to copy upstream; a denial carries its status, headers and body.
-async fn decision(State(state): State<SideState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+async fn decision(
+    State(state): State<SideState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let peer_ip = peer.ip().to_canonical();
-    if !state.trusted_proxies.iter().any(|net| net.contains(&peer_ip)) {
-        return deny(&state, ErrorKind::Authorization, "peer is not in server.trusted_proxies");
+    if !state
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer_ip))
+    {
+        return deny(
+            &state,
+            ErrorKind::Authorization,
+            "peer is not in server.trusted_proxies",
+        );
     }
     let get = |name: &str| -> Result<Option<&str>, ()> {
         let mut values = headers.get_all(name).iter();
@@ -106,27 +149,63 @@ async fn decision(State(state): State<SideState>, ConnectInfo(peer): ConnectInfo
             (Some(_), Some(_)) => Err(()),
         }
     };
-    let (Ok(method), Ok(proto), Ok(host), Ok(uri)) = (get("x-forwarded-method"), get("x-forwarded-proto"), get("x-forwarded-host"), get("x-forwarded-uri")) else {
-        return deny(&state, ErrorKind::BadRequest, "an X-Forwarded-* header is repeated or not valid UTF-8");
+    let (Ok(method), Ok(proto), Ok(host), Ok(uri)) = (
+        get("x-forwarded-method"),
+        get("x-forwarded-proto"),
+        get("x-forwarded-host"),
+        get("x-forwarded-uri"),
+    ) else {
+        return deny(
+            &state,
+            ErrorKind::BadRequest,
+            "an X-Forwarded-* header is repeated or not valid UTF-8",
+        );
     };
     let (Some(method), Some(host)) = (method, host) else {
-        return deny(&state, ErrorKind::BadRequest, "X-Forwarded-Method and X-Forwarded-Host are required");
+        return deny(
+            &state,
+            ErrorKind::BadRequest,
+            "X-Forwarded-Method and X-Forwarded-Host are required",
+        );
     };
     let uri = uri.unwrap_or("/");
     if !uri.starts_with('/') {
-        return deny(&state, ErrorKind::BadRequest, "X-Forwarded-Uri must be an absolute path");
+        return deny(
+            &state,
+            ErrorKind::BadRequest,
+            "X-Forwarded-Uri must be an absolute path",
+        );
     }
     let peer_address = peer_ip.to_string();
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mut view = RequestView::new(method, proto.unwrap_or("http"), host, uri, Headers::Http(&headers));
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut view = RequestView::new(
+        method,
+        proto.unwrap_or("http"),
+        host,
+        uri,
+        Headers::Http(&headers),
+    );
     view.id = request_id;
-    view.peer = Peer { address: &peer_address, principal: "" };
+    view.peer = Peer {
+        address: &peer_address,
+        principal: "",
+    };
     let decided = state.engine.decide(&view).await;
     match &decided.outcome.decision {
         Decision::Allow(allowed) => {
             let mut out = StatusCode::OK.into_response();
-            for (name, value) in allowed.upstream_headers.iter().chain(allowed.response_headers.iter()) {
-                if let (Ok(name), Ok(value)) = (HeaderName::try_from(&**name), HeaderValue::try_from(value.as_str())) {
+            for (name, value) in allowed
+                .upstream_headers
+                .iter()
+                .chain(allowed.response_headers.iter())
+            {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(&**name),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
                     out.headers_mut().insert(name, value);
                 }
             }

@@ -107,10 +107,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, origin) = load(&cli)?;
             let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
             heimdall::app::build(config, keys)?;
-            println!("{origin}: configuration and rules are valid{}", if ephemeral { " (no key configured: serve would use an ephemeral key)" } else { "" });
+            println!(
+                "{origin}: configuration and rules are valid{}",
+                if ephemeral {
+                    " (no key configured: serve would use an ephemeral key)"
+                } else {
+                    ""
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Keys { command: KeysCommand::Generate { purpose } }) => {
+        Some(Command::Keys {
+            command: KeysCommand::Generate { purpose },
+        }) => {
             let (secret, public, kid) = generate_key((*purpose).into())?;
             match public {
                 Some(public) => println!("secret: {secret}\npublic: {public}\nkid:    {kid}"),
@@ -118,32 +127,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Token { command: TokenCommand::Mint { sub, roles, attrs, ttl, purpose, audience } }) => {
+        Some(Command::Token {
+            command:
+                TokenCommand::Mint {
+                    sub,
+                    roles,
+                    attrs,
+                    ttl,
+                    purpose,
+                    audience,
+                },
+        }) => {
             let (config, _) = load(&cli)?;
             let keys = config.keyring(&ProcessEnv)?;
             let purpose = match purpose {
                 Some(p) => (*p).into(),
                 None => keys.default_mint_purpose().context("no key to mint with: set PASETO_SYMMETRIC_KEY or add a k4.secret key under tokens.keys")?,
             };
-            let mut claims = Claims::new(sub, &config.tokens.issuer, ttl.unwrap_or(config.tokens.ttl));
+            let mut claims =
+                Claims::new(sub, &config.tokens.issuer, ttl.unwrap_or(config.tokens.ttl));
             claims.roles = roles.iter().filter(|r| !r.is_empty()).cloned().collect();
             if let Some(aud) = audience.clone().or_else(|| config.tokens.audience.clone()) {
                 claims.aud = Audience::One(aud);
             }
             for attr in attrs {
-                let (k, v) = attr.split_once('=').with_context(|| format!("--attr `{attr}` is not key=value"))?;
-                let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+                let (k, v) = attr
+                    .split_once('=')
+                    .with_context(|| format!("--attr `{attr}` is not key=value"))?;
+                let value = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
                 claims.attr.insert(k.to_owned(), value);
             }
             println!("{}", keys.mint(purpose, &claims)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Token { command: TokenCommand::Inspect { token } }) => {
+        Some(Command::Token {
+            command: TokenCommand::Inspect { token },
+        }) => {
             let (config, _) = load(&cli)?;
             let keys = config.keyring(&ProcessEnv)?;
             let purpose = token_purpose(token)?;
-            let claims = keys.open(token, Accept::Any, usize::MAX).with_context(|| format!("v4.{purpose} token does not verify with the configured keys"))?;
-            println!("purpose: v4.{purpose}\nverified: yes\nclaims: {}", serde_json::to_string_pretty(&claims)?);
+            let claims = keys.open(token, Accept::Any, usize::MAX).with_context(|| {
+                format!("v4.{purpose} token does not verify with the configured keys")
+            })?;
+            println!(
+                "purpose: v4.{purpose}\nverified: yes\nclaims: {}",
+                serde_json::to_string_pretty(&claims)?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -152,7 +182,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (config, origin) = load(cli)?;
     heimdall::telemetry::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(async move {
         tracing::info!(config = %origin, "configuration loaded");
         tracing::debug!(config = %config.redacted_yaml(), "effective configuration");
@@ -186,7 +219,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?;
         tokio::select! {
             result = ctrl_c => result.context("Ctrl-C handler")?,
             _ = term.recv() => {}

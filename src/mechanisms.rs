@@ -18,7 +18,7 @@ use serde_yaml_ng::Value;
 use crate::config::TokensConfig;
 use crate::tokens::Keyring;
 
-pub use authn::{AuthnError, Authenticator};
+pub use authn::{Authenticator, AuthnError};
 pub use authz::Authorizer;
 pub use error_handler::ErrorHandler;
 pub use finalize::Finalizer;
@@ -59,12 +59,24 @@ pub enum Mechanism {
 
 /// Builds a mechanism of `kind` and `type` from its YAML config. Errors are messages that the
 /// caller prefixes with the mechanism (and rule) id.
-pub fn build(kind: Kind, id: &Arc<str>, type_name: &str, config: &Value, ctx: &BuildContext<'_>) -> Result<Mechanism, String> {
+pub fn build(
+    kind: Kind,
+    id: &Arc<str>,
+    type_name: &str,
+    config: &Value,
+    ctx: &BuildContext<'_>,
+) -> Result<Mechanism, String> {
     Ok(match kind {
-        Kind::Authenticator => Mechanism::Authenticator(Arc::new(Authenticator::build(id, type_name, config, ctx)?)),
-        Kind::Authorizer => Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config)?)),
+        Kind::Authenticator => {
+            Mechanism::Authenticator(Arc::new(Authenticator::build(id, type_name, config, ctx)?))
+        }
+        Kind::Authorizer => {
+            Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config)?))
+        }
         Kind::Finalizer => Mechanism::Finalizer(Arc::new(Finalizer::build(id, type_name, config)?)),
-        Kind::ErrorHandler => Mechanism::ErrorHandler(Arc::new(ErrorHandler::build(id, type_name, config)?)),
+        Kind::ErrorHandler => {
+            Mechanism::ErrorHandler(Arc::new(ErrorHandler::build(id, type_name, config)?))
+        }
     })
 }
 

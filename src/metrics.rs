@@ -4,7 +4,9 @@
 //! Per-rule counters and histograms are resolved once when rules compile, so a decision
 //! increments atomics without a label lookup.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,11 +15,27 @@ use prometheus_client::registry::Registry;
 
 use crate::pipeline::ErrorKind;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum DecisionLabel {
     Allow,
     Deny,
     Error,
+}
+
+impl EncodeLabelValue for DecisionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Error => "error",
+        })
+    }
+}
+
+impl EncodeLabelValue for ErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,7 +82,10 @@ pub struct RuleMetrics {
 
 fn latency_histogram() -> Histogram {
     // 25 µs … 0.5 s: the decision path lives well under Envoy's 200 ms default timeout.
-    Histogram::new([0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5])
+    Histogram::new([
+        0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5,
+    ])
 }
 
 impl Default for Metrics {
@@ -84,27 +105,64 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("heimdall");
-        r.register("check_decisions", "Decisions by rule and outcome", metrics.decisions.clone());
-        r.register("check_duration_seconds", "Time to decide, by rule", metrics.duration.clone());
-        r.register("step_errors", "Failed pipeline steps by mechanism and error kind", metrics.step_errors.clone());
-        r.register("check_rejected", "Requests refused before any rule ran, by entry point", metrics.rejected.clone());
-        r.register("check_in_flight", "Decisions in progress", metrics.in_flight.clone());
+        r.register(
+            "check_decisions",
+            "Decisions by rule and outcome",
+            metrics.decisions.clone(),
+        );
+        r.register(
+            "check_duration_seconds",
+            "Time to decide, by rule",
+            metrics.duration.clone(),
+        );
+        r.register(
+            "step_errors",
+            "Failed pipeline steps by mechanism and error kind",
+            metrics.step_errors.clone(),
+        );
+        r.register(
+            "check_rejected",
+            "Requests refused before any rule ran, by entry point",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "check_in_flight",
+            "Decisions in progress",
+            metrics.in_flight.clone(),
+        );
         metrics
     }
 
     /// Resolves the counters of `rule` once, at load.
     pub fn for_rule(&self, rule: &str) -> RuleMetrics {
-        let counter = |decision| self.decisions.get_or_create(&DecisionLabels { rule: rule.to_owned(), decision }).clone();
+        let counter = |decision| {
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    rule: rule.to_owned(),
+                    decision,
+                })
+                .clone()
+        };
         RuleMetrics {
             allow: counter(DecisionLabel::Allow),
             deny: counter(DecisionLabel::Deny),
             error: counter(DecisionLabel::Error),
-            duration: self.duration.get_or_create(&RuleLabels { rule: rule.to_owned() }).clone(),
+            duration: self
+                .duration
+                .get_or_create(&RuleLabels {
+                    rule: rule.to_owned(),
+                })
+                .clone(),
         }
     }
 
     /// Counts a failed step (an error path, so the label lookup is acceptable).
     pub fn step_error(&self, mechanism: &str, kind: ErrorKind) {
-        self.step_errors.get_or_create(&StepErrorLabels { mechanism: mechanism.to_owned(), kind }).inc();
+        self.step_errors
+            .get_or_create(&StepErrorLabels {
+                mechanism: mechanism.to_owned(),
+                kind,
+            })
+            .inc();
     }
 }

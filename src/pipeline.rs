@@ -20,7 +20,7 @@ pub use error::{ErrorKind, StepError};
 pub use subject::{DEFAULT_PRINCIPAL, Principal, Subject};
 
 use crate::expr::{Expr, Vars};
-use crate::mechanisms::{AuthnError, Authenticator, Authorizer, ErrorHandler, Finalizer};
+use crate::mechanisms::{Authenticator, AuthnError, Authorizer, ErrorHandler, Finalizer};
 use crate::request::RequestView;
 
 /// One step: a mechanism with the id it is known by and an optional condition.
@@ -88,14 +88,24 @@ impl HttpResponse {
         let mut headers = vec![(Cow::Borrowed("content-type"), "application/json".to_owned())];
         if kind == ErrorKind::Authentication {
             // RFC 9110 §15.5.2: a 401 carries a challenge.
-            headers.push((Cow::Borrowed("www-authenticate"), "Bearer realm=\"heimdall\"".to_owned()));
+            headers.push((
+                Cow::Borrowed("www-authenticate"),
+                "Bearer realm=\"heimdall\"".to_owned(),
+            ));
         }
-        Self { status: kind.default_status(), headers, body: format!("{{\"error\":\"{}\"}}", kind.as_str()) }
+        Self {
+            status: kind.default_status(),
+            headers,
+            body: format!("{{\"error\":\"{}\"}}", kind.as_str()),
+        }
     }
 }
 
 /// What heimdall answers.
-#[expect(clippy::large_enum_variant, reason = "one per request, moved not copied; boxing the common Allow case would allocate")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved not copied; boxing the common Allow case would allocate"
+)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow(Allowed),
@@ -119,13 +129,21 @@ impl Outcome {
             ErrorKind::Internal | ErrorKind::Communication => Decision::Error(response),
             _ => Decision::Deny(response),
         };
-        Self { decision, error: Some(error) }
+        Self {
+            decision,
+            error: Some(error),
+        }
     }
 }
 
 impl Pipeline {
     /// Assembles a pipeline; the compiler has checked order and references.
-    pub fn new(authn: Box<[AuthnChain]>, authorizers: Box<[Step<Authorizer>]>, finalizers: Box<[Step<Finalizer>]>, on_error: Box<[Step<ErrorHandler>]>) -> Self {
+    pub fn new(
+        authn: Box<[AuthnChain]>,
+        authorizers: Box<[Step<Authorizer>]>,
+        finalizers: Box<[Step<Finalizer>]>,
+        on_error: Box<[Step<ErrorHandler>]>,
+    ) -> Self {
         let conditions = authn
             .iter()
             .flat_map(|c| c.steps.iter().filter_map(|s| s.when.as_ref()))
@@ -136,14 +154,32 @@ impl Pipeline {
         for expr in conditions {
             needs_request |= expr.uses_request();
         }
-        needs_request |= authorizers.iter().flat_map(|s| s.mechanism.expressions()).any(Expr::uses_request);
-        needs_request |= finalizers.iter().flat_map(|s| s.mechanism.expressions()).any(Expr::uses_request);
-        needs_request |= on_error.iter().any(|s| s.mechanism.uses_request() || s.mechanism.expressions().any(Expr::uses_request));
-        Self { authn, authorizers, finalizers, on_error, needs_request }
+        needs_request |= authorizers
+            .iter()
+            .flat_map(|s| s.mechanism.expressions())
+            .any(Expr::uses_request);
+        needs_request |= finalizers
+            .iter()
+            .flat_map(|s| s.mechanism.expressions())
+            .any(Expr::uses_request);
+        needs_request |= on_error.iter().any(|s| {
+            s.mechanism.uses_request() || s.mechanism.expressions().any(Expr::uses_request)
+        });
+        Self {
+            authn,
+            authorizers,
+            finalizers,
+            on_error,
+            needs_request,
+        }
     }
 
     /// Runs the pipeline for one request. `captures` are the matched path parameters.
-    pub async fn execute<'r>(&self, req: &RequestView<'r>, captures: &'r [(&'r str, Cow<'r, str>)]) -> Outcome {
+    pub async fn execute<'r>(
+        &self,
+        req: &RequestView<'r>,
+        captures: &'r [(&'r str, Cow<'r, str>)],
+    ) -> Outcome {
         // Declared before `vars`, which borrows them once they are final.
         let mut subject = Subject::default();
         let failure: StepError;
@@ -191,7 +227,10 @@ impl Pipeline {
                     break 'run;
                 }
             }
-            return Outcome { decision: Decision::Allow(allowed), error: None };
+            return Outcome {
+                decision: Decision::Allow(allowed),
+                error: None,
+            };
         }
 
         // The error pipeline. The subject may be partial (authentication failed): bind what there is.
@@ -208,7 +247,10 @@ impl Pipeline {
                 }
             }
             if let Some(response) = step.mechanism.handle(&failure, req, &vars) {
-                return Outcome { decision: Decision::Deny(response), error: Some(failure.clone()) };
+                return Outcome {
+                    decision: Decision::Deny(response),
+                    error: Some(failure.clone()),
+                };
             }
             break;
         }
@@ -222,13 +264,19 @@ impl Pipeline {
 fn condition(when: Option<&Expr>, step: &Arc<str>, vars: &Vars<'_>) -> Result<bool, StepError> {
     match when {
         None => Ok(true),
-        Some(expr) => expr.eval_bool(vars).map_err(|e| StepError::new(ErrorKind::Internal, step, format!("condition: {e}"))),
+        Some(expr) => expr
+            .eval_bool(vars)
+            .map_err(|e| StepError::new(ErrorKind::Internal, step, format!("condition: {e}"))),
     }
 }
 
 /// Runs one fallback chain: the first principal wins; otherwise the first real failure is
 /// reported, or "no credential" when every authenticator was not responsible.
-async fn authenticate(chain: &AuthnChain, req: &RequestView<'_>, vars: &Vars<'_>) -> Result<Arc<Principal>, StepError> {
+async fn authenticate(
+    chain: &AuthnChain,
+    req: &RequestView<'_>,
+    vars: &Vars<'_>,
+) -> Result<Arc<Principal>, StepError> {
     let mut first_failure = None;
     for step in &chain.steps {
         match condition(step.when.as_ref(), &step.id, vars) {
@@ -245,7 +293,10 @@ async fn authenticate(chain: &AuthnChain, req: &RequestView<'_>, vars: &Vars<'_>
         }
     }
     Err(first_failure.unwrap_or_else(|| {
-        let last = chain.steps.last().map_or_else(|| Arc::from("authentication"), |s| Arc::clone(&s.id));
+        let last = chain
+            .steps
+            .last()
+            .map_or_else(|| Arc::from("authentication"), |s| Arc::clone(&s.id));
         StepError::new(ErrorKind::Authentication, &last, "no credential found")
     }))
 }

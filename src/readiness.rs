@@ -23,13 +23,19 @@ impl Readiness {
         if let Ok(mut pending) = self.pending.write() {
             pending.insert(name);
         }
-        BlockReady { readiness: self.clone(), name }
+        BlockReady {
+            readiness: self.clone(),
+            name,
+        }
     }
 
     /// The parts still pending (empty = ready).
     pub fn pending(&self) -> Vec<&'static str> {
         // A poisoned lock means a panic while holding it: report not ready.
-        self.pending.read().map(|p| p.iter().copied().collect()).unwrap_or_else(|_| vec!["readiness state"])
+        self.pending
+            .read()
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_else(|_| vec!["readiness state"])
     }
 
     pub fn is_ready(&self) -> bool {

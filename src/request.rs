@@ -32,7 +32,11 @@ pub enum HeaderLookup<'a> {
 }
 
 fn header_value_str(h: &HeaderValue) -> Option<&str> {
-    if h.raw_value.is_empty() { Some(h.value.as_str()) } else { std::str::from_utf8(&h.raw_value).ok() }
+    if h.raw_value.is_empty() {
+        Some(h.value.as_str())
+    } else {
+        std::str::from_utf8(&h.raw_value).ok()
+    }
 }
 
 impl<'a> Headers<'a> {
@@ -41,9 +45,14 @@ impl<'a> Headers<'a> {
         match *self {
             Self::Map(map) => map.get(name).map(String::as_str).or_else(|| {
                 // Envoy lower-cases names; a hand-built request may not have.
-                map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+                map.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
             }),
-            Self::List(list) => list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(header_value_str),
+            Self::List(list) => list
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .and_then(header_value_str),
             Self::Http(map) => map.get(name).and_then(|v| v.to_str().ok()),
             Self::None => None,
         }
@@ -52,12 +61,16 @@ impl<'a> Headers<'a> {
     /// Looks `name` up, reporting a header sent several times as ambiguous.
     pub fn get_unique(&self, name: &str) -> HeaderLookup<'a> {
         match *self {
-            Self::Map(_) => self.get(name).map_or(HeaderLookup::Absent, HeaderLookup::One),
+            Self::Map(_) => self
+                .get(name)
+                .map_or(HeaderLookup::Absent, HeaderLookup::One),
             Self::List(list) => {
                 let mut found = list.iter().filter(|h| h.key.eq_ignore_ascii_case(name));
                 match (found.next(), found.next()) {
                     (None, _) => HeaderLookup::Absent,
-                    (Some(h), None) => header_value_str(h).map_or(HeaderLookup::Ambiguous, HeaderLookup::One),
+                    (Some(h), None) => {
+                        header_value_str(h).map_or(HeaderLookup::Ambiguous, HeaderLookup::One)
+                    }
                     (Some(_), Some(_)) => HeaderLookup::Ambiguous,
                 }
             }
@@ -65,7 +78,9 @@ impl<'a> Headers<'a> {
                 let mut found = map.get_all(name).iter();
                 match (found.next(), found.next()) {
                     (None, _) => HeaderLookup::Absent,
-                    (Some(v), None) => v.to_str().map_or(HeaderLookup::Ambiguous, HeaderLookup::One),
+                    (Some(v), None) => v
+                        .to_str()
+                        .map_or(HeaderLookup::Ambiguous, HeaderLookup::One),
                     (Some(_), Some(_)) => HeaderLookup::Ambiguous,
                 }
             }
@@ -123,8 +138,16 @@ pub struct RequestView<'a> {
 
 impl<'a> RequestView<'a> {
     /// Builds a view from the parts every entry point has. `path_and_query` is split at `?`.
-    pub fn new(method: &'a str, scheme: &'a str, authority: &'a str, path_and_query: &'a str, headers: Headers<'a>) -> Self {
-        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    pub fn new(
+        method: &'a str,
+        scheme: &'a str,
+        authority: &'a str,
+        path_and_query: &'a str,
+        headers: Headers<'a>,
+    ) -> Self {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         // A fragment never reaches a server, but a hand-written `/decision` URI might carry one.
         let query = query.split_once('#').map_or(query, |(q, _)| q);
         Self {
@@ -152,7 +175,11 @@ impl<'a> RequestView<'a> {
 
     /// The request URL as the client sent it, for login redirects.
     pub fn url(&self) -> String {
-        let scheme = if self.scheme.is_empty() { "http" } else { self.scheme };
+        let scheme = if self.scheme.is_empty() {
+            "http"
+        } else {
+            self.scheme
+        };
         if self.query.is_empty() {
             format!("{scheme}://{}{}", self.authority, self.path)
         } else {
@@ -162,7 +189,9 @@ impl<'a> RequestView<'a> {
 
     /// Whether the client is a browser that wants HTML (for login redirects).
     pub fn accepts_html(&self) -> bool {
-        self.headers.get("accept").is_some_and(|a| a.contains("text/html"))
+        self.headers
+            .get("accept")
+            .is_some_and(|a| a.contains("text/html"))
     }
 }
 
@@ -193,26 +222,49 @@ mod tests {
 
     #[test]
     fn splits_path_and_query() {
-        let view = RequestView::new("GET", "https", "a.example:443", "/x/y?a=1&b=2", Headers::None);
-        assert_eq!((view.path, view.query, view.host), ("/x/y", "a=1&b=2", "a.example"));
+        let view = RequestView::new(
+            "GET",
+            "https",
+            "a.example:443",
+            "/x/y?a=1&b=2",
+            Headers::None,
+        );
+        assert_eq!(
+            (view.path, view.query, view.host),
+            ("/x/y", "a=1&b=2", "a.example")
+        );
         assert_eq!(view.url(), "https://a.example:443/x/y?a=1&b=2");
     }
 
     #[test]
     fn duplicated_headers_are_ambiguous() {
         let list = vec![
-            HeaderValue { key: "authorization".into(), value: "Bearer a".into(), raw_value: vec![] },
-            HeaderValue { key: "authorization".into(), value: "".into(), raw_value: b"Bearer b".to_vec() },
+            HeaderValue {
+                key: "authorization".into(),
+                value: "Bearer a".into(),
+                raw_value: vec![],
+            },
+            HeaderValue {
+                key: "authorization".into(),
+                value: "".into(),
+                raw_value: b"Bearer b".to_vec(),
+            },
         ];
         let headers = Headers::List(&list);
         assert_eq!(headers.get_unique("authorization"), HeaderLookup::Ambiguous);
         assert_eq!(headers.get("authorization"), Some("Bearer a"));
-        assert_eq!(Headers::List(&list[1..]).get_unique("authorization"), HeaderLookup::One("Bearer b"));
+        assert_eq!(
+            Headers::List(&list[1..]).get_unique("authorization"),
+            HeaderLookup::One("Bearer b")
+        );
     }
 
     #[test]
     fn reads_cookies() {
-        let map = HashMap::from([("cookie".to_string(), "a=1; heimdall_token=v4.x; b=2".to_string())]);
+        let map = HashMap::from([(
+            "cookie".to_string(),
+            "a=1; heimdall_token=v4.x; b=2".to_string(),
+        )]);
         let view = RequestView::new("GET", "http", "h", "/", Headers::Map(&map));
         assert_eq!(view.cookie("heimdall_token"), Some("v4.x"));
         assert_eq!(view.cookie("missing"), None);

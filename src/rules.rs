@@ -61,9 +61,16 @@ pub enum NoRule<'a> {
 
 impl RuleSet {
     /// Compiles the rules of `config`.
-    pub fn compile(config: &Config, keys: &Arc<Keyring>, metrics: &Metrics) -> Result<Self, CompileError> {
+    pub fn compile(
+        config: &Config,
+        keys: &Arc<Keyring>,
+        metrics: &Metrics,
+    ) -> Result<Self, CompileError> {
         let mut errors = Vec::new();
-        let ctx = BuildContext { keys, tokens: &config.tokens };
+        let ctx = BuildContext {
+            keys,
+            tokens: &config.tokens,
+        };
         let catalogue = Catalogue::build(config, &ctx, &mut errors);
 
         let mut rules = Vec::with_capacity(config.rules.len());
@@ -78,18 +85,40 @@ impl RuleSet {
                 errors.push(format!("rule `{}` is defined twice", spec.id));
                 continue;
             }
-            let Some(rule) = compile_rule(&spec.id, &spec.pipeline, &catalogue, &ctx, metrics, &mut errors) else { continue };
+            let Some(rule) = compile_rule(
+                &spec.id,
+                &spec.pipeline,
+                &catalogue,
+                &ctx,
+                metrics,
+                &mut errors,
+            ) else {
+                continue;
+            };
             let index = rules.len();
             if let Some(m) = &spec.matcher {
                 // No paths means every path: the root and everything under it.
-                let patterns: Vec<&str> = if m.paths.is_empty() { vec!["/", "/*path"] } else { m.paths.iter().map(String::as_str).collect() };
+                let patterns: Vec<&str> = if m.paths.is_empty() {
+                    vec!["/", "/*path"]
+                } else {
+                    m.paths.iter().map(String::as_str).collect()
+                };
                 let before = errors.len();
-                let paths: Vec<PathPattern> =
-                    patterns.iter().filter_map(|p| PathPattern::parse(p).map_err(|e| errors.push(format!("rule `{}`: {e}", spec.id))).ok()).collect();
+                let paths: Vec<PathPattern> = patterns
+                    .iter()
+                    .filter_map(|p| {
+                        PathPattern::parse(p)
+                            .map_err(|e| errors.push(format!("rule `{}`: {e}", spec.id)))
+                            .ok()
+                    })
+                    .collect();
                 let mut methods = Vec::with_capacity(m.methods.len());
                 for method in &m.methods {
                     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        errors.push(format!("rule `{}`: method `{method}` is not an HTTP method", spec.id));
+                        errors.push(format!(
+                            "rule `{}`: method `{method}` is not an HTTP method",
+                            spec.id
+                        ));
                     }
                     methods.push(method.to_ascii_uppercase());
                 }
@@ -102,24 +131,58 @@ impl RuleSet {
             by_id.insert(Box::from(spec.id.as_str()), index);
             rules.push(rule);
         }
-        let default = config.default_rule.as_ref().and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, &ctx, metrics, &mut errors));
-        if errors.is_empty() { Ok(Self { rules: rules.into(), default, matcher, by_id }) } else { Err(CompileError(errors)) }
+        let default = config
+            .default_rule
+            .as_ref()
+            .and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, &ctx, metrics, &mut errors));
+        if errors.is_empty() {
+            Ok(Self {
+                rules: rules.into(),
+                default,
+                matcher,
+                by_id,
+            })
+        } else {
+            Err(CompileError(errors))
+        }
     }
 
     /// The rule for a request: the one named by `context_extensions`, else the most specific
     /// match, else the default rule.
-    pub fn select<'a>(&'a self, named: Option<&'a str>, method: &str, host: &str, path: &'a str) -> Result<Selected<'a>, NoRule<'a>> {
+    pub fn select<'a>(
+        &'a self,
+        named: Option<&'a str>,
+        method: &str,
+        host: &str,
+        path: &'a str,
+    ) -> Result<Selected<'a>, NoRule<'a>> {
         if let Some(name) = named {
             let rule = if name == DEFAULT_RULE_ID {
                 self.default.as_ref()
             } else {
                 self.by_id.get(name).and_then(|&i| self.rules.get(i))
             };
-            return rule.map(|rule| Selected { rule, captures: matcher::Captures::new() }).ok_or(NoRule::UnknownRule(name));
+            return rule
+                .map(|rule| Selected {
+                    rule,
+                    captures: matcher::Captures::new(),
+                })
+                .ok_or(NoRule::UnknownRule(name));
         }
         match self.matcher.find(method, host, path) {
-            Some(Found { rule, captures }) => self.rules.get(rule).map(|rule| Selected { rule, captures }).ok_or(NoRule::NoMatch),
-            None => self.default.as_ref().map(|rule| Selected { rule, captures: matcher::Captures::new() }).ok_or(NoRule::NoMatch),
+            Some(Found { rule, captures }) => self
+                .rules
+                .get(rule)
+                .map(|rule| Selected { rule, captures })
+                .ok_or(NoRule::NoMatch),
+            None => self
+                .default
+                .as_ref()
+                .map(|rule| Selected {
+                    rule,
+                    captures: matcher::Captures::new(),
+                })
+                .ok_or(NoRule::NoMatch),
         }
     }
 
@@ -173,7 +236,12 @@ impl<'c> Catalogue<'c> {
                     Ok(mechanism) => {
                         entries.insert(key, (spec, mechanism));
                     }
-                    Err(e) => errors.push(format!("{} `{}` (type `{}`): {e}", kind.as_str(), spec.id, spec.type_name)),
+                    Err(e) => errors.push(format!(
+                        "{} `{}` (type `{}`): {e}",
+                        kind.as_str(),
+                        spec.id,
+                        spec.type_name
+                    )),
                 }
             }
         }
@@ -181,11 +249,31 @@ impl<'c> Catalogue<'c> {
     }
 
     /// The mechanism `id` of `kind`, rebuilt with `overrides` merged when there are any.
-    fn resolve(&self, kind: Kind, id: &str, overrides: &serde_yaml_ng::Value, rule: &str, ctx: &BuildContext<'_>) -> Result<Mechanism, String> {
+    fn resolve(
+        &self,
+        kind: Kind,
+        id: &str,
+        overrides: &serde_yaml_ng::Value,
+        rule: &str,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Mechanism, String> {
         let Some((spec, built)) = self.entries.get(&(kind_key(kind), id)) else {
-            let mut known: Vec<&str> = self.entries.keys().filter(|(k, _)| *k == kind_key(kind)).map(|(_, id)| *id).collect();
+            let mut known: Vec<&str> = self
+                .entries
+                .keys()
+                .filter(|(k, _)| *k == kind_key(kind))
+                .map(|(_, id)| *id)
+                .collect();
             known.sort_unstable();
-            return Err(format!("unknown {} `{id}` in rule `{rule}` (known: {})", kind.as_str(), if known.is_empty() { "none".to_owned() } else { known.join(", ") }));
+            return Err(format!(
+                "unknown {} `{id}` in rule `{rule}` (known: {})",
+                kind.as_str(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ));
         };
         if overrides.is_null() {
             return Ok(match built {
@@ -197,7 +285,12 @@ impl<'c> Catalogue<'c> {
         }
         let merged = mechanisms::merge_config(&spec.config, overrides);
         let step_id: Arc<str> = Arc::from(format!("{rule}/{id}"));
-        mechanisms::build(kind, &step_id, &spec.type_name, &merged, ctx).map_err(|e| format!("rule `{rule}`: {} `{id}` with its override: {e}", kind.as_str()))
+        mechanisms::build(kind, &step_id, &spec.type_name, &merged, ctx).map_err(|e| {
+            format!(
+                "rule `{rule}`: {} `{id}` with its override: {e}",
+                kind.as_str()
+            )
+        })
     }
 }
 
@@ -218,18 +311,33 @@ fn stage_name(stage: Stage) -> &'static str {
 }
 
 fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
-    let named: Vec<(Stage, &str)> = [(Stage::Authenticate, &step.authenticator), (Stage::Authorize, &step.authorizer), (Stage::Finalize, &step.finalizer)]
-        .into_iter()
-        .filter_map(|(stage, id)| id.as_deref().map(|id| (stage, id)))
-        .collect();
+    let named: Vec<(Stage, &str)> = [
+        (Stage::Authenticate, &step.authenticator),
+        (Stage::Authorize, &step.authorizer),
+        (Stage::Finalize, &step.finalizer),
+    ]
+    .into_iter()
+    .filter_map(|(stage, id)| id.as_deref().map(|id| (stage, id)))
+    .collect();
     match named.as_slice() {
         [one] => Ok(*one),
-        [] => Err(format!("rule `{rule}`: step {} names no mechanism (use `authenticator`, `authorizer` or `finalizer`)", index + 1)),
-        _ => Err(format!("rule `{rule}`: step {} names more than one mechanism", index + 1)),
+        [] => Err(format!(
+            "rule `{rule}`: step {} names no mechanism (use `authenticator`, `authorizer` or `finalizer`)",
+            index + 1
+        )),
+        _ => Err(format!(
+            "rule `{rule}`: step {} names more than one mechanism",
+            index + 1
+        )),
     }
 }
 
-fn compile_condition(source: Option<&str>, rule: &str, step: usize, errors: &mut Vec<String>) -> Option<Expr> {
+fn compile_condition(
+    source: Option<&str>,
+    rule: &str,
+    step: usize,
+    errors: &mut Vec<String>,
+) -> Option<Expr> {
     let source = source?;
     match Expr::compile(source) {
         Ok(expr) => Some(expr),
@@ -240,7 +348,14 @@ fn compile_condition(source: Option<&str>, rule: &str, step: usize, errors: &mut
     }
 }
 
-fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, ctx: &BuildContext<'_>, metrics: &Metrics, errors: &mut Vec<String>) -> Option<Rule> {
+fn compile_rule(
+    rule_id: &str,
+    spec: &PipelineSpec,
+    catalogue: &Catalogue<'_>,
+    ctx: &BuildContext<'_>,
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+) -> Option<Rule> {
     let before = errors.len();
     let mut chains: Vec<(Arc<str>, Vec<Step<mechanisms::Authenticator>>)> = Vec::new();
     let mut authorizers = Vec::new();
@@ -266,7 +381,10 @@ fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, c
         }
         stage = step_stage;
         if step.principal.is_some() && step_stage != Stage::Authenticate {
-            errors.push(format!("rule `{rule_id}`: step {}: `principal` applies to authenticators only", index + 1));
+            errors.push(format!(
+                "rule `{rule_id}`: step {}: `principal` applies to authenticators only",
+                index + 1
+            ));
         }
         let when = compile_condition(step.condition.as_deref(), rule_id, index, errors);
         if step.condition.is_some() && when.is_none() {
@@ -289,15 +407,29 @@ fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, c
             Mechanism::Authenticator(m) => {
                 allows_anonymous |= m.is_anonymous();
                 let principal = step.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL);
-                let built = Step { id: step_id, when, mechanism: m };
+                let built = Step {
+                    id: step_id,
+                    when,
+                    mechanism: m,
+                };
                 match chains.iter_mut().find(|(p, _)| &**p == principal) {
                     Some((_, chain)) => chain.push(built),
                     None => chains.push((Arc::from(principal), vec![built])),
                 }
             }
-            Mechanism::Authorizer(m) => authorizers.push(Step { id: step_id, when, mechanism: m }),
-            Mechanism::Finalizer(m) => finalizers.push(Step { id: step_id, when, mechanism: m }),
-            Mechanism::ErrorHandler(_) => errors.push(format!("rule `{rule_id}`: internal: error handler in execute")),
+            Mechanism::Authorizer(m) => authorizers.push(Step {
+                id: step_id,
+                when,
+                mechanism: m,
+            }),
+            Mechanism::Finalizer(m) => finalizers.push(Step {
+                id: step_id,
+                when,
+                mechanism: m,
+            }),
+            Mechanism::ErrorHandler(_) => errors.push(format!(
+                "rule `{rule_id}`: internal: error handler in execute"
+            )),
         }
     }
     if chains.is_empty() && errors.len() == before {
@@ -306,8 +438,18 @@ fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, c
     let mut on_error = Vec::with_capacity(spec.on_error.len());
     for (index, step) in spec.on_error.iter().enumerate() {
         let when = compile_condition(step.condition.as_deref(), rule_id, index, errors);
-        match catalogue.resolve(Kind::ErrorHandler, &step.error_handler, &step.config, rule_id, ctx) {
-            Ok(Mechanism::ErrorHandler(m)) => on_error.push(Step { id: Arc::from(step.error_handler.as_str()), when, mechanism: m }),
+        match catalogue.resolve(
+            Kind::ErrorHandler,
+            &step.error_handler,
+            &step.config,
+            rule_id,
+            ctx,
+        ) {
+            Ok(Mechanism::ErrorHandler(m)) => on_error.push(Step {
+                id: Arc::from(step.error_handler.as_str()),
+                when,
+                mechanism: m,
+            }),
             Ok(_) => errors.push(format!("rule `{rule_id}`: internal: not an error handler")),
             Err(e) => errors.push(e),
         }
@@ -315,10 +457,21 @@ fn compile_rule(rule_id: &str, spec: &PipelineSpec, catalogue: &Catalogue<'_>, c
     if errors.len() != before {
         return None;
     }
-    let authn = chains.into_iter().map(|(principal, steps)| AuthnChain { principal, steps: steps.into() }).collect();
+    let authn = chains
+        .into_iter()
+        .map(|(principal, steps)| AuthnChain {
+            principal,
+            steps: steps.into(),
+        })
+        .collect();
     Some(Rule {
         id: Arc::from(rule_id),
-        pipeline: Pipeline::new(authn, authorizers.into(), finalizers.into(), on_error.into()),
+        pipeline: Pipeline::new(
+            authn,
+            authorizers.into(),
+            finalizers.into(),
+            on_error.into(),
+        ),
         metrics: metrics.for_rule(rule_id),
         allows_anonymous,
     })

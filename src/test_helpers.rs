@@ -20,7 +20,8 @@ pub fn test_keys() -> Keyring {
 
 /// Parses a YAML configuration and binds it to free loopback ports.
 pub fn test_config(yaml: &str) -> Config {
-    let mut config = Config::parse(yaml, &Origin::Embedded).unwrap_or_else(|e| unreachable_config(&e.to_string()));
+    let mut config = Config::parse(yaml, &Origin::Embedded)
+        .unwrap_or_else(|e| unreachable_config(&e.to_string()));
     config.server.bind = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     config.server.grpc_port = 0;
     config.server.http_port = 0;
@@ -32,7 +33,10 @@ pub fn embedded_config() -> Config {
     test_config(crate::config::EMBEDDED)
 }
 
-#[expect(clippy::panic, reason = "test helper: a fixture that does not parse is a broken test")]
+#[expect(
+    clippy::panic,
+    reason = "test helper: a fixture that does not parse is a broken test"
+)]
 fn unreachable_config(message: &str) -> Config {
     panic!("test configuration does not parse: {message}")
 }
@@ -47,5 +51,6 @@ pub fn claims(sub: &str, roles: &[&str]) -> Claims {
 /// Mints a token or panics (tests only).
 #[expect(clippy::panic, reason = "test helper")]
 pub fn mint(keys: &Keyring, purpose: Purpose, claims: &Claims) -> String {
-    keys.mint(purpose, claims).unwrap_or_else(|e| panic!("mint: {e}"))
+    keys.mint(purpose, claims)
+        .unwrap_or_else(|e| panic!("mint: {e}"))
 }

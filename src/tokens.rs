@@ -9,7 +9,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate, SymmetricKey};
+use pasetors::keys::{
+    AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate, SymmetricKey,
+};
 use pasetors::paserk::{FormatAsPaserk, Id};
 use pasetors::token::UntrustedToken;
 use pasetors::version4::{LocalToken, PublicToken, V4};
@@ -91,11 +93,15 @@ pub enum TokenError {
 pub enum KeyError {
     #[error("PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got {0}")]
     SymmetricKeyLength(usize),
-    #[error("key {index}: `{prefix}…` is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)")]
+    #[error(
+        "key {index}: `{prefix}…` is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)"
+    )]
     UnknownPaserk { index: usize, prefix: String },
     #[error("key {index}: invalid {kind} PASERK")]
     InvalidPaserk { index: usize, kind: &'static str },
-    #[error("no signing key for v4.{0} tokens is configured: set PASETO_SYMMETRIC_KEY for local tokens or add a `k4.secret.` key under `tokens.keys`")]
+    #[error(
+        "no signing key for v4.{0} tokens is configured: set PASETO_SYMMETRIC_KEY for local tokens or add a `k4.secret.` key under `tokens.keys`"
+    )]
     NoSigningKey(Purpose),
     #[error("key generation failed")]
     Generate,
@@ -134,8 +140,14 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Ids only: key material never reaches a log.
         f.debug_struct("Keyring")
-            .field("local", &self.local.iter().map(|k| &*k.id).collect::<Vec<_>>())
-            .field("public", &self.public.iter().map(|k| &*k.id).collect::<Vec<_>>())
+            .field(
+                "local",
+                &self.local.iter().map(|k| &*k.id).collect::<Vec<_>>(),
+            )
+            .field(
+                "public",
+                &self.public.iter().map(|k| &*k.id).collect::<Vec<_>>(),
+            )
             .field("signing", &self.signing.as_ref().map(|k| &*k.id))
             .finish()
     }
@@ -158,7 +170,8 @@ impl Keyring {
         if raw.len() != 32 {
             return Err(KeyError::SymmetricKeyLength(raw.len()));
         }
-        let key = SymmetricKey::<V4>::from(raw).map_err(|_| KeyError::SymmetricKeyLength(raw.len()))?;
+        let key =
+            SymmetricKey::<V4>::from(raw).map_err(|_| KeyError::SymmetricKeyLength(raw.len()))?;
         self.push_local(key);
         Ok(())
     }
@@ -183,21 +196,37 @@ impl Keyring {
     pub fn add_paserk(&mut self, paserk: &str, index: usize) -> Result<(), KeyError> {
         let paserk = paserk.trim();
         if paserk.starts_with("k4.local.") {
-            let key = SymmetricKey::<V4>::try_from(paserk).map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.local" })?;
+            let key =
+                SymmetricKey::<V4>::try_from(paserk).map_err(|_| KeyError::InvalidPaserk {
+                    index,
+                    kind: "k4.local",
+                })?;
             self.push_local(key);
         } else if paserk.starts_with("k4.secret.") {
-            let secret = AsymmetricSecretKey::<V4>::try_from(paserk)
-                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.secret" })?;
-            let public = AsymmetricPublicKey::<V4>::try_from(&secret)
-                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.secret" })?;
+            let secret = AsymmetricSecretKey::<V4>::try_from(paserk).map_err(|_| {
+                KeyError::InvalidPaserk {
+                    index,
+                    kind: "k4.secret",
+                }
+            })?;
+            let public = AsymmetricPublicKey::<V4>::try_from(&secret).map_err(|_| {
+                KeyError::InvalidPaserk {
+                    index,
+                    kind: "k4.secret",
+                }
+            })?;
             let id = key_id(Id::from(&public));
             self.push_public(public);
             if self.signing.is_none() {
                 self.signing = Some(SigningKey { id, secret });
             }
         } else if paserk.starts_with("k4.public.") {
-            let key = AsymmetricPublicKey::<V4>::try_from(paserk)
-                .map_err(|_| KeyError::InvalidPaserk { index, kind: "k4.public" })?;
+            let key = AsymmetricPublicKey::<V4>::try_from(paserk).map_err(|_| {
+                KeyError::InvalidPaserk {
+                    index,
+                    kind: "k4.public",
+                }
+            })?;
             self.push_public(key);
         } else {
             let prefix: String = paserk.chars().take(10).collect();
@@ -211,7 +240,10 @@ impl Keyring {
         let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| KeyError::Generate)?;
         let id = key_id(Id::from(&pair.public));
         self.push_public(pair.public);
-        self.signing = Some(SigningKey { id, secret: pair.secret });
+        self.signing = Some(SigningKey {
+            id,
+            secret: pair.secret,
+        });
         Ok(())
     }
 
@@ -254,12 +286,17 @@ impl Keyring {
             Purpose::Local => {
                 let key = self.local.first().ok_or(KeyError::NoSigningKey(purpose))?;
                 let footer = footer_json(&key.id);
-                LocalToken::encrypt(&key.key, &payload, Some(footer.as_bytes()), None).map_err(|e| KeyError::Mint(e.to_string()))
+                LocalToken::encrypt(&key.key, &payload, Some(footer.as_bytes()), None)
+                    .map_err(|e| KeyError::Mint(e.to_string()))
             }
             Purpose::Public => {
-                let key = self.signing.as_ref().ok_or(KeyError::NoSigningKey(purpose))?;
+                let key = self
+                    .signing
+                    .as_ref()
+                    .ok_or(KeyError::NoSigningKey(purpose))?;
                 let footer = footer_json(&key.id);
-                PublicToken::sign(&key.secret, &payload, Some(footer.as_bytes()), None).map_err(|e| KeyError::Mint(e.to_string()))
+                PublicToken::sign(&key.secret, &payload, Some(footer.as_bytes()), None)
+                    .map_err(|e| KeyError::Mint(e.to_string()))
             }
         }
     }
@@ -267,9 +304,17 @@ impl Keyring {
     /// Checks a token's format, selects the key by footer `kid` (or tries each key of the token's
     /// purpose when there is none) and verifies or decrypts it. Claims are parsed but their
     /// times, issuer and audience are checked by [`Validation::check`].
-    pub fn open(&self, token: &str, accept: Accept, max_bytes: usize) -> Result<Claims, TokenError> {
+    pub fn open(
+        &self,
+        token: &str,
+        accept: Accept,
+        max_bytes: usize,
+    ) -> Result<Claims, TokenError> {
         if token.len() > max_bytes {
-            return Err(TokenError::TooLarge { size: token.len(), limit: max_bytes });
+            return Err(TokenError::TooLarge {
+                size: token.len(),
+                limit: max_bytes,
+            });
         }
         let purpose = token_purpose(token)?;
         if !accept.allows(purpose) {
@@ -277,7 +322,10 @@ impl Keyring {
                 Purpose::Local => Purpose::Public,
                 Purpose::Public => Purpose::Local,
             };
-            return Err(TokenError::WrongPurpose { got: purpose, allowed });
+            return Err(TokenError::WrongPurpose {
+                got: purpose,
+                allowed,
+            });
         }
         let payload = match purpose {
             Purpose::Local => self.open_local(token)?,
@@ -287,12 +335,16 @@ impl Keyring {
     }
 
     fn open_local(&self, token: &str) -> Result<String, TokenError> {
-        let untrusted = UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
         let kid = footer_kid(untrusted.untrusted_footer())?;
         if self.local.is_empty() {
             return Err(TokenError::NoKey(Purpose::Local));
         }
-        let candidates = self.local.iter().filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
+        let candidates = self
+            .local
+            .iter()
+            .filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
         let mut tried = false;
         for key in candidates {
             tried = true;
@@ -307,12 +359,16 @@ impl Keyring {
     }
 
     fn open_public(&self, token: &str) -> Result<String, TokenError> {
-        let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let untrusted =
+            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
         let kid = footer_kid(untrusted.untrusted_footer())?;
         if self.public.is_empty() {
             return Err(TokenError::NoKey(Purpose::Public));
         }
-        let candidates = self.public.iter().filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
+        let candidates = self
+            .public
+            .iter()
+            .filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid));
         let mut tried = false;
         for key in candidates {
             tried = true;
@@ -359,7 +415,12 @@ pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
         Ok(Purpose::Public)
     } else {
         match token.split_once('.') {
-            Some((version @ ("v1" | "v2" | "v3" | "v4"), _)) => Err(TokenError::UnsupportedVersion(format!("{version}.{}", token.split('.').nth(1).unwrap_or("")))),
+            Some((version @ ("v1" | "v2" | "v3" | "v4"), _)) => {
+                Err(TokenError::UnsupportedVersion(format!(
+                    "{version}.{}",
+                    token.split('.').nth(1).unwrap_or("")
+                )))
+            }
             _ => Err(TokenError::Malformed),
         }
     }
@@ -378,7 +439,10 @@ pub enum Accept {
 
 impl Accept {
     fn allows(self, purpose: Purpose) -> bool {
-        matches!((self, purpose), (Self::Any, _) | (Self::Local, Purpose::Local) | (Self::Public, Purpose::Public))
+        matches!(
+            (self, purpose),
+            (Self::Any, _) | (Self::Local, Purpose::Local) | (Self::Public, Purpose::Public)
+        )
     }
 }
 
@@ -465,7 +529,9 @@ impl Claims {
 }
 
 fn format_time(t: OffsetDateTime) -> Option<String> {
-    t.replace_nanosecond(0).ok().and_then(|t| t.format(&Rfc3339).ok())
+    t.replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
 }
 
 fn random_id() -> String {
@@ -474,8 +540,13 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn parse_time(value: Option<&str>, name: &'static str) -> Result<Option<OffsetDateTime>, TokenError> {
-    value.map(|v| OffsetDateTime::parse(v, &Rfc3339).map_err(|_| TokenError::BadTime(name))).transpose()
+fn parse_time(
+    value: Option<&str>,
+    name: &'static str,
+) -> Result<Option<OffsetDateTime>, TokenError> {
+    value
+        .map(|v| OffsetDateTime::parse(v, &Rfc3339).map_err(|_| TokenError::BadTime(name)))
+        .transpose()
 }
 
 /// Claim rules of one authenticator.
@@ -506,22 +577,31 @@ impl Validation {
         let nbf = parse_time(claims.nbf.as_deref(), "nbf")?;
         let iat = parse_time(claims.iat.as_deref(), "iat")?;
         match exp {
-            Some(exp) if now - leeway >= exp => return Err(TokenError::Expired(claims.exp.clone().unwrap_or_default())),
+            Some(exp) if now - leeway >= exp => {
+                return Err(TokenError::Expired(claims.exp.clone().unwrap_or_default()));
+            }
             None if !self.allow_non_expiring => return Err(TokenError::NoExpiry),
             _ => {}
         }
         if let Some(nbf) = nbf
             && now + leeway < nbf
         {
-            return Err(TokenError::NotYetValid(claims.nbf.clone().unwrap_or_default()));
+            return Err(TokenError::NotYetValid(
+                claims.nbf.clone().unwrap_or_default(),
+            ));
         }
         if let Some(iat) = iat
             && now + leeway < iat
         {
-            return Err(TokenError::IssuedInFuture(claims.iat.clone().unwrap_or_default()));
+            return Err(TokenError::IssuedInFuture(
+                claims.iat.clone().unwrap_or_default(),
+            ));
         }
         if !self.issuers.is_empty() {
-            let iss = claims.iss.as_deref().ok_or(TokenError::MissingClaim("iss"))?;
+            let iss = claims
+                .iss
+                .as_deref()
+                .ok_or(TokenError::MissingClaim("iss"))?;
             if !self.issuers.iter().any(|i| i == iss) {
                 return Err(TokenError::WrongIssuer(iss.to_owned()));
             }
@@ -536,7 +616,10 @@ impl Validation {
                 return Err(TokenError::MissingClaim(required_name(name)));
             }
         }
-        Ok(ValidTimes { expires_at: exp, issued_at: iat })
+        Ok(ValidTimes {
+            expires_at: exp,
+            issued_at: iat,
+        })
     }
 }
 
@@ -564,7 +647,11 @@ pub fn generate_key(purpose: Purpose) -> Result<(String, Option<String>, String)
         }
         Purpose::Public => {
             let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| KeyError::Generate)?;
-            Ok((paserk_string(&pair.secret), Some(paserk_string(&pair.public)), paserk_string(&Id::from(&pair.public))))
+            Ok((
+                paserk_string(&pair.secret),
+                Some(paserk_string(&pair.public)),
+                paserk_string(&Id::from(&pair.public)),
+            ))
         }
     }
 }
@@ -575,7 +662,8 @@ mod tests {
 
     fn ring() -> Keyring {
         let mut ring = Keyring::default();
-        ring.add_raw_symmetric(b"0123456789abcdef0123456789abcdef").unwrap();
+        ring.add_raw_symmetric(b"0123456789abcdef0123456789abcdef")
+            .unwrap();
         ring.add_ephemeral_signing_key().unwrap();
         ring
     }
@@ -593,8 +681,13 @@ mod tests {
     #[test]
     fn symmetric_key_length_is_exact() {
         let mut ring = Keyring::default();
-        let err = ring.add_raw_symmetric(b"change-this-to-32-byte-secret!!").unwrap_err();
-        assert_eq!(err.to_string(), "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31");
+        let err = ring
+            .add_raw_symmetric(b"change-this-to-32-byte-secret!!")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31"
+        );
         assert!(ring.add_raw_symmetric(&[7u8; 33]).is_err());
         assert!(ring.add_raw_symmetric(&[7u8; 32]).is_ok());
     }
@@ -609,7 +702,9 @@ mod tests {
             assert!(token.starts_with(purpose.header()));
             let opened = ring.open(&token, Accept::Any, 8192).unwrap();
             assert_eq!(opened, claims);
-            validation().check(&opened, OffsetDateTime::now_utc()).unwrap();
+            validation()
+                .check(&opened, OffsetDateTime::now_utc())
+                .unwrap();
         }
     }
 
@@ -618,19 +713,36 @@ mod tests {
         let ring = ring();
         let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
         let local = ring.mint(Purpose::Local, &claims).unwrap();
-        assert!(matches!(ring.open(&local, Accept::Public, 8192), Err(TokenError::WrongPurpose { .. })));
-        assert!(matches!(ring.open("v3.public.abc", Accept::Any, 8192), Err(TokenError::UnsupportedVersion(v)) if v == "v3.public"));
-        assert!(matches!(ring.open("garbage", Accept::Any, 8192), Err(TokenError::Malformed)));
-        assert!(matches!(ring.open(&local, Accept::Any, 10), Err(TokenError::TooLarge { .. })));
+        assert!(matches!(
+            ring.open(&local, Accept::Public, 8192),
+            Err(TokenError::WrongPurpose { .. })
+        ));
+        assert!(
+            matches!(ring.open("v3.public.abc", Accept::Any, 8192), Err(TokenError::UnsupportedVersion(v)) if v == "v3.public")
+        );
+        assert!(matches!(
+            ring.open("garbage", Accept::Any, 8192),
+            Err(TokenError::Malformed)
+        ));
+        assert!(matches!(
+            ring.open(&local, Accept::Any, 10),
+            Err(TokenError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn expired_and_future_tokens_are_refused() {
         let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
         let later = OffsetDateTime::now_utc() + Duration::from_secs(120);
-        assert!(matches!(validation().check(&claims, later), Err(TokenError::Expired(_))));
+        assert!(matches!(
+            validation().check(&claims, later),
+            Err(TokenError::Expired(_))
+        ));
         let earlier = OffsetDateTime::now_utc() - Duration::from_secs(120);
-        assert!(matches!(validation().check(&claims, earlier), Err(TokenError::NotYetValid(_))));
+        assert!(matches!(
+            validation().check(&claims, earlier),
+            Err(TokenError::NotYetValid(_))
+        ));
         let mut lenient = validation();
         lenient.leeway = Duration::from_secs(300);
         assert!(lenient.check(&claims, later).is_ok());
@@ -642,6 +754,9 @@ mod tests {
         let token = ring().mint(Purpose::Public, &claims).unwrap();
         let other = ring();
         // The kid names a key the other ring does not hold.
-        assert!(matches!(other.open(&token, Accept::Any, 8192), Err(TokenError::UnknownKey(_))));
+        assert!(matches!(
+            other.open(&token, Accept::Any, 8192),
+            Err(TokenError::UnknownKey(_))
+        ));
     }
 }

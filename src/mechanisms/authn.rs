@@ -35,20 +35,36 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    pub(crate) fn build(id: &Arc<str>, type_name: &str, config: &Value, ctx: &BuildContext<'_>) -> Result<Self, String> {
+    pub(crate) fn build(
+        id: &Arc<str>,
+        type_name: &str,
+        config: &Value,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Self, String> {
         match type_name {
-            "paseto" => Ok(Self::Paseto(PasetoAuthenticator::new(id, parse_config(config)?, ctx)?)),
+            "paseto" => Ok(Self::Paseto(PasetoAuthenticator::new(
+                id,
+                parse_config(config)?,
+                ctx,
+            )?)),
             "anonymous" => {
                 let cfg: AnonymousConfig = parse_config(config)?;
                 Ok(Self::Anonymous(AnonymousAuthenticator {
-                    principal: Arc::new(Principal::new(&cfg.subject, cfg.roles, serde_json::Map::new(), id)),
+                    principal: Arc::new(Principal::new(
+                        &cfg.subject,
+                        cfg.roles,
+                        serde_json::Map::new(),
+                        id,
+                    )),
                 }))
             }
             "unauthorized" => {
                 no_config(type_name, config)?;
                 Ok(Self::Unauthorized(Arc::clone(id)))
             }
-            other => Err(format!("unknown authenticator type `{other}` (known: paseto, anonymous, unauthorized)")),
+            other => Err(format!(
+                "unknown authenticator type `{other}` (known: paseto, anonymous, unauthorized)"
+            )),
         }
     }
 
@@ -57,7 +73,11 @@ impl Authenticator {
         match self {
             Self::Paseto(a) => a.authenticate(req),
             Self::Anonymous(a) => Ok(Arc::clone(&a.principal)),
-            Self::Unauthorized(id) => Err(AuthnError::Failed(StepError::new(ErrorKind::Authentication, id, "request refused by `unauthorized`"))),
+            Self::Unauthorized(id) => Err(AuthnError::Failed(StepError::new(
+                ErrorKind::Authentication,
+                id,
+                "request refused by `unauthorized`",
+            ))),
         }
     }
 
@@ -78,7 +98,10 @@ struct AnonymousConfig {
 
 impl Default for AnonymousConfig {
     fn default() -> Self {
-        Self { subject: "anonymous".into(), roles: Vec::new() }
+        Self {
+            subject: "anonymous".into(),
+            roles: Vec::new(),
+        }
     }
 }
 
@@ -106,7 +129,10 @@ enum SourceSpec {
 #[derive(Debug, Clone)]
 enum TokenSource {
     /// A header, with an auth scheme (`Bearer`) or the bare token.
-    Header { name: Box<str>, scheme: Option<Box<str>> },
+    Header {
+        name: Box<str>,
+        scheme: Option<Box<str>>,
+    },
     Cookie(Box<str>),
 }
 
@@ -128,7 +154,10 @@ struct PasetoConfig {
 impl Default for PasetoConfig {
     fn default() -> Self {
         Self {
-            sources: vec![SourceSpec::Header { header: "authorization".into(), scheme: Some("Bearer".into()) }],
+            sources: vec![SourceSpec::Header {
+                header: "authorization".into(),
+                scheme: Some("Bearer".into()),
+            }],
             accept: Accept::Any,
             issuers: None,
             audience: None,
@@ -152,7 +181,11 @@ struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { enabled: true, max_entries: 100_000, max_ttl: Duration::from_secs(300) }
+        Self {
+            enabled: true,
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+        }
     }
 }
 
@@ -162,11 +195,18 @@ struct UntilExpiry {
 }
 
 impl Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Principal>, _created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Principal>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
         let ttl = match value.expires_at {
             Some(exp) => {
                 let left = exp - OffsetDateTime::now_utc();
-                Duration::try_from(left).unwrap_or(Duration::ZERO).min(self.max_ttl)
+                Duration::try_from(left)
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.max_ttl)
             }
             None => self.max_ttl,
         };
@@ -196,14 +236,21 @@ impl PasetoAuthenticator {
             .into_iter()
             .map(|s| match s {
                 SourceSpec::Header { header, scheme } => {
-                    http::HeaderName::try_from(header.as_str()).map_err(|_| format!("`{header}` is not a valid header name"))?;
-                    Ok(TokenSource::Header { name: header.to_ascii_lowercase().into(), scheme: scheme.map(Into::into) })
+                    http::HeaderName::try_from(header.as_str())
+                        .map_err(|_| format!("`{header}` is not a valid header name"))?;
+                    Ok(TokenSource::Header {
+                        name: header.to_ascii_lowercase().into(),
+                        scheme: scheme.map(Into::into),
+                    })
                 }
                 SourceSpec::Cookie { cookie } => Ok(TokenSource::Cookie(cookie.into())),
             })
             .collect::<Result<Box<[_]>, String>>()?;
         let purposes = match cfg.accept {
-            Accept::Any => vec![crate::tokens::Purpose::Local, crate::tokens::Purpose::Public],
+            Accept::Any => vec![
+                crate::tokens::Purpose::Local,
+                crate::tokens::Purpose::Public,
+            ],
             Accept::Local => vec![crate::tokens::Purpose::Local],
             Accept::Public => vec![crate::tokens::Purpose::Public],
         };
@@ -213,7 +260,9 @@ impl PasetoAuthenticator {
         if cfg.max_token_bytes == 0 {
             return Err("`max_token_bytes` must be positive".into());
         }
-        let issuers = cfg.issuers.unwrap_or_else(|| vec![ctx.tokens.issuer.clone()]);
+        let issuers = cfg
+            .issuers
+            .unwrap_or_else(|| vec![ctx.tokens.issuer.clone()]);
         let validation = Validation {
             issuers: issuers.into(),
             audience: cfg.audience.or_else(|| ctx.tokens.audience.clone()),
@@ -224,10 +273,20 @@ impl PasetoAuthenticator {
         let cache = cfg.cache.enabled.then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(cfg.cache.max_entries)
-                .expire_after(UntilExpiry { max_ttl: cfg.cache.max_ttl })
+                .expire_after(UntilExpiry {
+                    max_ttl: cfg.cache.max_ttl,
+                })
                 .build()
         });
-        Ok(Self { id: Arc::clone(id), keys: Arc::clone(ctx.keys), sources, accept: cfg.accept, validation, max_token_bytes: cfg.max_token_bytes, cache })
+        Ok(Self {
+            id: Arc::clone(id),
+            keys: Arc::clone(ctx.keys),
+            sources,
+            accept: cfg.accept,
+            validation,
+            max_token_bytes: cfg.max_token_bytes,
+            cache,
+        })
     }
 
     fn fail(&self, message: impl Into<String>) -> AuthnError {
@@ -241,7 +300,9 @@ impl PasetoAuthenticator {
                 TokenSource::Header { name, scheme } => {
                     let value = match req.headers.get_unique(name) {
                         HeaderLookup::Absent => continue,
-                        HeaderLookup::Ambiguous => return Err(self.fail(format!("header `{name}` sent more than once"))),
+                        HeaderLookup::Ambiguous => {
+                            return Err(self.fail(format!("header `{name}` sent more than once")));
+                        }
                         HeaderLookup::One(v) => v.trim(),
                     };
                     let token = match scheme {
@@ -252,9 +313,15 @@ impl PasetoAuthenticator {
                             // Another scheme (Basic, …) is another authenticator's business.
                             Some(_) => continue,
                             None if value.eq_ignore_ascii_case(scheme) => {
-                                return Err(self.fail(format!("header `{name}` has the `{scheme}` scheme but no token")));
+                                return Err(self.fail(format!(
+                                    "header `{name}` has the `{scheme}` scheme but no token"
+                                )));
                             }
-                            None => return Err(self.fail(format!("header `{name}` does not use the `{scheme}` scheme"))),
+                            None => {
+                                return Err(self.fail(format!(
+                                    "header `{name}` does not use the `{scheme}` scheme"
+                                )));
+                            }
                         },
                     };
                     if token.is_empty() {
@@ -276,24 +343,44 @@ impl PasetoAuthenticator {
         let token = self.find_token(req)?;
         // Checked before hashing too, so an oversized token costs nothing.
         if token.len() > self.max_token_bytes {
-            return Err(self.fail(format!("token is {} bytes, over the limit of {}", token.len(), self.max_token_bytes)));
+            return Err(self.fail(format!(
+                "token is {} bytes, over the limit of {}",
+                token.len(),
+                self.max_token_bytes
+            )));
         }
         let now = OffsetDateTime::now_utc();
-        let key = self.cache.as_ref().map(|_| *blake3::hash(token.as_bytes()).as_bytes());
+        let key = self
+            .cache
+            .as_ref()
+            .map(|_| *blake3::hash(token.as_bytes()).as_bytes());
         if let (Some(cache), Some(key)) = (&self.cache, &key)
             && let Some(principal) = cache.get(key)
         {
             // The entry never outlives `exp`, but the clock is checked anyway: cheap and exact.
-            if principal.expires_at.is_none_or(|exp| now - self.validation.leeway < exp) {
+            if principal
+                .expires_at
+                .is_none_or(|exp| now - self.validation.leeway < exp)
+            {
                 return Ok(principal);
             }
             cache.invalidate(key);
         }
-        let claims = self.keys.open(token, self.accept, self.max_token_bytes).map_err(|e| self.fail(e.to_string()))?;
-        let times = self.validation.check(&claims, now).map_err(|e| self.fail(e.to_string()))?;
+        let claims = self
+            .keys
+            .open(token, self.accept, self.max_token_bytes)
+            .map_err(|e| self.fail(e.to_string()))?;
+        let times = self
+            .validation
+            .check(&claims, now)
+            .map_err(|e| self.fail(e.to_string()))?;
         let principal = Arc::new(Principal {
             id: Arc::from(claims.sub.as_deref().unwrap_or_default()),
-            roles: claims.roles.into_iter().map(String::into_boxed_str).collect(),
+            roles: claims
+                .roles
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
             attributes: claims.attr,
             mechanism: Arc::clone(&self.id),
             issuer: claims.iss.map(String::into_boxed_str),

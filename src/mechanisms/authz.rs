@@ -43,10 +43,18 @@ impl Authorizer {
             "cel" => {
                 let cfg: CelConfig = parse_config(config)?;
                 let expression = Expr::compile(&cfg.expression).map_err(|e| e.to_string())?;
-                let message = cfg.message.unwrap_or_else(|| format!("expression `{}` is false", cfg.expression));
-                Ok(Self::Cel(CelAuthorizer { id: Arc::clone(id), expression, message }))
+                let message = cfg
+                    .message
+                    .unwrap_or_else(|| format!("expression `{}` is false", cfg.expression));
+                Ok(Self::Cel(CelAuthorizer {
+                    id: Arc::clone(id),
+                    expression,
+                    message,
+                }))
             }
-            other => Err(format!("unknown authorizer type `{other}` (known: allow, deny, cel)")),
+            other => Err(format!(
+                "unknown authorizer type `{other}` (known: allow, deny, cel)"
+            )),
         }
     }
 
@@ -54,12 +62,24 @@ impl Authorizer {
     pub async fn authorize(&self, vars: &Vars<'_>) -> Result<(), StepError> {
         match self {
             Self::Allow => Ok(()),
-            Self::Deny(id) => Err(StepError::new(ErrorKind::Authorization, id, "denied by `deny`")),
+            Self::Deny(id) => Err(StepError::new(
+                ErrorKind::Authorization,
+                id,
+                "denied by `deny`",
+            )),
             Self::Cel(a) => match a.expression.eval_bool(vars) {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(StepError::new(ErrorKind::Authorization, &a.id, a.message.clone())),
+                Ok(false) => Err(StepError::new(
+                    ErrorKind::Authorization,
+                    &a.id,
+                    a.message.clone(),
+                )),
                 // A missing attribute is the usual cause: deny, and say why in the log.
-                Err(e) => Err(StepError::new(ErrorKind::Authorization, &a.id, e.to_string())),
+                Err(e) => Err(StepError::new(
+                    ErrorKind::Authorization,
+                    &a.id,
+                    e.to_string(),
+                )),
             },
         }
     }

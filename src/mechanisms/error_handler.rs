@@ -17,7 +17,9 @@ use crate::request::RequestView;
 pub enum ErrorHandler {
     /// The default mapping from error kind to status.
     Default,
-    WwwAuthenticate { challenge: Box<str> },
+    WwwAuthenticate {
+        challenge: Box<str>,
+    },
     Redirect(RedirectHandler),
     Generic(GenericHandler),
 }
@@ -31,7 +33,10 @@ struct WwwAuthenticateConfig {
 
 impl Default for WwwAuthenticateConfig {
     fn default() -> Self {
-        Self { scheme: "Bearer".into(), realm: "heimdall".into() }
+        Self {
+            scheme: "Bearer".into(),
+            realm: "heimdall".into(),
+        }
     }
 }
 
@@ -47,7 +52,11 @@ struct RedirectConfig {
 
 impl Default for RedirectConfig {
     fn default() -> Self {
-        Self { to: "/auth/login".into(), param: "redirect_uri".into(), status: 302 }
+        Self {
+            to: "/auth/login".into(),
+            param: "redirect_uri".into(),
+            status: 302,
+        }
     }
 }
 
@@ -78,7 +87,11 @@ pub struct GenericHandler {
 }
 
 /// Characters kept as they are in a query parameter value (RFC 3986 unreserved).
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 impl ErrorHandler {
     pub(crate) fn build(id: &Arc<str>, type_name: &str, config: &Value) -> Result<Self, String> {
@@ -87,9 +100,13 @@ impl ErrorHandler {
             "www_authenticate" => {
                 let cfg: WwwAuthenticateConfig = parse_config(config)?;
                 if cfg.realm.contains('"') || cfg.scheme.contains(' ') {
-                    return Err("`realm` must not contain `\"` and `scheme` must be one token".into());
+                    return Err(
+                        "`realm` must not contain `\"` and `scheme` must be one token".into(),
+                    );
                 }
-                Ok(Self::WwwAuthenticate { challenge: format!("{} realm=\"{}\"", cfg.scheme, cfg.realm).into() })
+                Ok(Self::WwwAuthenticate {
+                    challenge: format!("{} realm=\"{}\"", cfg.scheme, cfg.realm).into(),
+                })
             }
             "redirect" => {
                 let cfg: RedirectConfig = parse_config(config)?;
@@ -99,7 +116,11 @@ impl ErrorHandler {
                 if cfg.to.is_empty() || cfg.param.is_empty() {
                     return Err("`to` and `param` must not be empty".into());
                 }
-                Ok(Self::Redirect(RedirectHandler { to: cfg.to.into(), param: cfg.param.into(), status: cfg.status }))
+                Ok(Self::Redirect(RedirectHandler {
+                    to: cfg.to.into(),
+                    param: cfg.param.into(),
+                    status: cfg.status,
+                }))
             }
             "generic" => {
                 let cfg: GenericConfig = parse_config(config)?;
@@ -110,47 +131,86 @@ impl ErrorHandler {
                     .headers
                     .iter()
                     .map(|(name, source)| {
-                        let parsed = http::HeaderName::try_from(name.as_str()).map_err(|_| format!("`{name}` is not a valid header name"))?;
-                        let expr = Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
+                        let parsed = http::HeaderName::try_from(name.as_str())
+                            .map_err(|_| format!("`{name}` is not a valid header name"))?;
+                        let expr =
+                            Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
                         Ok((Arc::from(parsed.as_str()), expr))
                     })
                     .collect::<Result<Box<[_]>, String>>()?;
-                let body = cfg.body.as_deref().map(Expr::compile).transpose().map_err(|e| format!("body: {e}"))?;
-                Ok(Self::Generic(GenericHandler { id: Arc::clone(id), status: cfg.status, headers, body }))
+                let body = cfg
+                    .body
+                    .as_deref()
+                    .map(Expr::compile)
+                    .transpose()
+                    .map_err(|e| format!("body: {e}"))?;
+                Ok(Self::Generic(GenericHandler {
+                    id: Arc::clone(id),
+                    status: cfg.status,
+                    headers,
+                    body,
+                }))
             }
-            other => Err(format!("unknown error handler type `{other}` (known: default, www_authenticate, redirect, generic)")),
+            other => Err(format!(
+                "unknown error handler type `{other}` (known: default, www_authenticate, redirect, generic)"
+            )),
         }
     }
 
     /// The response for `error`. `None` asks for the default mapping.
-    pub fn handle(&self, error: &StepError, req: &RequestView<'_>, vars: &Vars<'_>) -> Option<HttpResponse> {
+    pub fn handle(
+        &self,
+        error: &StepError,
+        req: &RequestView<'_>,
+        vars: &Vars<'_>,
+    ) -> Option<HttpResponse> {
         match self {
             Self::Default => None,
             Self::WwwAuthenticate { challenge } => {
                 let mut response = HttpResponse::from_kind(error.kind);
                 response.status = 401;
-                response.headers.push(("www-authenticate".into(), challenge.to_string()));
+                response
+                    .headers
+                    .push(("www-authenticate".into(), challenge.to_string()));
                 Some(response)
             }
             Self::Redirect(r) => {
                 let separator = if r.to.contains('?') { '&' } else { '?' };
                 let target = utf8_percent_encode(&req.url(), QUERY_VALUE).to_string();
                 let location = format!("{}{separator}{}={target}", r.to, r.param);
-                Some(HttpResponse { status: r.status, headers: vec![("location".into(), location)], body: String::new() })
+                Some(HttpResponse {
+                    status: r.status,
+                    headers: vec![("location".into(), location)],
+                    body: String::new(),
+                })
             }
             Self::Generic(g) => {
-                let mut response = HttpResponse { status: g.status, headers: Vec::with_capacity(g.headers.len()), body: String::new() };
+                let mut response = HttpResponse {
+                    status: g.status,
+                    headers: Vec::with_capacity(g.headers.len()),
+                    body: String::new(),
+                };
                 for (name, expr) in &g.headers {
                     match expr.eval_string(vars) {
-                        Ok(value) if http::HeaderValue::try_from(value.as_str()).is_ok() => response.headers.push((std::borrow::Cow::Owned(name.to_string()), value)),
-                        Ok(_) => tracing::warn!(handler = %g.id, header = %name, "error handler header value is not a valid header value; left out"),
-                        Err(e) => tracing::warn!(handler = %g.id, header = %name, error = %e, "error handler header failed; left out"),
+                        Ok(value) if http::HeaderValue::try_from(value.as_str()).is_ok() => {
+                            response
+                                .headers
+                                .push((std::borrow::Cow::Owned(name.to_string()), value))
+                        }
+                        Ok(_) => {
+                            tracing::warn!(handler = %g.id, header = %name, "error handler header value is not a valid header value; left out")
+                        }
+                        Err(e) => {
+                            tracing::warn!(handler = %g.id, header = %name, error = %e, "error handler header failed; left out")
+                        }
                     }
                 }
                 if let Some(body) = &g.body {
                     match body.eval_string(vars) {
                         Ok(text) => response.body = text,
-                        Err(e) => tracing::warn!(handler = %g.id, error = %e, "error handler body failed; sent empty"),
+                        Err(e) => {
+                            tracing::warn!(handler = %g.id, error = %e, "error handler body failed; sent empty")
+                        }
                     }
                 }
                 Some(response)

@@ -36,7 +36,8 @@ pub struct HeaderFinalizer {
 }
 
 fn header_name(name: &str) -> Result<Arc<str>, String> {
-    let parsed = http::HeaderName::try_from(name).map_err(|_| format!("`{name}` is not a valid header name"))?;
+    let parsed = http::HeaderName::try_from(name)
+        .map_err(|_| format!("`{name}` is not a valid header name"))?;
     Ok(Arc::from(parsed.as_str()))
 }
 
@@ -49,18 +50,28 @@ impl Finalizer {
                     .headers
                     .iter()
                     .map(|(name, source)| {
-                        let expr = Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
+                        let expr =
+                            Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
                         Ok((header_name(name)?, expr))
                     })
                     .collect::<Result<Box<[_]>, String>>()?;
-                Ok(Self::Header(HeaderFinalizer { id: Arc::clone(id), headers }))
+                Ok(Self::Header(HeaderFinalizer {
+                    id: Arc::clone(id),
+                    headers,
+                }))
             }
             "remove_headers" => {
                 let cfg: RemoveConfig = parse_config(config)?;
-                let headers = cfg.headers.iter().map(|h| header_name(h)).collect::<Result<Box<[_]>, String>>()?;
+                let headers = cfg
+                    .headers
+                    .iter()
+                    .map(|h| header_name(h))
+                    .collect::<Result<Box<[_]>, String>>()?;
                 Ok(Self::RemoveHeaders(headers))
             }
-            other => Err(format!("unknown finalizer type `{other}` (known: header, remove_headers)")),
+            other => Err(format!(
+                "unknown finalizer type `{other}` (known: header, remove_headers)"
+            )),
         }
     }
 
@@ -69,11 +80,15 @@ impl Finalizer {
         match self {
             Self::Header(f) => {
                 for (name, expr) in &f.headers {
-                    let value = expr
-                        .eval_string(vars)
-                        .map_err(|e| StepError::new(ErrorKind::Internal, &f.id, format!("header `{name}`: {e}")))?;
+                    let value = expr.eval_string(vars).map_err(|e| {
+                        StepError::new(ErrorKind::Internal, &f.id, format!("header `{name}`: {e}"))
+                    })?;
                     if http::HeaderValue::try_from(value.as_str()).is_err() {
-                        return Err(StepError::new(ErrorKind::Internal, &f.id, format!("header `{name}`: value is not a valid header value")));
+                        return Err(StepError::new(
+                            ErrorKind::Internal,
+                            &f.id,
+                            format!("header `{name}`: value is not a valid header value"),
+                        ));
                     }
                     out.set_header(name, value);
                 }

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelValue;
-
 /// What went wrong, in terms a client and an operator act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// No acceptable credential, or an invalid one: 401.
     Authentication,
@@ -58,6 +56,10 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(kind: ErrorKind, mechanism: &Arc<str>, message: impl Into<String>) -> Self {
-        Self { kind, mechanism: Arc::clone(mechanism), message: message.into() }
+        Self {
+            kind,
+            mechanism: Arc::clone(mechanism),
+            message: message.into(),
+        }
     }
 }

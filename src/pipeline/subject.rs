@@ -21,7 +21,12 @@ pub struct Principal {
 
 impl Principal {
     /// A principal with no token times (anonymous, tests).
-    pub fn new(id: &str, roles: Vec<String>, attributes: serde_json::Map<String, serde_json::Value>, mechanism: &str) -> Self {
+    pub fn new(
+        id: &str,
+        roles: Vec<String>,
+        attributes: serde_json::Map<String, serde_json::Value>,
+        mechanism: &str,
+    ) -> Self {
         Self {
             id: Arc::from(id),
             roles: roles.into_iter().map(String::into_boxed_str).collect(),
@@ -68,7 +73,10 @@ impl Subject {
 
     /// The principal called `name`.
     pub fn get(&self, name: &str) -> Option<&Principal> {
-        self.principals.iter().find(|(n, _)| &**n == name).map(|(_, p)| &**p)
+        self.principals
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, p)| &**p)
     }
 
     /// Every principal with its name.

@@ -55,7 +55,9 @@ impl PathPattern {
                 route.push('}');
             } else if let Some(name) = segment.strip_prefix('*') {
                 if i + 1 != segments.len() {
-                    return Err(format!("path `{pattern}`: `*{name}` must be the last segment"));
+                    return Err(format!(
+                        "path `{pattern}`: `*{name}` must be the last segment"
+                    ));
                 }
                 check_name(pattern, name, &mut names)?;
                 route.push_str("{*");
@@ -64,34 +66,52 @@ impl PathPattern {
                 catch_all = true;
             } else {
                 if segment.contains([':', '*']) {
-                    return Err(format!("path `{pattern}`: `:name` and `*name` must fill a whole segment"));
+                    return Err(format!(
+                        "path `{pattern}`: `:name` and `*name` must fill a whole segment"
+                    ));
                 }
                 literal += u32::try_from(segment.len()).unwrap_or(u32::MAX / 8);
                 // The router's own syntax uses braces; a literal brace is doubled.
                 route.push_str(&segment.replace('{', "{{").replace('}', "}}"));
             }
         }
-        let score = literal.saturating_mul(4).saturating_add(if catch_all { 0 } else { 2 });
+        let score = literal
+            .saturating_mul(4)
+            .saturating_add(if catch_all { 0 } else { 2 });
         Ok(Self { route, score })
     }
 }
 
 fn check_name<'a>(pattern: &str, name: &'a str, names: &mut Vec<&'a str>) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(format!("path `{pattern}`: parameter name `{name}` must be letters, digits or `_`"));
+        return Err(format!(
+            "path `{pattern}`: parameter name `{name}` must be letters, digits or `_`"
+        ));
     }
     if names.contains(&name) {
-        return Err(format!("path `{pattern}`: parameter `{name}` appears twice"));
+        return Err(format!(
+            "path `{pattern}`: parameter `{name}` appears twice"
+        ));
     }
     names.push(name);
     Ok(())
 }
 
 impl MethodTable {
-    fn insert(&mut self, method: Option<&str>, pattern: &PathPattern, rule: usize, rule_id: &str) -> Result<(), String> {
+    fn insert(
+        &mut self,
+        method: Option<&str>,
+        pattern: &PathPattern,
+        rule: usize,
+        rule_id: &str,
+    ) -> Result<(), String> {
         let key = (Box::from(method.unwrap_or("*")), pattern.route.clone());
         if let Some(owner) = self.owners.get(&key) {
-            return Err(format!("rule `{rule_id}` and rule `{owner}` both match {} `{}`", method.unwrap_or("any method"), pattern.route));
+            return Err(format!(
+                "rule `{rule_id}` and rule `{owner}` both match {} `{}`",
+                method.unwrap_or("any method"),
+                pattern.route
+            ));
         }
         let router = match method {
             None => &mut self.any,
@@ -110,14 +130,33 @@ impl MethodTable {
             },
         };
         router
-            .insert(pattern.route.clone(), Route { rule, score: pattern.score })
-            .map_err(|e| format!("rule `{rule_id}`: path `{}` cannot be routed: {e}", pattern.route))?;
+            .insert(
+                pattern.route.clone(),
+                Route {
+                    rule,
+                    score: pattern.score,
+                },
+            )
+            .map_err(|e| {
+                format!(
+                    "rule `{rule_id}`: path `{}` cannot be routed: {e}",
+                    pattern.route
+                )
+            })?;
         self.owners.insert(key, rule_id.to_owned());
         Ok(())
     }
 
-    fn find<'r, 'p>(&'r self, method: &str, path: &'p str) -> Option<matchit::Match<'r, 'p, &'r Route>> {
-        let specific = self.by_method.iter().find(|(m, _)| &**m == method).and_then(|(_, r)| r.at(path).ok());
+    fn find<'r, 'p>(
+        &'r self,
+        method: &str,
+        path: &'p str,
+    ) -> Option<matchit::Match<'r, 'p, &'r Route>> {
+        let specific = self
+            .by_method
+            .iter()
+            .find(|(m, _)| &**m == method)
+            .and_then(|(_, r)| r.at(path).ok());
         let any = self.any.at(path).ok();
         match (specific, any) {
             (Some(s), Some(a)) => Some(if a.value.score > s.value.score { a } else { s }),
@@ -143,21 +182,35 @@ pub struct Found<'a> {
 
 impl Matcher {
     /// Adds a rule for every host × path × method combination.
-    pub fn add(&mut self, rule: usize, rule_id: &str, hosts: &[String], paths: &[PathPattern], methods: &[String]) -> Result<(), String> {
+    pub fn add(
+        &mut self,
+        rule: usize,
+        rule_id: &str,
+        hosts: &[String],
+        paths: &[PathPattern],
+        methods: &[String],
+    ) -> Result<(), String> {
         let any_host = [String::from("*")];
-        let hosts = if hosts.is_empty() { &any_host[..] } else { hosts };
+        let hosts = if hosts.is_empty() {
+            &any_host[..]
+        } else {
+            hosts
+        };
         for host in hosts {
             let host = host.to_ascii_lowercase();
             let table = if host == "*" {
                 &mut self.any_host
             } else if let Some(suffix) = host.strip_prefix('*') {
                 if !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') {
-                    return Err(format!("rule `{rule_id}`: host `{host}` must be a name, `*.domain` or `*`"));
+                    return Err(format!(
+                        "rule `{rule_id}`: host `{host}` must be a name, `*.domain` or `*`"
+                    ));
                 }
                 let position = match self.wildcard.iter().position(|(s, _)| **s == *suffix) {
                     Some(p) => p,
                     None => {
-                        self.wildcard.push((Box::from(suffix), MethodTable::default()));
+                        self.wildcard
+                            .push((Box::from(suffix), MethodTable::default()));
                         self.wildcard.len() - 1
                     }
                 };
@@ -167,7 +220,9 @@ impl Matcher {
                 }
             } else {
                 if host.contains(['*', '/', ' ']) || host.is_empty() {
-                    return Err(format!("rule `{rule_id}`: host `{host}` must be a name, `*.domain` or `*`"));
+                    return Err(format!(
+                        "rule `{rule_id}`: host `{host}` must be a name, `*.domain` or `*`"
+                    ));
                 }
                 self.exact.entry(Box::from(host.as_str())).or_default()
             };
@@ -180,14 +235,18 @@ impl Matcher {
                 }
             }
         }
-        self.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        self.wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         Ok(())
     }
 
     /// The most specific rule for `method host path`.
     pub fn find<'a>(&'a self, method: &str, host: &str, path: &'a str) -> Option<Found<'a>> {
-        let lowered: Cow<'_, str> =
-            if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) };
+        let lowered: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let host = lowered.as_ref();
         let found = self
             .exact
@@ -203,9 +262,17 @@ impl Matcher {
         let captures = found
             .params
             .iter()
-            .map(|(name, value)| (name, percent_encoding::percent_decode_str(value).decode_utf8_lossy()))
+            .map(|(name, value)| {
+                (
+                    name,
+                    percent_encoding::percent_decode_str(value).decode_utf8_lossy(),
+                )
+            })
             .collect();
-        Some(Found { rule: found.value.rule, captures })
+        Some(Found {
+            rule: found.value.rule,
+            captures,
+        })
     }
 }
 
@@ -213,11 +280,17 @@ impl Matcher {
 mod tests {
     use super::*;
 
-    fn matcher(rules: &[(&str, &[&str], &[&str], &[&str])]) -> Matcher {
+    /// `(rule id, hosts, paths, methods)`.
+    type RuleRow<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
+    fn matcher(rules: &[RuleRow<'_>]) -> Matcher {
         let mut m = Matcher::default();
         for (i, (id, hosts, paths, methods)) in rules.iter().enumerate() {
             let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
-            let paths: Vec<PathPattern> = paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect();
+            let paths: Vec<PathPattern> = paths
+                .iter()
+                .map(|p| PathPattern::parse(p).unwrap())
+                .collect();
             let methods: Vec<String> = methods.iter().map(|s| s.to_string()).collect();
             m.add(i, id, &hosts, &paths, &methods).unwrap();
         }
@@ -248,9 +321,15 @@ mod tests {
 
     #[test]
     fn captures_are_decoded() {
-        let m = matcher(&[("files", &[], &["/files/*path"], &[]), ("doc", &[], &["/documents/:id"], &[])]);
+        let m = matcher(&[
+            ("files", &[], &["/files/*path"], &[]),
+            ("doc", &[], &["/documents/:id"], &[]),
+        ]);
         let found = m.find("GET", "h", "/files/a/b%20c").unwrap();
-        assert_eq!(found.captures.as_slice(), &[("path", Cow::Borrowed("a/b c"))]);
+        assert_eq!(
+            found.captures.as_slice(),
+            &[("path", Cow::Borrowed("a/b c"))]
+        );
         let found = m.find("GET", "h", "/documents/x%2Fy").unwrap();
         assert_eq!(found.captures[0].1, "x/y");
         assert!(m.find("GET", "h", "/other").is_none());

@@ -1,0 +1,37 @@
+# heimdall developer entry points.
+#
+#   make tools        install Envoy, NATS, Cerbos and oidc-provider into .tools/ (ONLY="envoy nats" for a subset)
+#   make up           build and run heimdall + echo upstream + Envoy in the foreground (Ctrl-C stops all)
+#   make test         tools, then rustfmt check, clippy (warnings are errors) and every test target
+#   make bench        criterion benches of the pipeline, then the load harness
+#   make fmt          format the code
+#   make lint         rustfmt check and clippy, without running tests
+#   make clean-tools  remove .tools/
+
+SHELL := bash
+ONLY ?=
+
+.PHONY: tools up test bench fmt lint clean-tools
+
+tools:
+	scripts/install-tools.sh $(ONLY)
+
+up:
+	scripts/up.sh
+
+test:
+	scripts/test.sh
+
+bench:
+	cargo bench --bench pipeline
+	cargo run --release --example load
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+clean-tools:
+	rm -rf .tools

