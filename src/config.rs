@@ -193,13 +193,35 @@ impl Default for TokensConfig {
     }
 }
 
-/// Where a PASERK key comes from.
+/// Where a PASERK key comes from: `{paserk: "k4.…"}`, `{file: /path}` or `{env: NAME}`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "KeySourceSpec")]
 pub enum KeySource {
     Paserk(String),
     File(PathBuf),
     Env(String),
+}
+
+/// The YAML shape of a [`KeySource`]: a map with exactly one of the three keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySourceSpec {
+    paserk: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+impl TryFrom<KeySourceSpec> for KeySource {
+    type Error = &'static str;
+
+    fn try_from(spec: KeySourceSpec) -> Result<Self, Self::Error> {
+        match (spec.paserk, spec.file, spec.env) {
+            (Some(p), None, None) => Ok(Self::Paserk(p)),
+            (None, Some(f), None) => Ok(Self::File(f)),
+            (None, None, Some(e)) => Ok(Self::Env(e)),
+            _ => Err("a key needs exactly one of `paserk`, `file` or `env`"),
+        }
+    }
 }
 
 impl Serialize for KeySource {
@@ -407,6 +429,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported config version `2`"), "{err}");
+    }
+
+    #[test]
+    fn key_sources_are_maps() {
+        let config = Config::parse("version: \"1\"\ntokens:\n  keys:\n    - env: A\n    - file: /k\n    - paserk: k4.public.x\n", &Origin::Embedded).unwrap();
+        assert!(matches!(
+            config.tokens.keys.as_slice(),
+            [KeySource::Env(_), KeySource::File(_), KeySource::Paserk(_)]
+        ));
+        let err = Config::parse(
+            "version: \"1\"\ntokens:\n  keys:\n    - { env: A, file: /k }\n",
+            &Origin::Embedded,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exactly one of"), "{err}");
     }
 
     #[test]

@@ -217,6 +217,7 @@ fn kind_key(kind: Kind) -> KindKey {
 impl<'c> Catalogue<'c> {
     fn build(config: &'c Config, ctx: &BuildContext<'_>, errors: &mut Vec<String>) -> Self {
         let mut entries = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
         let m = &config.mechanisms;
         let groups = [
             (Kind::Authenticator, &m.authenticators),
@@ -227,7 +228,8 @@ impl<'c> Catalogue<'c> {
         for (kind, specs) in groups {
             for spec in specs {
                 let key = (kind_key(kind), spec.id.as_str());
-                if entries.contains_key(&key) {
+                // Tracked apart from `entries`: a definition that failed to build still counts.
+                if !seen.insert(key) {
                     errors.push(format!("{} `{}` is defined twice", kind.as_str(), spec.id));
                     continue;
                 }
@@ -475,4 +477,147 @@ fn compile_rule(
         metrics: metrics.for_rule(rule_id),
         allows_anonymous,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Origin;
+
+    fn compile(yaml: &str) -> Result<RuleSet, CompileError> {
+        let config = Config::parse(yaml, &Origin::Embedded).unwrap();
+        let mut keys = Keyring::default();
+        keys.add_ephemeral_signing_key().unwrap();
+        RuleSet::compile(&config, &Arc::new(keys), &Metrics::default())
+    }
+
+    const CATALOGUE: &str = r#"
+version: "1"
+mechanisms:
+  authenticators: [ { id: bearer, type: paseto }, { id: anon, type: anonymous } ]
+  authorizers: [ { id: allow, type: allow } ]
+  finalizers: [ { id: hdr, type: header, config: { headers: { X-User-ID: subject.id } } } ]
+  error_handlers: [ { id: challenge, type: www_authenticate } ]
+"#;
+
+    fn with_rules(rules: &str) -> String {
+        format!("{CATALOGUE}rules:\n{rules}")
+    }
+
+    #[test]
+    fn reports_every_problem_with_the_rule_id() {
+        let rules = r#"
+  - id: api
+    match: { paths: [/api/*rest] }
+    execute: [ { authenticator: jwt_x }, { authorizer: allow } ]
+  - id: order
+    match: { paths: [/order] }
+    execute: [ { authenticator: bearer }, { finalizer: hdr }, { authorizer: allow } ]
+  - id: cel
+    match: { paths: [/cel] }
+    execute: [ { authenticator: bearer, if: 'request.method ==' } ]
+  - id: none
+    match: { paths: [/none] }
+    execute: [ { authorizer: allow } ]
+  - id: handler
+    match: { paths: [/handler] }
+    execute: [ { authenticator: bearer } ]
+    on_error: [ { error_handler: nope } ]
+"#;
+        let errors = compile(&with_rules(rules)).err().unwrap().0;
+        let expected = [
+            "unknown authenticator `jwt_x` in rule `api` (known: anon, bearer)",
+            "rule `order`: step 3 (authorizer `allow`) comes after a finalizer",
+            "rule `cel`: step 1 condition: invalid CEL `request.method ==`",
+            "rule `none`: needs at least one authenticator step",
+            "unknown error_handler `nope` in rule `handler` (known: challenge)",
+        ];
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing `{want}` in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn refuses_bad_mechanism_config_and_duplicates() {
+        let yaml = r#"
+version: "1"
+mechanisms:
+  authenticators:
+    - { id: bearer, type: paseto, config: { sources: [], leeway: 5s } }
+    - { id: bearer, type: anonymous }
+    - { id: odd, type: paseto, config: { acept: public } }
+  authorizers:
+    - { id: expr, type: cel, config: { expression: 'secret == 1' } }
+rules: []
+"#;
+        let errors = compile(yaml).err().unwrap().0;
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "authenticator `bearer` (type `paseto`): `sources` must name at least one"
+            )),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("authenticator `bearer` is defined twice")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "authenticator `odd` (type `paseto`): invalid config: unknown field `acept`"
+            )),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("uses unknown variable `secret`")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn selects_by_context_extension_and_default() {
+        let rules = r#"
+  - id: api
+    match: { paths: [/api/*rest] }
+    execute: [ { authenticator: bearer } ]
+  - id: named_only
+    execute: [ { authenticator: anon } ]
+default_rule:
+  execute: [ { authenticator: anon } ]
+"#;
+        let set = compile(&with_rules(rules)).unwrap();
+        assert_eq!(
+            &*set.select(None, "GET", "h", "/api/x").ok().unwrap().rule.id,
+            "api"
+        );
+        assert_eq!(
+            &*set
+                .select(Some("named_only"), "GET", "h", "/api/x")
+                .ok()
+                .unwrap()
+                .rule
+                .id,
+            "named_only"
+        );
+        assert_eq!(
+            &*set
+                .select(None, "GET", "h", "/elsewhere")
+                .ok()
+                .unwrap()
+                .rule
+                .id,
+            DEFAULT_RULE_ID
+        );
+        assert_eq!(
+            set.select(Some("missing"), "GET", "h", "/api/x").err(),
+            Some(NoRule::UnknownRule("missing"))
+        );
+    }
 }

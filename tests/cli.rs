@@ -1,0 +1,151 @@
+//! The `heimdall` command line: validate, keys, tokens, and the refusal of bad keys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::process::{Command, Output};
+
+fn heimdall(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_heimdall"));
+    command
+        .args(args)
+        .env_remove("PASETO_SYMMETRIC_KEY")
+        .env_remove("HEIMDALL_CONFIG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_shipped_configs_and_names_problems() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("heimdall-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = heimdall(
+        &[
+            "validate",
+            "--config",
+            &format!("{root}/config/heimdall.yaml"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The test fixture pins rules to v4.local and to v4.public tokens: it needs a key of each,
+    // here a symmetric key and a public key read from an environment variable.
+    let generated = text(&heimdall(&["keys", "generate", "--purpose", "public"], &[]).stdout);
+    let public = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("public: "))
+        .unwrap()
+        .to_owned();
+    let fixture = std::fs::read_to_string(format!("{root}/tests/fixtures/rules.yaml")).unwrap();
+    let fixture = fixture.replace(
+        "  audience: heimdall-tests\n",
+        "  audience: heimdall-tests\n  keys: [ { env: TEST_PUBLIC_KEY } ]\n",
+    );
+    let with_keys = dir.join("fixture.yaml");
+    std::fs::write(&with_keys, fixture).unwrap();
+    let env = [
+        ("PASETO_SYMMETRIC_KEY", "heimdall-cli-test-key-0123456789"),
+        ("TEST_PUBLIC_KEY", public.as_str()),
+    ];
+    let out = heimdall(&["validate", "--config", with_keys.to_str().unwrap()], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = heimdall(
+        &["validate", "--config", with_keys.to_str().unwrap()],
+        &env[..1],
+    );
+    assert!(
+        text(&out.stderr).contains("environment variable `TEST_PUBLIC_KEY` is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: \"1\"\nrules:\n  - id: api\n    execute: [ { authenticator: jwt_x } ]\n",
+    )
+    .unwrap();
+    let out = heimdall(&["validate", "--config", bad.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown authenticator `jwt_x` in rule `api`"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&bad, "version: \"1\"\nserver:\n  grpc_prot: 1\n").unwrap();
+    let out = heimdall(&["validate", "--config", bad.to_str().unwrap()], &[]);
+    assert!(
+        text(&out.stderr).contains("unknown field `grpc_prot`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_31_byte_symmetric_key_is_refused_with_its_length() {
+    let out = heimdall(
+        &["serve"],
+        &[
+            ("PASETO_SYMMETRIC_KEY", "change-this-to-32-byte-secret!!"),
+            ("PORT", "0"),
+            ("GRPC_PORT", "0"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn minted_tokens_inspect_and_keys_generate() {
+    let key = ("PASETO_SYMMETRIC_KEY", "heimdall-cli-test-key-0123456789");
+    let out = heimdall(
+        &[
+            "token",
+            "mint",
+            "--sub",
+            "alice",
+            "--roles",
+            "user,editor",
+            "--attr",
+            "plan=pro",
+            "--purpose",
+            "local",
+        ],
+        &[key],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    assert!(token.starts_with("v4.local."));
+    let out = heimdall(&["token", "inspect", &token], &[key]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("\"sub\": \"alice\"") && shown.contains("\"plan\": \"pro\""),
+        "{shown}"
+    );
+    let out = heimdall(
+        &["token", "inspect", &token],
+        &[("PASETO_SYMMETRIC_KEY", "another-cli-test-key-0123456789x")],
+    );
+    assert!(!out.status.success());
+
+    let out = heimdall(&["keys", "generate", "--purpose", "public"], &[]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("secret: k4.secret.")
+            && shown.contains("public: k4.public.")
+            && shown.contains("kid:    k4.pid."),
+        "{shown}"
+    );
+}
