@@ -23,6 +23,7 @@ test:
 	scripts/test.sh
 
 bench:
+	cargo build --release
 	cargo bench --bench pipeline
 	cargo run --release --example load
 

@@ -59,7 +59,7 @@ start() {
   pids+=("$!")
 }
 
-start heimdall target/release/heimdall "${heimdall_args[@]}"
+start heimdall env HEIMDALL_BIND=127.0.0.1 target/release/heimdall "${heimdall_args[@]}"
 start echo "$PYTHON" infra/echo/echo.py --host 127.0.0.1 --port 8081
 start envoy "$ENVOY" -c envoy/envoy.yaml --log-level warn --disable-hot-restart
 
@@ -79,7 +79,7 @@ heimdall local stack is up:
   Envoy (entry point)      http://127.0.0.1:10000
   Envoy admin              http://127.0.0.1:9901
   heimdall ext_authz gRPC  127.0.0.1:9001
-  heimdall HTTP side port  http://127.0.0.1:8080  (/health, /ready, /metrics, /auth/login, ...)
+  heimdall HTTP side port  http://127.0.0.1:8080  (/health, /ready, /metrics, /decision, /.well-known/paseto-keys)
   echo upstream            http://127.0.0.1:8081
 
 Try:

@@ -292,8 +292,14 @@ impl Config {
         Ok((config, origin))
     }
 
-    /// Applies `PORT` and `GRPC_PORT`.
+    /// Applies `PORT`, `GRPC_PORT` and `HEIMDALL_BIND`.
     pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(bind) = env.var("HEIMDALL_BIND") {
+            self.server.bind = bind.trim().parse().map_err(|_| ConfigError::Env {
+                name: "HEIMDALL_BIND",
+                message: format!("`{bind}` is not an IP address"),
+            })?;
+        }
         if let Some(port) = env.var("PORT") {
             self.server.http_port = parse_port("PORT", &port)?;
         }
@@ -393,6 +399,9 @@ mod tests {
             (config.server.http_port, config.server.grpc_port),
             (18080, 19001)
         );
+        let (config, _) = Config::load(None, &env(&[("HEIMDALL_BIND", "127.0.0.1")])).unwrap();
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1");
+        assert!(Config::load(None, &env(&[("HEIMDALL_BIND", "localhost")])).is_err());
         let err = Config::load(None, &env(&[("PORT", "http")])).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -4,7 +4,7 @@
 //! Expressions are compiled once at load; each evaluation binds three variables through a
 //! resolver, built lazily per request and borrowing from it (no header is copied):
 //! `request` (`method`, `scheme`, `host`, `authority`, `path`, `query`, `headers`, `captures`,
-//! `peer`, `url`), `subject` (`id`, `roles`, `attr`, `principals`) and, in error handlers, `error`
+//! `peer`, `id`, `raw_query`), `subject` (`id`, `roles`, `attr`, `principals`) and, in error handlers, `error`
 //! (`kind`, `message`, `mechanism`).
 
 use std::borrow::Cow;

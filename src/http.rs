@@ -92,11 +92,13 @@ async fn paseto_keys(State(state): State<SideState>) -> Response {
 }
 
 fn to_response(response: &HttpResponse) -> Response {
-    let mut out = (
-        StatusCode::from_u16(response.status).unwrap_or(StatusCode::FORBIDDEN),
-        response.body.clone(),
-    )
-        .into_response();
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::FORBIDDEN);
+    // An empty body (a redirect) gets no content type rather than text/plain.
+    let mut out = if response.body.is_empty() {
+        status.into_response()
+    } else {
+        (status, response.body.clone()).into_response()
+    };
     for (name, value) in &response.headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(name.as_ref()),

@@ -66,7 +66,8 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     duration: Family<RuleLabels, Histogram, fn() -> Histogram>,
     step_errors: Family<StepErrorLabels, Counter>,
-    /// Requests that never reached a pipeline: malformed, timed out.
+    /// Requests refused before any rule ran: malformed `CheckRequest`s, untrusted or
+    /// incomplete `/decision` calls. (A pipeline that times out counts as `decision="error"`.)
     pub rejected: Family<EntryLabels, Counter>,
     pub in_flight: Gauge,
 }

@@ -110,7 +110,7 @@ impl<'a> Headers<'a> {
 /// The downstream peer as Envoy saw it.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Peer<'a> {
-    /// `ip:port` (or a pipe path).
+    /// The peer's IP address (Envoy sends no port here).
     pub address: &'a str,
     /// The principal of the peer's TLS certificate (URI SAN, else subject), when mTLS was used.
     pub principal: &'a str,

@@ -312,6 +312,14 @@ fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
+fn stage_with_article(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Authenticate => "an authenticator",
+        Stage::Authorize => "an authorizer",
+        Stage::Finalize => "a finalizer",
+    }
+}
+
 fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
     let named: Vec<(Stage, &str)> = [
         (Stage::Authenticate, &step.authenticator),
@@ -374,10 +382,10 @@ fn compile_rule(
         };
         if step_stage < stage {
             errors.push(format!(
-                "rule `{rule_id}`: step {} ({} `{id}`) comes after a {}; the order is authenticators, then authorizers, then finalizers",
+                "rule `{rule_id}`: step {} ({} `{id}`) comes after {}; the order is authenticators, then authorizers, then finalizers",
                 index + 1,
                 stage_name(step_stage),
-                stage_name(stage)
+                stage_with_article(stage)
             ));
             continue;
         }

@@ -188,6 +188,15 @@ async fn missing_credentials_get_a_challenge_or_a_login_redirect() {
         response.headers()["www-authenticate"],
         "Bearer realm=\"heimdall\""
     );
+    assert_eq!(
+        response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .count(),
+        1,
+        "one challenge"
+    );
 
     let response = stack
         .get(

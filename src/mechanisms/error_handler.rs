@@ -167,8 +167,12 @@ impl ErrorHandler {
         match self {
             Self::Default => None,
             Self::WwwAuthenticate { challenge } => {
+                // Always a 401 with exactly this challenge, replacing the default one.
                 let mut response = HttpResponse::from_kind(error.kind);
                 response.status = 401;
+                response
+                    .headers
+                    .retain(|(name, _)| name != "www-authenticate");
                 response
                     .headers
                     .push(("www-authenticate".into(), challenge.to_string()));
