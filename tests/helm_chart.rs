@@ -1,0 +1,796 @@
+//! The Helm chart in charts/heimdall: `helm lint` passes, `helm template` renders both modes and
+//! every optional resource, keys stay out of ConfigMaps, and what the chart renders is accepted by
+//! the real programs (`heimdall validate` for the configuration, `envoy --mode validate` for the
+//! sidecar's Envoy configuration).
+//!
+//! Needs `helm` (from `$HEIMDALL_TOOLS`, `<repo>/.tools/bin` or `$PATH`): without it each test
+//! prints a skip line and passes, except in CI (`CI=true`), where it fails.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed setup or lookup is a failed test"
+)]
+
+#[path = "support/tools.rs"]
+#[allow(
+    dead_code,
+    reason = "the shared tool lookup; this test uses only part of it"
+)]
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const RELEASE: &str = "authz";
+const FULLNAME: &str = "authz-heimdall";
+
+/// A v4.local key of exactly 32 bytes and a signing key, both only for these tests.
+const SYMMETRIC_KEY: &str = "chart-test-symmetric-key-32bytes";
+const SIGNING_KEY: &str = "k4.secret.chart-test-signing-key-never-in-a-configmap";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts").join("heimdall")
+}
+
+/// A scratch directory of this test's own.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("helm_chart")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs helm with its cache, configuration and data kept under the target directory.
+fn helm_output(helm: &Path, args: &[&str]) -> Output {
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm_home");
+    Command::new(helm)
+        .args(args)
+        .current_dir(repo())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()))
+}
+
+/// Runs helm and returns its stdout; a failure fails the test with helm's own words.
+fn helm_ok(helm: &Path, args: &[&str]) -> String {
+    let out = helm_output(helm, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{stderr}\n{stdout}",
+        args.join(" "),
+        out.status
+    );
+    stdout
+}
+
+/// Runs helm expecting it to refuse; returns stderr.
+fn helm_refuses(helm: &Path, args: &[&str]) -> String {
+    let out = helm_output(helm, args);
+    assert!(
+        !out.status.success(),
+        "helm {} should have failed, rendered:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One rendered manifest.
+#[derive(Debug)]
+struct Manifest {
+    kind: String,
+    name: String,
+    text: String,
+}
+
+/// `helm template <release> charts/heimdall <args…>`, split into manifests.
+fn render(helm: &Path, args: &[&str]) -> Vec<Manifest> {
+    let chart = chart();
+    let mut all = vec!["template", RELEASE, chart.to_str().unwrap()];
+    all.extend_from_slice(args);
+    split_manifests(&helm_ok(helm, &all))
+}
+
+fn split_manifests(stream: &str) -> Vec<Manifest> {
+    let mut docs: Vec<String> = vec![String::new()];
+    for line in stream.lines() {
+        if line == "---" {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().unwrap();
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.into_iter()
+        .filter_map(|text| {
+            let kind = text
+                .lines()
+                .find_map(|l| l.strip_prefix("kind: "))?
+                .trim()
+                .to_owned();
+            let name = text
+                .lines()
+                .skip_while(|l| *l != "metadata:")
+                .find_map(|l| l.strip_prefix("  name: "))?
+                .trim()
+                .to_owned();
+            Some(Manifest { kind, name, text })
+        })
+        .collect()
+}
+
+fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Manifest {
+    manifests
+        .iter()
+        .find(|m| m.kind == kind && m.name == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = manifests
+                .iter()
+                .map(|m| format!("{}/{}", m.kind, m.name))
+                .collect();
+            panic!("no {kind}/{name} among {have:?}")
+        })
+}
+
+fn kinds(manifests: &[Manifest]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = manifests.iter().map(|m| m.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+}
+
+/// The lines indented under the first line that reads `key` (after its indentation), without
+/// that indentation: a YAML block, or a block scalar's text.
+fn block(text: &str, key: &str) -> String {
+    let mut lines = text.lines();
+    let header = lines
+        .by_ref()
+        .find(|l| l.trim() == key)
+        .unwrap_or_else(|| panic!("no `{key}` in:\n{text}"));
+    let indent = header.len() - header.trim_start().len();
+    let body: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .collect();
+    let strip = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| l.get(strip..).unwrap_or("").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn b64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn helm() -> Option<PathBuf> {
+    tools::require("helm")
+}
+
+#[test]
+fn chart_lints_in_both_modes_and_with_every_option() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let full = format!("{chart}/ci/full-values.yaml");
+    let sidecar = format!("{chart}/ci/sidecar-values.yaml");
+    for extra in [
+        vec![],
+        vec!["-f", full.as_str()],
+        vec!["-f", sidecar.as_str()],
+        vec!["--set", "mode=sidecar"],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend(extra);
+        let out = helm_ok(&helm, &args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn deployment_mode_renders_a_hardened_deployment_and_its_service() {
+    let Some(helm) = helm() else { return };
+    let manifests = render(&helm, &[]);
+    assert_eq!(
+        kinds(&manifests),
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount"
+        ],
+        "the default release renders no Secret, Job or optional resource"
+    );
+
+    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    assert!(deployment.contains("  replicas: 2\n"), "{deployment}");
+    let readiness = block(deployment, "readinessProbe:");
+    assert!(readiness.contains("path: /ready"), "{readiness}");
+    assert!(readiness.contains("port: http"), "{readiness}");
+    let liveness = block(deployment, "livenessProbe:");
+    assert!(liveness.contains("path: /health"), "{liveness}");
+    let ports = block(deployment, "ports:");
+    assert!(
+        ports.contains("- name: grpc\n  containerPort: 9001"),
+        "{ports}"
+    );
+    assert!(
+        ports.contains("- name: http\n  containerPort: 8080"),
+        "{ports}"
+    );
+    let container_security = block(deployment, "securityContext:");
+    for want in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "- ALL",
+        "type: RuntimeDefault",
+    ] {
+        assert!(
+            deployment.contains(want),
+            "Deployment lacks `{want}`:\n{deployment}"
+        );
+    }
+    assert!(
+        container_security.contains("runAsNonRoot: true"),
+        "{container_security}"
+    );
+    assert!(
+        deployment
+            .contains("- serve\n            - --config\n            - /etc/heimdall/heimdall.yaml"),
+        "{deployment}"
+    );
+    assert!(
+        deployment.contains("checksum/config: "),
+        "pods must roll on config changes:\n{deployment}"
+    );
+    assert!(
+        deployment.contains("name: authz-heimdall-config"),
+        "{deployment}"
+    );
+    assert!(
+        deployment.contains("automountServiceAccountToken: false"),
+        "{deployment}"
+    );
+    assert!(
+        deployment.contains("topologyKey: kubernetes.io/hostname"),
+        "{deployment}"
+    );
+    let env = block(deployment, "env:");
+    assert!(
+        env.contains("- name: GRPC_PORT\n  value: \"9001\""),
+        "{env}"
+    );
+    assert!(env.contains("- name: PORT\n  value: \"8080\""), "{env}");
+
+    let service = &find(&manifests, "Service", FULLNAME).text;
+    assert!(service.contains("type: ClusterIP"), "{service}");
+    assert!(
+        service.contains(
+            "- name: grpc\n      port: 9001\n      targetPort: grpc\n      protocol: TCP\n      appProtocol: grpc"
+        ),
+        "{service}"
+    );
+    assert!(
+        service.contains("- name: http\n      port: 8080"),
+        "{service}"
+    );
+
+    let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
+    let file = block(config, "heimdall.yaml: |");
+    assert!(file.contains("version: \"1\""), "{file}");
+    assert!(
+        file.contains("keys:\n  - env: HEIMDALL_SIGNING_KEY"),
+        "{file}"
+    );
+}
+
+#[test]
+fn keys_go_to_a_secret_and_never_to_a_configmap() {
+    let Some(helm) = helm() else { return };
+    let keys = [
+        "--set",
+        &format!("keys.symmetricKey={SYMMETRIC_KEY}"),
+        "--set",
+        &format!("keys.signingKey={SIGNING_KEY}"),
+    ]
+    .map(str::to_owned);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let secrets = [
+        SYMMETRIC_KEY.to_owned(),
+        SIGNING_KEY.to_owned(),
+        b64(SYMMETRIC_KEY.as_bytes()),
+        b64(SIGNING_KEY.as_bytes()),
+    ];
+
+    for mode in [
+        &[
+            "--set",
+            "mode=deployment",
+            "--set",
+            "validateConfig.enabled=true",
+        ][..],
+        &[
+            "--set",
+            "mode=sidecar",
+            "--set",
+            "validateConfig.enabled=true",
+        ][..],
+    ] {
+        let mut args = keys.clone();
+        args.extend_from_slice(mode);
+        let manifests = render(&helm, &args);
+
+        for manifest in manifests.iter().filter(|m| m.kind != "Secret") {
+            for secret in &secrets {
+                assert!(
+                    !manifest.text.contains(secret.as_str()),
+                    "{} {} shows a key:\n{}",
+                    manifest.kind,
+                    manifest.name,
+                    manifest.text
+                );
+            }
+        }
+        let secret = &find(&manifests, "Secret", "authz-heimdall-keys").text;
+        assert!(
+            secret.contains(&format!(
+                "PASETO_SYMMETRIC_KEY: \"{}\"",
+                b64(SYMMETRIC_KEY.as_bytes())
+            )),
+            "{secret}"
+        );
+        assert!(
+            secret.contains(&format!(
+                "HEIMDALL_SIGNING_KEY: \"{}\"",
+                b64(SIGNING_KEY.as_bytes())
+            )),
+            "{secret}"
+        );
+
+        // The pre-install hook cannot read the release's Secret (not created yet): it has a copy.
+        let job = &find(&manifests, "Job", "authz-heimdall-validate").text;
+        assert!(
+            job.contains("secretKeyRef:\n                  name: authz-heimdall-validate\n                  key: HEIMDALL_SIGNING_KEY"),
+            "{job}"
+        );
+        let hook_secret = &find(&manifests, "Secret", "authz-heimdall-validate").text;
+        assert!(
+            hook_secret.contains("helm.sh/hook: pre-install,pre-upgrade"),
+            "{hook_secret}"
+        );
+    }
+
+    let manifests = render(&helm, &keys);
+    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    let env = block(deployment, "env:");
+    for var in ["PASETO_SYMMETRIC_KEY", "HEIMDALL_SIGNING_KEY"] {
+        assert!(
+            env.contains(&format!(
+                "- name: {var}\n  valueFrom:\n    secretKeyRef:\n      name: authz-heimdall-keys\n      key: {var}\n"
+            )),
+            "{env}"
+        );
+    }
+    assert!(
+        deployment.contains("checksum/keys: "),
+        "pods must roll on key changes:\n{deployment}"
+    );
+
+    // An existing Secret: referenced by name, nothing created.
+    let manifests = render(&helm, &["--set", "keys.existingSecret=my-keys"]);
+    assert!(!kinds(&manifests).contains(&"Secret"));
+    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    assert!(
+        deployment.contains(
+            "secretKeyRef:\n                  name: my-keys\n                  key: HEIMDALL_SIGNING_KEY\n                  optional: true"
+        ),
+        "{deployment}"
+    );
+}
+
+#[test]
+fn values_that_would_leak_or_cannot_work_are_refused() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    for (args, why) in [
+        (
+            vec!["--set", "config.tokens.keys[0].paserk=k4.secret.inline"],
+            "holds a secret key inline",
+        ),
+        (
+            vec!["--set", "config.tokens.keys[0].paserk=k4.local.inline"],
+            "holds a secret key inline",
+        ),
+        (
+            vec!["--set", "keys.symmetricKey=too-short"],
+            "must be exactly 32 bytes, got 9",
+        ),
+        (
+            vec!["--set", "keys.signingKey=not-a-paserk"],
+            "must be a v4 PASERK",
+        ),
+        (
+            vec![
+                "--set",
+                "keys.existingSecret=mine",
+                "--set",
+                "keys.signingKey=k4.secret.x",
+            ],
+            "keys.existingSecret excludes",
+        ),
+        (
+            vec!["--set", &*format!("keys.symmetricKey={SYMMETRIC_KEY}")],
+            "keys.signingKey is not set",
+        ),
+        (vec!["--set", "mode=daemonset"], "mode"),
+        (vec!["--set", "replicaCont=3"], "replicaCont"),
+    ] {
+        let mut all = vec!["template", RELEASE, chart];
+        all.extend(args.iter().copied());
+        let stderr = helm_refuses(&helm, &all);
+        assert!(
+            stderr.contains(why),
+            "{args:?}: expected `{why}` in:\n{stderr}"
+        );
+    }
+    // A public key inline is fine: it verifies only.
+    render(
+        &helm,
+        &["--set", "config.tokens.keys[0].paserk=k4.public.inline"],
+    );
+    // The symmetric key alone works once the configuration stops reading HEIMDALL_SIGNING_KEY.
+    render(
+        &helm,
+        &[
+            "--set",
+            &format!("keys.symmetricKey={SYMMETRIC_KEY}"),
+            "--set",
+            "config.tokens.keys=null",
+        ],
+    );
+}
+
+#[test]
+fn optional_resources_render_when_enabled() {
+    let Some(helm) = helm() else { return };
+    let values = chart().join("ci").join("full-values.yaml");
+    let manifests = render(&helm, &["-f", values.to_str().unwrap()]);
+    for kind in [
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Job",
+    ] {
+        assert!(
+            kinds(&manifests).contains(&kind),
+            "no {kind} in {:?}",
+            kinds(&manifests)
+        );
+    }
+
+    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    assert!(
+        !deployment.contains("replicas:"),
+        "the HPA owns the replica count:\n{deployment}"
+    );
+    let env = block(deployment, "env:");
+    for (var, value) in [
+        ("NATS_URL", "nats://nats.messaging.svc:4222"),
+        ("CERBOS_GRPC_URL", "cerbos.cerbos.svc:3593"),
+        ("HYDRA_ADMIN_URL", "http://hydra-admin.ory.svc:4445"),
+        ("KRATOS_ADMIN_URL", "http://kratos-admin.ory.svc:4434"),
+    ] {
+        assert!(
+            env.contains(&format!("- name: {var}\n  value: \"{value}\"")),
+            "{env}"
+        );
+    }
+    assert!(block(deployment, "lifecycle:").contains("seconds: 5"));
+
+    let hpa = &find(&manifests, "HorizontalPodAutoscaler", FULLNAME).text;
+    assert!(hpa.contains("apiVersion: autoscaling/v2"), "{hpa}");
+    assert!(
+        hpa.contains("kind: Deployment\n    name: authz-heimdall"),
+        "{hpa}"
+    );
+
+    let monitor = &find(&manifests, "ServiceMonitor", FULLNAME).text;
+    assert!(
+        monitor.contains("- port: http\n      path: /metrics"),
+        "{monitor}"
+    );
+    assert!(monitor.contains("release: prometheus"), "{monitor}");
+
+    let pdb = &find(&manifests, "PodDisruptionBudget", FULLNAME).text;
+    assert!(pdb.contains("minAvailable: 1"), "{pdb}");
+    assert!(!pdb.contains("maxUnavailable"), "{pdb}");
+
+    let headless = &find(&manifests, "Service", "authz-heimdall-headless").text;
+    assert!(headless.contains("clusterIP: None"), "{headless}");
+
+    let job = &find(&manifests, "Job", "authz-heimdall-validate").text;
+    assert!(
+        job.contains("helm.sh/hook: pre-install,pre-upgrade"),
+        "{job}"
+    );
+    assert!(
+        job.contains(
+            "- validate\n            - --config\n            - /etc/heimdall/heimdall.yaml"
+        ),
+        "{job}"
+    );
+    assert!(
+        job.contains("secretKeyRef:\n                  name: heimdall-keys"),
+        "{job}"
+    );
+    // The hook's pod must not be taken for a heimdall replica by the Service or the PDB.
+    let pod_labels = block(&block(job, "template:"), "labels:");
+    assert!(
+        pod_labels.contains("app.kubernetes.io/name: heimdall-validate"),
+        "{pod_labels}"
+    );
+    let hook_config = &find(&manifests, "ConfigMap", "authz-heimdall-validate").text;
+    assert_eq!(
+        block(hook_config, "heimdall.yaml: |"),
+        block(
+            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
+            "heimdall.yaml: |"
+        ),
+        "the hook validates the configuration being deployed"
+    );
+}
+
+#[test]
+fn sidecar_mode_renders_no_deployment_but_a_container_to_include() {
+    let Some(helm) = helm() else { return };
+    let values = chart().join("ci").join("sidecar-values.yaml");
+    for args in [
+        vec!["--set", "mode=sidecar"],
+        vec!["-f", values.to_str().unwrap()],
+    ] {
+        let manifests = render(&helm, &args);
+        for kind in [
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+        ] {
+            assert!(
+                !kinds(&manifests).contains(&kind),
+                "sidecar mode rendered a {kind}"
+            );
+        }
+        find(&manifests, "ConfigMap", "authz-heimdall-config");
+        find(&manifests, "ConfigMap", "authz-heimdall-envoy");
+
+        let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
+        let container = block(snippet, "containers.yaml: |");
+        assert!(container.starts_with("- name: heimdall\n"), "{container}");
+        for want in [
+            "containerPort: 9001",
+            "containerPort: 8090",
+            "- name: PORT\n      value: \"8090\"",
+            "path: /ready\n      port: 8090",
+            "path: /health\n      port: 8090",
+            "readOnlyRootFilesystem: true",
+            "mountPath: /etc/heimdall",
+        ] {
+            assert!(container.contains(want), "no `{want}` in:\n{container}");
+        }
+        let volumes = block(snippet, "volumes.yaml: |");
+        assert!(
+            volumes.contains("configMap:\n    name: authz-heimdall-config"),
+            "{volumes}"
+        );
+    }
+}
+
+#[test]
+fn a_parent_chart_includes_the_sidecar_container() {
+    let Some(helm) = helm() else { return };
+    let dir = scratch("parent");
+    copy_dir(&chart(), &dir.join("charts").join("heimdall"));
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: shop\nversion: 0.1.0\ndependencies:\n  - name: heimdall\n    version: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("values.yaml"),
+        "heimdall:\n  mode: sidecar\n  keys:\n    existingSecret: shop-keys\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates").join("deployment.yaml"),
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+      annotations:
+        {{- include "heimdall.checksumAnnotations" .Subcharts.heimdall | nindent 8 }}
+    spec:
+      containers:
+        - name: shop
+          image: shop
+        {{- include "heimdall.sidecarContainer" .Subcharts.heimdall | nindent 8 }}
+      volumes:
+        {{- include "heimdall.sidecarVolumes" .Subcharts.heimdall | nindent 8 }}
+"#,
+    )
+    .unwrap();
+    let manifests = split_manifests(&helm_ok(
+        &helm,
+        &["template", "shop", dir.to_str().unwrap()],
+    ));
+    let deployment = &find(&manifests, "Deployment", "shop").text;
+    let containers = block(deployment, "containers:");
+    assert!(
+        containers.contains("- name: shop\n") && containers.contains("- name: heimdall\n"),
+        "{containers}"
+    );
+    assert!(
+        containers.contains("name: shop-keys\n          key: HEIMDALL_SIGNING_KEY"),
+        "{containers}"
+    );
+    let volumes = block(deployment, "volumes:");
+    assert!(volumes.contains("name: shop-heimdall-config"), "{volumes}");
+    assert!(deployment.contains("checksum/config: "), "{deployment}");
+    find(&manifests, "ConfigMap", "shop-heimdall-config");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The configuration the chart renders is one this heimdall accepts, with the key the chart
+/// hands it, and refuses without it (fail closed, no ephemeral key).
+#[test]
+fn rendered_configuration_is_valid_for_this_heimdall() {
+    let Some(helm) = helm() else { return };
+    let heimdall = env!("CARGO_BIN_EXE_heimdall");
+    let generated = Command::new(heimdall)
+        .args(["keys", "generate"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let generated = String::from_utf8(generated.stdout).unwrap();
+    let signing_key = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let dir = scratch("config");
+    for (name, args) in [
+        ("deployment", vec![]),
+        ("sidecar", vec!["--set", "mode=sidecar"]),
+    ] {
+        let manifests = render(&helm, &args);
+        let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, block(config, "heimdall.yaml: |")).unwrap();
+
+        let valid = Command::new(heimdall)
+            .args(["validate", "--config", path.to_str().unwrap()])
+            .env("HEIMDALL_SIGNING_KEY", &signing_key)
+            .env_remove("PASETO_SYMMETRIC_KEY")
+            .env_remove("HEIMDALL_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            valid.status.success(),
+            "{name}: heimdall validate refused the chart's configuration:\n{}{}",
+            String::from_utf8_lossy(&valid.stdout),
+            String::from_utf8_lossy(&valid.stderr)
+        );
+
+        let keyless = Command::new(heimdall)
+            .args(["validate", "--config", path.to_str().unwrap()])
+            .env_remove("HEIMDALL_SIGNING_KEY")
+            .env_remove("PASETO_SYMMETRIC_KEY")
+            .env_remove("HEIMDALL_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&keyless.stderr);
+        assert!(
+            !keyless.status.success() && stderr.contains("HEIMDALL_SIGNING_KEY"),
+            "{name}: without its key heimdall must refuse to start: {stderr}"
+        );
+    }
+}
+
+/// The sidecar's Envoy configuration sends ext_authz to heimdall on loopback and is valid for
+/// the pinned Envoy.
+#[test]
+fn rendered_sidecar_envoy_configuration_is_valid() {
+    let Some(helm) = helm() else { return };
+    let manifests = render(
+        &helm,
+        &["--set", "mode=sidecar", "--set", "ports.grpc=9101"],
+    );
+    let config = &find(&manifests, "ConfigMap", "authz-heimdall-envoy").text;
+    let envoy_yaml = block(config, "envoy.yaml: |");
+    assert!(
+        envoy_yaml.contains("socket_address: { address: 127.0.0.1, port_value: 9101 }"),
+        "{envoy_yaml}"
+    );
+    assert!(
+        envoy_yaml.contains("failure_mode_allow: false"),
+        "{envoy_yaml}"
+    );
+
+    let Some(envoy) = tools::require("envoy") else {
+        return;
+    };
+    let dir = scratch("envoy");
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, &envoy_yaml).unwrap();
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envoy refused the chart's sidecar configuration:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
