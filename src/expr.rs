@@ -24,6 +24,151 @@ use crate::request::RequestView;
 /// The variables an expression may use.
 pub const VARIABLES: [&str; 3] = ["request", "subject", "error"];
 
+/// The fields of `request`, in bit order for [`Uses`].
+pub const REQUEST_FIELDS: [&str; 11] = [
+    "id",
+    "method",
+    "scheme",
+    "host",
+    "authority",
+    "path",
+    "raw_query",
+    "query",
+    "headers",
+    "captures",
+    "peer",
+];
+/// The fields of `subject`, in bit order for [`Uses`].
+pub const SUBJECT_FIELDS: [&str; 5] = ["id", "roles", "attr", "mechanism", "principals"];
+/// The fields of `error`.
+pub const ERROR_FIELDS: [&str; 3] = ["kind", "message", "mechanism"];
+
+/// Which fields of `request` and `subject` expressions read, found at load time, so a request
+/// binds only those (building the header map is the costly part, and most rules never read it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    request: u16,
+    subject: u16,
+}
+
+impl Uses {
+    /// Every field of both variables.
+    pub const ALL: Self = Self {
+        request: u16::MAX,
+        subject: u16::MAX,
+    };
+
+    /// The fields either of `self` and `other` reads.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            request: self.request | other.request,
+            subject: self.subject | other.subject,
+        }
+    }
+
+    /// Whether `request` is read at all.
+    pub fn any_request(self) -> bool {
+        self.request != 0
+    }
+
+    fn request_field(self, index: usize) -> bool {
+        self.request & (1 << index) != 0
+    }
+
+    fn subject_field(self, index: usize) -> bool {
+        self.subject & (1 << index) != 0
+    }
+}
+
+/// Records a use of `variable.field`, refusing fields that do not exist.
+fn mark(uses: &mut Uses, variable: &str, field: &str, source: &str) -> Result<(), ExprError> {
+    let (fields, bits): (&[&str], Option<&mut u16>) = match variable {
+        "request" => (&REQUEST_FIELDS, Some(&mut uses.request)),
+        "subject" => (&SUBJECT_FIELDS, Some(&mut uses.subject)),
+        "error" => (&ERROR_FIELDS, None),
+        _ => return Ok(()),
+    };
+    let Some(index) = fields.iter().position(|f| *f == field) else {
+        return Err(ExprError::UnknownField {
+            expr: source.to_owned(),
+            variable: variable.to_owned(),
+            field: field.to_owned(),
+            known: fields.join(", "),
+        });
+    };
+    if let Some(bits) = bits {
+        *bits |= 1 << index;
+    }
+    Ok(())
+}
+
+fn mark_all(uses: &mut Uses, variable: &str) {
+    match variable {
+        "request" => uses.request = u16::MAX,
+        "subject" => uses.subject = u16::MAX,
+        _ => {}
+    }
+}
+
+/// Walks the expression tree: `request.method` and `request["method"]` mark one field; a bare
+/// `request` (passed to a function, compared whole) marks all of them.
+fn walk(expr: &cel::parser::Expression, uses: &mut Uses, source: &str) -> Result<(), ExprError> {
+    use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue};
+    match &expr.expr {
+        Ast::Select(select) => {
+            if let Ast::Ident(name) = &select.operand.expr
+                && VARIABLES.contains(&name.as_str())
+            {
+                return mark(uses, name, &select.field, source);
+            }
+            walk(&select.operand, uses, source)
+        }
+        Ast::Ident(name) => {
+            mark_all(uses, name);
+            Ok(())
+        }
+        Ast::Call(call) => {
+            if call.func_name == cel::common::ast::operators::INDEX
+                && call.target.is_none()
+                && let [target, index] = call.args.as_slice()
+                && let (Ast::Ident(name), Ast::Literal(LiteralValue::String(field))) =
+                    (&target.expr, &index.expr)
+                && VARIABLES.contains(&name.as_str())
+            {
+                return mark(uses, name, field.inner(), source);
+            }
+            if let Some(target) = &call.target {
+                walk(target, uses, source)?;
+            }
+            call.args.iter().try_for_each(|arg| walk(arg, uses, source))
+        }
+        Ast::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .try_for_each(|e| walk(e, uses, source)),
+        Ast::List(list) => list.elements.iter().try_for_each(|e| walk(e, uses, source)),
+        Ast::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => {
+                walk(&e.key, uses, source).and_then(|()| walk(&e.value, uses, source))
+            }
+            EntryExpr::StructField(f) => walk(&f.value, uses, source),
+        }),
+        Ast::Struct(st) => st.entries.iter().try_for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => {
+                walk(&e.key, uses, source).and_then(|()| walk(&e.value, uses, source))
+            }
+            EntryExpr::StructField(f) => walk(&f.value, uses, source),
+        }),
+        Ast::Literal(_) | Ast::Unspecified => Ok(()),
+    }
+}
+
 static ENV: LazyLock<Option<Arc<Env>>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     env.add_extension(cel::extensions::strings).ok()?;
@@ -41,6 +186,13 @@ pub enum ExprError {
     Parse { expr: String, message: String },
     #[error("CEL `{expr}` uses unknown variable `{name}` (known: request, subject, error)")]
     UnknownVariable { expr: String, name: String },
+    #[error("CEL `{expr}`: `{variable}` has no field `{field}` (fields: {known})")]
+    UnknownField {
+        expr: String,
+        variable: String,
+        field: String,
+        known: String,
+    },
     #[error("CEL `{expr}` failed: {message}")]
     Eval { expr: Arc<str>, message: String },
     #[error("CEL `{expr}` returned {got}, expected {expected}")]
@@ -58,7 +210,7 @@ pub enum ExprError {
 pub struct Expr {
     expr: Arc<str>,
     program: Arc<Program>,
-    uses_request: bool,
+    uses: Uses,
 }
 
 impl Expr {
@@ -79,11 +231,12 @@ impl Expr {
                 name: name.to_owned(),
             });
         }
-        let uses_request = references.has_variable("request");
+        let mut uses = Uses::default();
+        walk(program.expression(), &mut uses, expr)?;
         Ok(Self {
             expr: Arc::from(expr),
             program: Arc::new(program),
-            uses_request,
+            uses,
         })
     }
 
@@ -92,9 +245,9 @@ impl Expr {
         &self.expr
     }
 
-    /// Whether evaluating it needs the `request` variable.
-    pub fn uses_request(&self) -> bool {
-        self.uses_request
+    /// The fields of `request` and `subject` it reads.
+    pub fn uses(&self) -> Uses {
+        self.uses
     }
 
     fn eval(&self, vars: &Vars<'_>) -> Result<Value, ExprError> {
@@ -202,59 +355,135 @@ impl<'a> Vars<'a> {
     }
 
     /// Binds `request`; `captures` are the path parameters of the matched rule (decoded).
-    pub fn bind_request(&mut self, req: &RequestView<'a>, captures: &'a [(&'a str, Cow<'a, str>)]) {
-        let mut headers = Entries::new();
-        req.headers.for_each(|name, value| {
-            // Pseudo-headers are exposed through the named fields instead.
-            if !name.starts_with(':') {
-                headers.insert(key(name), string(value));
-            }
-        });
-        let mut query = Entries::new();
-        for pair in req.query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
-            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
-            // First value wins, as most frameworks read a single-valued parameter.
-            query
-                .entry(CelMapKey::String(CelString::from(k)))
-                .or_insert_with(|| Box::new(CelString::from(v)));
-        }
-        let mut capture_map = Entries::new();
-        for (name, value) in captures {
-            capture_map.insert(key(name), Box::new(CelString::from(value.as_ref())));
-        }
-        let mut peer = Entries::new();
-        peer.insert(key("address"), string(req.peer.address));
-        peer.insert(key("principal"), string(req.peer.principal));
-
+    pub fn bind_request(
+        &mut self,
+        req: &RequestView<'a>,
+        captures: &'a [(&'a str, Cow<'a, str>)],
+        uses: Uses,
+    ) {
         let mut map = Entries::new();
-        map.insert(key("id"), string(req.id));
-        map.insert(key("method"), string(req.method));
-        map.insert(key("scheme"), string(req.scheme));
-        map.insert(key("host"), string(req.host));
-        map.insert(key("authority"), string(req.authority));
-        map.insert(key("path"), string(req.path));
-        map.insert(key("raw_query"), string(req.query));
-        map.insert(key("query"), Box::new(CelMap::from(query)));
-        map.insert(key("headers"), Box::new(CelMap::from(headers)));
-        map.insert(key("captures"), Box::new(CelMap::from(capture_map)));
-        map.insert(key("peer"), Box::new(CelMap::from(peer)));
+        for (index, field) in REQUEST_FIELDS.iter().enumerate() {
+            if uses.request_field(index) {
+                map.insert(key(field), request_field(req, captures, field));
+            }
+        }
         self.request = Some(CelMap::from(map));
     }
 
-    /// Binds `subject`: the first principal's fields at the top, every principal by name.
-    pub fn bind_subject(&mut self, subject: &'a Subject) {
-        let mut map = principal_entries(subject.primary());
-        let mut principals = Entries::new();
-        for (name, principal) in subject.iter() {
-            principals.insert(
-                key(name),
-                Box::new(CelMap::from(principal_entries(Some(principal)))),
-            );
+    /// Binds `subject` (only the fields in `uses`): the first principal's fields at the top,
+    /// every principal by name under `principals`.
+    pub fn bind_subject(&mut self, subject: &'a Subject, uses: Uses) {
+        let mut map = Entries::new();
+        let primary = subject.primary();
+        for (index, field) in SUBJECT_FIELDS.iter().enumerate() {
+            if !uses.subject_field(index) {
+                continue;
+            }
+            let value: Box<dyn Val + 'a> = if *field == "principals" {
+                let mut principals = Entries::new();
+                for (name, principal) in subject.iter() {
+                    principals.insert(
+                        key(name),
+                        Box::new(CelMap::from(principal_entries(Some(principal)))),
+                    );
+                }
+                Box::new(CelMap::from(principals))
+            } else {
+                principal_field(primary, field)
+            };
+            map.insert(key(field), value);
         }
-        map.insert(key("principals"), Box::new(CelMap::from(principals)));
         self.subject = Some(CelMap::from(map));
+    }
+}
+
+/// One field of `request`.
+fn request_field<'a>(
+    req: &RequestView<'a>,
+    captures: &'a [(&'a str, Cow<'a, str>)],
+    field: &str,
+) -> Box<dyn Val + 'a> {
+    match field {
+        "id" => string(req.id),
+        "method" => string(req.method),
+        "scheme" => string(req.scheme),
+        "host" => string(req.host),
+        "authority" => string(req.authority),
+        "path" => string(req.path),
+        "raw_query" => string(req.query),
+        "query" => {
+            let mut query = Entries::new();
+            for pair in req.query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+                let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                // First value wins, as most frameworks read a single-valued parameter.
+                query
+                    .entry(CelMapKey::String(CelString::from(k)))
+                    .or_insert_with(|| Box::new(CelString::from(v)));
+            }
+            Box::new(CelMap::from(query))
+        }
+        "headers" => {
+            let mut headers = Entries::new();
+            req.headers.for_each(|name, value| {
+                // Pseudo-headers are exposed through the named fields instead.
+                if !name.starts_with(':') {
+                    headers.insert(key(name), string(value));
+                }
+            });
+            Box::new(CelMap::from(headers))
+        }
+        "captures" => {
+            let mut map = Entries::new();
+            for (name, value) in captures {
+                map.insert(key(name), Box::new(CelString::from(value.as_ref())));
+            }
+            Box::new(CelMap::from(map))
+        }
+        "peer" => {
+            let mut peer = Entries::new();
+            peer.insert(key("address"), string(req.peer.address));
+            peer.insert(key("principal"), string(req.peer.principal));
+            Box::new(CelMap::from(peer))
+        }
+        _ => Box::new(CelNull),
+    }
+}
+
+/// One field of a principal (an empty principal when there is none).
+fn principal_field<'a>(
+    principal: Option<&'a crate::pipeline::Principal>,
+    field: &str,
+) -> Box<dyn Val + 'a> {
+    match (field, principal) {
+        ("id", Some(p)) => string(&p.id),
+        ("id", None) | ("mechanism", None) => string(""),
+        ("roles", Some(p)) => Box::new(CelList::from(
+            p.roles.iter().map(|r| string(r)).collect::<Vec<_>>(),
+        )),
+        ("roles", None) => Box::new(CelList::from(Vec::new())),
+        ("attr", Some(p)) => {
+            let mut attr = Entries::new();
+            for (k, v) in p.attributes.iter() {
+                attr.insert(key(k), json_val(v));
+            }
+            Box::new(CelMap::from(attr))
+        }
+        ("attr", None) => Box::new(CelMap::from(Entries::new())),
+        ("mechanism", Some(p)) => string(&p.mechanism),
+        _ => Box::new(CelNull),
+    }
+}
+
+impl<'a> Vars<'a> {
+    /// Binds every field of `request` (tests, tools).
+    pub fn bind_request_all(
+        &mut self,
+        req: &RequestView<'a>,
+        captures: &'a [(&'a str, Cow<'a, str>)],
+    ) {
+        self.bind_request(req, captures, Uses::ALL);
     }
 
     /// Binds `error` for the error pipeline.
@@ -339,6 +568,44 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_fields_expressions_read() {
+        let uses = |src: &str| Expr::compile(src).unwrap().uses();
+        let method = uses(r#"request.method == "GET""#);
+        assert!(
+            method.request_field(1) && !method.request_field(8),
+            "method only, not headers"
+        );
+        assert!(uses(r#"request["headers"].accept == "x""#).request_field(8));
+        assert!(uses(r#"has(request.headers.accept)"#).request_field(8));
+        assert!(uses(r#"[1].exists(x, request.captures.id == "1")"#).request_field(9));
+        assert_eq!(
+            uses("size(request) > 0"),
+            Uses {
+                request: u16::MAX,
+                subject: 0
+            }
+        );
+        assert!(!uses(r#""admin" in subject.roles"#).any_request());
+        assert!(uses(r#""admin" in subject.roles"#).subject_field(1));
+        let err = Expr::compile("request.metod == 1").unwrap_err().to_string();
+        assert!(err.contains("`request` has no field `metod`"), "{err}");
+        assert!(Expr::compile("error.kinds == 1").is_err());
+    }
+
+    #[test]
+    fn binds_only_what_is_read() {
+        let headers = HashMap::from([("accept".to_string(), "text/html".to_string())]);
+        let req = RequestView::new("GET", "https", "h", "/p", Headers::Map(&headers));
+        let expr = Expr::compile(r#"request.method == "GET""#).unwrap();
+        let mut vars = Vars::default();
+        vars.bind_request(&req, &[], expr.uses());
+        assert!(expr.eval_bool(&vars).unwrap());
+        // A field nobody declared a use of is not there.
+        let headers_expr = Expr::compile(r#"has(request.headers.accept)"#).unwrap();
+        assert!(headers_expr.eval_bool(&vars).is_err());
+    }
+
+    #[test]
     fn refuses_unknown_variables_and_bad_syntax() {
         assert!(
             matches!(Expr::compile("foo == 1"), Err(ExprError::UnknownVariable { name, .. }) if name == "foo")
@@ -362,8 +629,8 @@ mod tests {
         let captures = vec![("id", Cow::Borrowed("42"))];
         let subject = subject();
         let mut vars = Vars::default();
-        vars.bind_request(&req, &captures);
-        vars.bind_subject(&subject);
+        vars.bind_request_all(&req, &captures);
+        vars.bind_subject(&subject, Uses::ALL);
         let cases = [
             (
                 r#"request.method == "PUT" && request.captures.id == "42""#,

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 pub use error::{ErrorKind, StepError};
 pub use subject::{DEFAULT_PRINCIPAL, Principal, Subject};
 
-use crate::expr::{Expr, Vars};
+use crate::expr::{Expr, Uses, Vars};
 use crate::mechanisms::{Authenticator, AuthnError, Authorizer, ErrorHandler, Finalizer};
 use crate::request::RequestView;
 
@@ -42,8 +42,8 @@ pub struct Pipeline {
     pub authorizers: Box<[Step<Authorizer>]>,
     pub finalizers: Box<[Step<Finalizer>]>,
     pub on_error: Box<[Step<ErrorHandler>]>,
-    /// Whether any expression or handler reads `request`: bind it only then.
-    needs_request: bool,
+    /// The fields of `request` and `subject` its expressions read: a request binds only those.
+    uses: Uses,
 }
 
 /// Headers for the upstream request and the downstream response of an allowed request.
@@ -150,27 +150,17 @@ impl Pipeline {
             .chain(authorizers.iter().filter_map(|s| s.when.as_ref()))
             .chain(finalizers.iter().filter_map(|s| s.when.as_ref()))
             .chain(on_error.iter().filter_map(|s| s.when.as_ref()));
-        let mut needs_request = false;
-        for expr in conditions {
-            needs_request |= expr.uses_request();
-        }
-        needs_request |= authorizers
-            .iter()
-            .flat_map(|s| s.mechanism.expressions())
-            .any(Expr::uses_request);
-        needs_request |= finalizers
-            .iter()
-            .flat_map(|s| s.mechanism.expressions())
-            .any(Expr::uses_request);
-        needs_request |= on_error.iter().any(|s| {
-            s.mechanism.uses_request() || s.mechanism.expressions().any(Expr::uses_request)
-        });
+        let uses = conditions
+            .chain(authorizers.iter().flat_map(|s| s.mechanism.expressions()))
+            .chain(finalizers.iter().flat_map(|s| s.mechanism.expressions()))
+            .chain(on_error.iter().flat_map(|s| s.mechanism.expressions()))
+            .fold(Uses::default(), |uses, expr| uses.union(expr.uses()));
         Self {
             authn,
             authorizers,
             finalizers,
             on_error,
-            needs_request,
+            uses,
         }
     }
 
@@ -184,8 +174,8 @@ impl Pipeline {
         let mut subject = Subject::default();
         let failure: StepError;
         let mut vars = Vars::default();
-        if self.needs_request {
-            vars.bind_request(req, captures);
+        if self.uses.any_request() {
+            vars.bind_request(req, captures, self.uses);
         }
 
         'run: {
@@ -198,7 +188,7 @@ impl Pipeline {
                     }
                 }
             }
-            vars.bind_subject(&subject);
+            vars.bind_subject(&subject, self.uses);
 
             for step in &self.authorizers {
                 match condition(step.when.as_ref(), &step.id, &vars) {
@@ -234,7 +224,7 @@ impl Pipeline {
         }
 
         // The error pipeline. The subject may be partial (authentication failed): bind what there is.
-        vars.bind_subject(&subject);
+        vars.bind_subject(&subject, self.uses);
         vars.bind_error(&failure);
         for step in &self.on_error {
             match condition(step.when.as_ref(), &step.id, &vars) {

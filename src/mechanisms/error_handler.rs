@@ -230,9 +230,4 @@ impl ErrorHandler {
         };
         headers.iter().map(|(_, e)| e).chain(body)
     }
-
-    /// Whether it needs the original URL (and so the request).
-    pub fn uses_request(&self) -> bool {
-        matches!(self, Self::Redirect(_))
-    }
 }
