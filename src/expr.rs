@@ -211,6 +211,67 @@ pub struct Expr {
     expr: Arc<str>,
     program: Arc<Program>,
     uses: Uses,
+    /// Set for a plain field read (`subject.id`, `request.headers.accept`): evaluated without the
+    /// interpreter, with the same result and errors.
+    direct: Option<Direct>,
+}
+
+/// A field read that needs no interpreter: the usual shape of header values.
+#[derive(Debug, Clone, PartialEq)]
+enum Direct {
+    SubjectId,
+    SubjectRoles,
+    SubjectMechanism,
+    SubjectAttr(Box<str>),
+    Request(&'static str),
+    RequestHeader(Box<str>),
+    RequestCapture(Box<str>),
+}
+
+impl Direct {
+    /// Recognizes `variable.field` and `variable.map.key` for the fields that allow it.
+    fn detect(expr: &cel::parser::Expression) -> Option<Self> {
+        use cel::common::ast::Expr as Ast;
+        let Ast::Select(outer) = &expr.expr else {
+            return None;
+        };
+        if outer.test {
+            return None;
+        }
+        match &outer.operand.expr {
+            Ast::Ident(var) => match (var.as_str(), outer.field.as_str()) {
+                ("subject", "id") => Some(Self::SubjectId),
+                ("subject", "roles") => Some(Self::SubjectRoles),
+                ("subject", "mechanism") => Some(Self::SubjectMechanism),
+                ("request", field) => [
+                    "id",
+                    "method",
+                    "scheme",
+                    "host",
+                    "authority",
+                    "path",
+                    "raw_query",
+                ]
+                .into_iter()
+                .find(|f| *f == field)
+                .map(Self::Request),
+                _ => None,
+            },
+            Ast::Select(inner) if !inner.test => {
+                let Ast::Ident(var) = &inner.operand.expr else {
+                    return None;
+                };
+                let key: Box<str> = outer.field.as_str().into();
+                match (var.as_str(), inner.field.as_str()) {
+                    ("subject", "attr") => Some(Self::SubjectAttr(key)),
+                    ("request", "headers") => Some(Self::RequestHeader(key)),
+                    ("request", "captures") => Some(Self::RequestCapture(key)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Expr {
@@ -233,10 +294,16 @@ impl Expr {
         }
         let mut uses = Uses::default();
         walk(program.expression(), &mut uses, expr)?;
+        let direct = Direct::detect(program.expression());
+        if direct.is_some() {
+            // Read from the raw request and subject: nothing to bind for it.
+            uses = Uses::default();
+        }
         Ok(Self {
             expr: Arc::from(expr),
             program: Arc::new(program),
             uses,
+            direct,
         })
     }
 
@@ -275,10 +342,104 @@ impl Expr {
     /// Evaluates a value for a header or body: strings as they are, lists joined with `,`,
     /// numbers and booleans formatted, `null` as empty.
     pub fn eval_string(&self, vars: &Vars<'_>) -> Result<String, ExprError> {
+        if let Some(direct) = &self.direct {
+            return self.eval_direct(direct, vars);
+        }
         let value = self.eval(vars)?;
         let mut out = String::new();
         self.render(&value, &mut out)?;
         Ok(out)
+    }
+
+    fn missing(&self, what: &str) -> ExprError {
+        ExprError::Eval {
+            expr: Arc::clone(&self.expr),
+            message: format!("No such key: {what}"),
+        }
+    }
+
+    fn eval_direct(&self, direct: &Direct, vars: &Vars<'_>) -> Result<String, ExprError> {
+        let subject = vars.raw_subject.and_then(Subject::primary);
+        let request = vars.raw_request.as_ref();
+        match direct {
+            Direct::SubjectId => Ok(subject.map(|p| p.id.to_string()).unwrap_or_default()),
+            Direct::SubjectMechanism => {
+                Ok(subject.map(|p| p.mechanism.to_string()).unwrap_or_default())
+            }
+            Direct::SubjectRoles => Ok(subject.map(|p| p.roles.join(",")).unwrap_or_default()),
+            Direct::SubjectAttr(key) => {
+                let value = subject
+                    .and_then(|p| p.attributes.get(&**key))
+                    .ok_or_else(|| self.missing(key))?;
+                let mut out = String::new();
+                self.render_json(value, &mut out)?;
+                Ok(out)
+            }
+            Direct::Request(field) => {
+                let (req, _) = request.ok_or_else(|| self.missing("request"))?;
+                Ok(match *field {
+                    "id" => req.id,
+                    "method" => req.method,
+                    "scheme" => req.scheme,
+                    "host" => req.host,
+                    "authority" => req.authority,
+                    "path" => req.path,
+                    _ => req.query,
+                }
+                .to_owned())
+            }
+            Direct::RequestHeader(name) => {
+                let (req, _) = request.ok_or_else(|| self.missing("request"))?;
+                req.headers
+                    .get(name)
+                    .map(str::to_owned)
+                    .ok_or_else(|| self.missing(name))
+            }
+            Direct::RequestCapture(name) => {
+                let (_, captures) = request.ok_or_else(|| self.missing("request"))?;
+                captures
+                    .iter()
+                    .find(|(n, _)| *n == &**name)
+                    .map(|(_, v)| v.to_string())
+                    .ok_or_else(|| self.missing(name))
+            }
+        }
+    }
+
+    /// Renders a JSON attribute exactly as the interpreter path renders its CEL value.
+    fn render_json(&self, value: &serde_json::Value, out: &mut String) -> Result<(), ExprError> {
+        use serde_json::Value as J;
+        use std::fmt::Write as _;
+        match value {
+            J::Null => {}
+            J::Bool(b) => {
+                let _ = write!(out, "{b}");
+            }
+            J::Number(n) => {
+                let _ = match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => write!(out, "{i}"),
+                    (None, Some(u)) => write!(out, "{u}"),
+                    _ => write!(out, "{}", n.as_f64().unwrap_or(f64::NAN)),
+                };
+            }
+            J::String(s) => out.push_str(s),
+            J::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.render_json(item, out)?;
+                }
+            }
+            J::Object(_) => {
+                return Err(ExprError::Type {
+                    expr: Arc::clone(&self.expr),
+                    got: "map".into(),
+                    expected: "a string, number, bool or list",
+                });
+            }
+        }
+        Ok(())
     }
 
     fn render(&self, value: &Value, out: &mut String) -> Result<(), ExprError> {
@@ -319,11 +480,27 @@ impl Expr {
 }
 
 /// The variables of one evaluation, borrowing from the request and the subject.
-#[derive(Default, Debug)]
+/// The request view with the matched path parameters.
+type RawRequest<'a> = (RequestView<'a>, &'a [(&'a str, Cow<'a, str>)]);
+
+#[derive(Default)]
 pub struct Vars<'a> {
     request: Option<CelMap<'a>>,
     subject: Option<CelMap<'a>>,
     error: Option<CelMap<'a>>,
+    /// The request and subject themselves, for direct field reads.
+    raw_request: Option<RawRequest<'a>>,
+    raw_subject: Option<&'a Subject>,
+}
+
+impl std::fmt::Debug for Vars<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vars")
+            .field("request", &self.request)
+            .field("subject", &self.subject)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VariableResolver for Vars<'_> {
@@ -361,6 +538,10 @@ impl<'a> Vars<'a> {
         captures: &'a [(&'a str, Cow<'a, str>)],
         uses: Uses,
     ) {
+        self.raw_request = Some((*req, captures));
+        if !uses.any_request() {
+            return;
+        }
         let mut map = Entries::new();
         for (index, field) in REQUEST_FIELDS.iter().enumerate() {
             if uses.request_field(index) {
@@ -373,6 +554,7 @@ impl<'a> Vars<'a> {
     /// Binds `subject` (only the fields in `uses`): the first principal's fields at the top,
     /// every principal by name under `principals`.
     pub fn bind_subject(&mut self, subject: &'a Subject, uses: Uses) {
+        self.raw_subject = Some(subject);
         let mut map = Entries::new();
         let primary = subject.primary();
         for (index, field) in SUBJECT_FIELDS.iter().enumerate() {
@@ -590,6 +772,87 @@ mod tests {
         let err = Expr::compile("request.metod == 1").unwrap_err().to_string();
         assert!(err.contains("`request` has no field `metod`"), "{err}");
         assert!(Expr::compile("error.kinds == 1").is_err());
+    }
+
+    /// Direct field reads answer exactly as the interpreter does, errors included.
+    #[test]
+    fn direct_reads_match_the_interpreter() {
+        let headers = HashMap::from([
+            ("accept".to_string(), "text/html".to_string()),
+            ("x-tenant".to_string(), "acme".to_string()),
+        ]);
+        let req = RequestView::new(
+            "PUT",
+            "https",
+            "api.example.com:8443",
+            "/documents/42?x=1",
+            Headers::Map(&headers),
+        );
+        let captures = vec![("id", Cow::Borrowed("42"))];
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("plan".into(), "pro".into());
+        attributes.insert("seats".into(), 500.into());
+        attributes.insert("ratio".into(), serde_json::json!(2.5));
+        attributes.insert("whole".into(), serde_json::json!(2.0));
+        attributes.insert("features".into(), serde_json::json!(["sso", "audit"]));
+        attributes.insert("nothing".into(), serde_json::Value::Null);
+        attributes.insert("nested".into(), serde_json::json!({"a": 1}));
+        let subject = Subject::single(Principal::new(
+            "alice",
+            vec!["user".into(), "editor".into()],
+            attributes,
+            "bearer",
+        ));
+        let mut vars = Vars::default();
+        vars.bind_request(&req, &captures, Uses::ALL);
+        vars.bind_subject(&subject, Uses::ALL);
+        let sources = [
+            "subject.id",
+            "subject.roles",
+            "subject.mechanism",
+            "subject.attr.plan",
+            "subject.attr.seats",
+            "subject.attr.ratio",
+            "subject.attr.whole",
+            "subject.attr.features",
+            "subject.attr.nothing",
+            "subject.attr.nested",
+            "subject.attr.missing",
+            "request.method",
+            "request.host",
+            "request.authority",
+            "request.path",
+            "request.raw_query",
+            "request.scheme",
+            "request.headers.accept",
+            "request.headers.missing",
+            "request.captures.id",
+            "request.captures.nope",
+        ];
+        for source in sources {
+            let direct = Expr::compile(source).unwrap();
+            assert!(direct.direct.is_some(), "{source} should be read directly");
+            let mut interpreted = direct.clone();
+            interpreted.direct = None;
+            let (a, b) = (direct.eval_string(&vars), interpreted.eval_string(&vars));
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!(x, y, "{source}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{source}: direct {a:?} vs interpreted {b:?}"),
+            }
+        }
+        assert!(
+            Expr::compile("has(subject.attr.plan)")
+                .unwrap()
+                .direct
+                .is_none()
+        );
+        assert!(
+            Expr::compile(r#"subject.id + "!""#)
+                .unwrap()
+                .direct
+                .is_none()
+        );
     }
 
     #[test]

@@ -174,9 +174,8 @@ impl Pipeline {
         let mut subject = Subject::default();
         let failure: StepError;
         let mut vars = Vars::default();
-        if self.uses.any_request() {
-            vars.bind_request(req, captures, self.uses);
-        }
+        // Always: direct field reads need the raw request even when no CEL map is built.
+        vars.bind_request(req, captures, self.uses);
 
         'run: {
             for chain in &self.authn {
