@@ -678,28 +678,12 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// Every field of a principal, for `subject.principals.<name>`.
 fn principal_entries(principal: Option<&crate::pipeline::Principal>) -> Entries<'_> {
-    let mut map = Entries::new();
-    let Some(p) = principal else {
-        map.insert(key("id"), string(""));
-        map.insert(key("roles"), Box::new(CelList::from(Vec::new())));
-        map.insert(key("attr"), Box::new(CelMap::from(Entries::new())));
-        return map;
-    };
-    map.insert(key("id"), string(&p.id));
-    map.insert(
-        key("roles"),
-        Box::new(CelList::from(
-            p.roles.iter().map(|r| string(r)).collect::<Vec<_>>(),
-        )),
-    );
-    let mut attr = Entries::new();
-    for (k, v) in p.attributes.iter() {
-        attr.insert(key(k), json_val(v));
-    }
-    map.insert(key("attr"), Box::new(CelMap::from(attr)));
-    map.insert(key("mechanism"), string(&p.mechanism));
-    map
+    ["id", "roles", "attr", "mechanism"]
+        .into_iter()
+        .map(|field| (key(field), principal_field(principal, field)))
+        .collect()
 }
 
 /// A JSON value as a CEL value, borrowing its strings.
