@@ -885,6 +885,42 @@ mod tests {
         );
     }
 
+    /// Mutated tokens (flipped, dropped and inserted characters, truncations, extra dots) are
+    /// refused with an error, never a panic and never an accepted token.
+    #[test]
+    fn mutated_tokens_are_refused_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        let ring = ring();
+        let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for purpose in [Purpose::Local, Purpose::Public] {
+            let token = ring.mint(purpose, &claims).unwrap();
+            for _ in 0..3000 {
+                let mut bytes = token.clone().into_bytes();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..bytes.len());
+                    let c = alphabet[rng.random_range(0..alphabet.len())];
+                    match rng.random_range(0..4) {
+                        0 => bytes[at] = c,
+                        1 => {
+                            bytes.remove(at);
+                        }
+                        2 => bytes.insert(at, c),
+                        _ => bytes.truncate(at.max(1)),
+                    }
+                }
+                let mutated = String::from_utf8(bytes).unwrap();
+                if mutated != token {
+                    assert!(
+                        ring.open(&mutated, Accept::Any, 8192).is_err(),
+                        "accepted a mutated token: {mutated}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn other_keys_do_not_verify() {
         let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
