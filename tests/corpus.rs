@@ -49,6 +49,9 @@ struct CaseRequest {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     token: Option<TokenSpec>,
+    /// Send the minted token as this cookie instead of `Authorization: Bearer`.
+    #[serde(default)]
+    token_cookie: Option<String>,
     /// A raw Authorization value; `{{100KB}}` expands to 100 KiB of base64 text.
     #[serde(default)]
     authorization: Option<String>,
@@ -95,6 +98,9 @@ struct Expect {
     upstream_headers: BTreeMap<String, String>,
     #[serde(default)]
     removed_headers: Vec<String>,
+    /// Headers added to the downstream response of an allowed request.
+    #[serde(default)]
+    response_headers: BTreeMap<String, String>,
     /// Headers of the denial.
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -118,13 +124,11 @@ fn build_request(req: &CaseRequest, keys: &Keyring, audience: Option<&str>) -> C
         if let Some(aud) = audience {
             c.aud = Audience::One(aud.into());
         }
-        headers.push((
-            "authorization".into(),
-            format!(
-                "Bearer {}",
-                mint(keys, t.purpose.unwrap_or(Purpose::Public), &c)
-            ),
-        ));
+        let token = mint(keys, t.purpose.unwrap_or(Purpose::Public), &c);
+        match &req.token_cookie {
+            Some(name) => headers.push(("cookie".into(), format!("theme=dark; {name}={token}"))),
+            None => headers.push(("authorization".into(), format!("Bearer {token}"))),
+        }
     }
     if let Some(a) = &req.authorization {
         headers.push((
@@ -210,6 +214,20 @@ fn check(case: &Case, response: &CheckResponse) -> Vec<String> {
                     problems.push(format!(
                         "upstream header `{k}`: want `{v}`, got {:?}",
                         set.get(k)
+                    ));
+                }
+            }
+            let added: BTreeMap<String, String> = ok
+                .response_headers_to_add
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            for (k, v) in &expect.response_headers {
+                if added.get(k) != Some(v) {
+                    problems.push(format!(
+                        "response header `{k}`: want `{v}`, got {:?}",
+                        added.get(k)
                     ));
                 }
             }

@@ -502,6 +502,17 @@ async fn authorization_decisions() {
     assert_eq!(denied.headers()["x-denied-rule"], "tenants");
     assert_eq!(denied.text().await.unwrap(), "no tea for tina");
 
+    // A token from a cookie; a finalizer adds a header to the response the client gets.
+    let session = stack.token(Purpose::Public, "carol", &["user"]);
+    let response = stack
+        .get(
+            "/app/home",
+            &[("cookie", &format!("theme=dark; heimdall_token={session}"))],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-session-subject"], "carol");
+
     // No rule matches (and there is no default rule): denied, with the reason logged.
     assert_eq!(
         stack

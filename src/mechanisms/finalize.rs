@@ -19,8 +19,12 @@ pub enum Finalizer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeaderConfig {
-    /// Header name → CEL expression for its value.
+    /// Upstream request header name → CEL expression for its value (set, overwriting).
+    #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Downstream response header name → CEL expression (added to the response Envoy returns).
+    #[serde(default)]
+    response_headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -32,7 +36,41 @@ struct RemoveConfig {
 /// Sets upstream headers to values computed from the subject and the request.
 pub struct HeaderFinalizer {
     id: Arc<str>,
-    headers: Box<[(Arc<str>, Expr)]>,
+    headers: ComputedHeaders,
+    response_headers: ComputedHeaders,
+}
+
+/// Header names with the expressions for their values.
+type ComputedHeaders = Box<[(Arc<str>, Expr)]>;
+
+fn compile_headers(headers: &BTreeMap<String, String>) -> Result<ComputedHeaders, String> {
+    headers
+        .iter()
+        .map(|(name, source)| {
+            let expr = Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
+            Ok((header_name(name)?, expr))
+        })
+        .collect()
+}
+
+impl HeaderFinalizer {
+    fn value(&self, name: &str, expr: &Expr, vars: &Vars<'_>) -> Result<String, StepError> {
+        let value = expr.eval_string(vars).map_err(|e| {
+            StepError::new(
+                ErrorKind::Internal,
+                &self.id,
+                format!("header `{name}`: {e}"),
+            )
+        })?;
+        if http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(StepError::new(
+                ErrorKind::Internal,
+                &self.id,
+                format!("header `{name}`: value is not a valid header value"),
+            ));
+        }
+        Ok(value)
+    }
 }
 
 fn header_name(name: &str) -> Result<Arc<str>, String> {
@@ -46,18 +84,13 @@ impl Finalizer {
         match type_name {
             "header" => {
                 let cfg: HeaderConfig = parse_config(config)?;
-                let headers = cfg
-                    .headers
-                    .iter()
-                    .map(|(name, source)| {
-                        let expr =
-                            Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
-                        Ok((header_name(name)?, expr))
-                    })
-                    .collect::<Result<Box<[_]>, String>>()?;
+                if cfg.headers.is_empty() && cfg.response_headers.is_empty() {
+                    return Err("set at least one of `headers` and `response_headers`".into());
+                }
                 Ok(Self::Header(HeaderFinalizer {
                     id: Arc::clone(id),
-                    headers,
+                    headers: compile_headers(&cfg.headers)?,
+                    response_headers: compile_headers(&cfg.response_headers)?,
                 }))
             }
             "remove_headers" => {
@@ -80,17 +113,11 @@ impl Finalizer {
         match self {
             Self::Header(f) => {
                 for (name, expr) in &f.headers {
-                    let value = expr.eval_string(vars).map_err(|e| {
-                        StepError::new(ErrorKind::Internal, &f.id, format!("header `{name}`: {e}"))
-                    })?;
-                    if http::HeaderValue::try_from(value.as_str()).is_err() {
-                        return Err(StepError::new(
-                            ErrorKind::Internal,
-                            &f.id,
-                            format!("header `{name}`: value is not a valid header value"),
-                        ));
-                    }
-                    out.set_header(name, value);
+                    out.set_header(name, f.value(name, expr, vars)?);
+                }
+                for (name, expr) in &f.response_headers {
+                    out.response_headers
+                        .push((Arc::clone(name), f.value(name, expr, vars)?));
                 }
                 Ok(())
             }
@@ -109,6 +136,10 @@ impl Finalizer {
             Self::Header(f) => &f.headers,
             Self::RemoveHeaders(_) => &[],
         };
-        list.iter().map(|(_, e)| e)
+        let response: &[(Arc<str>, Expr)] = match self {
+            Self::Header(f) => &f.response_headers,
+            Self::RemoveHeaders(_) => &[],
+        };
+        list.iter().chain(response).map(|(_, e)| e)
     }
 }
