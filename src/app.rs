@@ -10,10 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cerbos::{Cerbos, CerbosMetrics};
 use crate::config::{Config, Env};
 use crate::engine::Engine;
 use crate::extauthz::{AuthorizationServer, ExtAuthz};
 use crate::http::{SideState, router};
+use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::rules::RuleSet;
@@ -37,6 +39,9 @@ pub struct Built {
     pub engine: Arc<Engine>,
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
+    pub cerbos: Option<Arc<Cerbos>>,
+    /// Verifies the bearer token of `/check` and `/plan/resources`.
+    pub api_authenticator: Option<Arc<Authenticator>>,
 }
 
 /// Compiles the rules against the keys.
@@ -44,7 +49,24 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     let keys = Arc::new(keys);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let rules = RuleSet::compile(&config, &keys, &metrics)
+    let cerbos = match &config.cerbos {
+        Some(cerbos_config) => Some(Arc::new(
+            Cerbos::new(cerbos_config, CerbosMetrics::new(&mut registry))
+                .context("Cerbos client")?,
+        )),
+        None => None,
+    };
+    let ctx = BuildContext {
+        keys: &keys,
+        tokens: &config.tokens,
+        cerbos: cerbos.as_ref(),
+    };
+    let api_id: Arc<str> = Arc::from("api");
+    let api_authenticator =
+        Authenticator::build(&api_id, "paseto", &serde_yaml_ng::Value::Null, &ctx)
+            .ok()
+            .map(Arc::new);
+    let rules = RuleSet::compile(&config, &keys, cerbos.as_ref(), &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
@@ -57,6 +79,8 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         config.log.decisions,
     ));
     Ok(Built {
+        cerbos,
+        api_authenticator,
         config: Arc::new(config),
         keys,
         engine,
@@ -72,6 +96,8 @@ pub struct Running {
     pub readiness: Readiness,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Loops that run until shutdown (health watchers).
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Built {
@@ -113,6 +139,9 @@ impl Built {
             registry: Arc::clone(&self.registry),
             keys: Arc::clone(&self.keys),
             trusted_proxies: self.config.server.trusted_proxies.clone().into(),
+            cerbos: self.cerbos.clone(),
+            api_authenticator: self.api_authenticator.clone(),
+            api: self.config.api.clone(),
         };
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let mut http_signal = signal.clone();
@@ -124,6 +153,15 @@ impl Built {
                 .await
                 .context("HTTP side port failed")
         });
+        let health = match (&self.cerbos, &self.config.cerbos) {
+            (Some(cerbos), Some(cfg)) => Some(tokio::spawn(crate::cerbos::watch_health(
+                cerbos.channel(),
+                self.readiness.clone(),
+                cfg.health_interval,
+                cfg.timeout,
+            ))),
+            _ => None,
+        };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
         Ok(Running {
@@ -132,6 +170,7 @@ impl Built {
             readiness: self.readiness,
             shutdown,
             tasks: vec![grpc, http],
+            background: health.into_iter().collect(),
         })
     }
 }
@@ -140,6 +179,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (bounded by `grace`), and returns.
     pub async fn shutdown(self, grace: std::time::Duration) {
         let _ = self.shutdown.send(true);
+        self.background.iter().for_each(JoinHandle::abort);
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(

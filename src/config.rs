@@ -86,6 +86,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub tokens: TokensConfig,
+    /// The Cerbos PDP; absent means no policy engine (unless `CERBOS_GRPC_URL` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cerbos: Option<crate::cerbos::CerbosConfig>,
+    /// The `/check` and `/plan/resources` APIs.
+    #[serde(default)]
+    pub api: ApiConfig,
     #[serde(default)]
     pub mechanisms: MechanismsSpec,
     /// The pipeline for requests no rule matches. Without it, they are denied (403).
@@ -134,6 +140,27 @@ impl Default for ServerConfig {
             ],
             rule_extension: "heimdall_rule".into(),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `/check` and `/plan/resources` APIs of the side port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Use the principal of the request body instead of the bearer token's. Only for callers that
+    /// are trusted to speak for any principal (service-to-service, behind network policy): anyone
+    /// who can reach the port can then ask about anyone.
+    pub trust_body_principal: bool,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            trust_body_principal: false,
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -302,6 +329,9 @@ impl Config {
         }
         if let Some(port) = env.var("PORT") {
             self.server.http_port = parse_port("PORT", &port)?;
+        }
+        if let Some(url) = env.var("CERBOS_GRPC_URL").filter(|u| !u.trim().is_empty()) {
+            self.cerbos.get_or_insert_with(Default::default).url = url.trim().to_owned();
         }
         if let Some(port) = env.var("GRPC_PORT") {
             self.server.grpc_port = parse_port("GRPC_PORT", &port)?;

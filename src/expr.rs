@@ -329,6 +329,12 @@ impl Expr {
 
     /// Evaluates a condition. Anything but a boolean is an error, never "true".
     pub fn eval_bool(&self, vars: &Vars<'_>) -> Result<bool, ExprError> {
+        if let Some(direct) = &self.direct {
+            return match self.direct_json(direct, vars)? {
+                serde_json::Value::Bool(b) => Ok(b),
+                other => Err(self.json_type_error(&other, "a bool")),
+            };
+        }
         match self.eval(vars)? {
             Value::Bool(b) => Ok(b),
             other => Err(ExprError::Type {
@@ -349,6 +355,55 @@ impl Expr {
         let mut out = String::new();
         self.render(&value, &mut out)?;
         Ok(out)
+    }
+
+    /// Evaluates to a list of strings: a string is a list of one, a list must hold strings.
+    pub fn eval_strings(&self, vars: &Vars<'_>) -> Result<Vec<String>, ExprError> {
+        if let Some(direct) = &self.direct {
+            return match self.direct_json(direct, vars)? {
+                serde_json::Value::String(s) => Ok(vec![s]),
+                serde_json::Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => Ok(s),
+                        other => Err(self.json_type_error(&other, "a string or a list of strings")),
+                    })
+                    .collect(),
+                other => Err(self.json_type_error(&other, "a string or a list of strings")),
+            };
+        }
+        let type_error = |got: &Value| ExprError::Type {
+            expr: Arc::clone(&self.expr),
+            got: got.type_of().to_string(),
+            expected: "a string or a list of strings",
+        };
+        match self.eval(vars)? {
+            Value::String(s) => Ok(vec![s.to_string()]),
+            Value::List(items) => items
+                .iter()
+                .map(|v| {
+                    if let Value::String(s) = v {
+                        Ok(s.to_string())
+                    } else {
+                        Err(type_error(v))
+                    }
+                })
+                .collect(),
+            other => Err(type_error(&other)),
+        }
+    }
+
+    /// Evaluates to JSON (for resource attributes sent to the policy engine).
+    pub fn eval_json(&self, vars: &Vars<'_>) -> Result<serde_json::Value, ExprError> {
+        if let Some(direct) = &self.direct {
+            return self.direct_json(direct, vars);
+        }
+        let value = self.eval(vars)?;
+        value_to_json(&value).ok_or_else(|| ExprError::Type {
+            expr: Arc::clone(&self.expr),
+            got: value.type_of().to_string(),
+            expected: "a JSON-like value",
+        })
     }
 
     fn missing(&self, what: &str) -> ExprError {
@@ -403,6 +458,54 @@ impl Expr {
                     .map(|(_, v)| v.to_string())
                     .ok_or_else(|| self.missing(name))
             }
+        }
+    }
+
+    /// A direct read as JSON, for the evaluation modes other than [`Expr::eval_string`].
+    fn direct_json(
+        &self,
+        direct: &Direct,
+        vars: &Vars<'_>,
+    ) -> Result<serde_json::Value, ExprError> {
+        match direct {
+            Direct::SubjectRoles => {
+                let roles = vars
+                    .raw_subject
+                    .and_then(Subject::primary)
+                    .map(|p| {
+                        p.roles
+                            .iter()
+                            .map(|r| serde_json::Value::from(&**r))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(serde_json::Value::Array(roles))
+            }
+            Direct::SubjectAttr(key) => vars
+                .raw_subject
+                .and_then(Subject::primary)
+                .and_then(|p| p.attributes.get(&**key))
+                .cloned()
+                .ok_or_else(|| self.missing(key)),
+            _ => self
+                .eval_direct(direct, vars)
+                .map(serde_json::Value::String),
+        }
+    }
+
+    fn json_type_error(&self, value: &serde_json::Value, expected: &'static str) -> ExprError {
+        let got = match value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "bool",
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Array(_) => "list",
+            serde_json::Value::Object(_) => "map",
+        };
+        ExprError::Type {
+            expr: Arc::clone(&self.expr),
+            got: got.to_owned(),
+            expected,
         }
     }
 
@@ -668,6 +771,16 @@ impl<'a> Vars<'a> {
         self.bind_request(req, captures, Uses::ALL);
     }
 
+    /// The subject bound for this evaluation.
+    pub fn subject(&self) -> Option<&'a Subject> {
+        self.raw_subject
+    }
+
+    /// The request bound for this evaluation.
+    pub fn request(&self) -> Option<&RequestView<'a>> {
+        self.raw_request.as_ref().map(|(req, _)| req)
+    }
+
     /// Binds `error` for the error pipeline.
     pub fn bind_error(&mut self, error: &'a StepError) {
         let mut map = Entries::new();
@@ -684,6 +797,34 @@ fn principal_entries(principal: Option<&crate::pipeline::Principal>) -> Entries<
         .into_iter()
         .map(|field| (key(field), principal_field(principal, field)))
         .collect()
+}
+
+/// A CEL value as JSON; `None` for values JSON cannot carry (bytes, functions, …).
+fn value_to_json(value: &Value) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    Some(match value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::UInt(u) => J::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(s.to_string()),
+        Value::List(items) => J::Array(items.iter().map(value_to_json).collect::<Option<_>>()?),
+        Value::Map(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map.map.iter() {
+                let key = match k {
+                    cel::objects::Key::String(s) => s.to_string(),
+                    cel::objects::Key::Int(i) => i.to_string(),
+                    cel::objects::Key::Uint(u) => u.to_string(),
+                    cel::objects::Key::Bool(b) => b.to_string(),
+                };
+                out.insert(key, value_to_json(v)?);
+            }
+            J::Object(out)
+        }
+        _ => return None,
+    })
 }
 
 /// A JSON value as a CEL value, borrowing its strings.
@@ -824,6 +965,23 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 _ => panic!("{source}: direct {a:?} vs interpreted {b:?}"),
             }
+            // Every evaluation mode agrees, not only strings.
+            let (a, b) = (direct.eval_json(&vars), interpreted.eval_json(&vars));
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!(x, y, "{source} as JSON"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{source} as JSON: direct {a:?} vs interpreted {b:?}"),
+            }
+            assert_eq!(
+                direct.eval_strings(&vars).ok(),
+                interpreted.eval_strings(&vars).ok(),
+                "{source} as strings"
+            );
+            assert_eq!(
+                direct.eval_bool(&vars).ok(),
+                interpreted.eval_bool(&vars).ok(),
+                "{source} as bool"
+            );
         }
         assert!(
             Expr::compile("has(subject.attr.plan)")

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use ipnet::IpNet;
 use prometheus_client::registry::Registry;
 
@@ -28,6 +28,9 @@ pub struct SideState {
     pub registry: Arc<Registry>,
     pub keys: Arc<Keyring>,
     pub trusted_proxies: Arc<[IpNet]>,
+    pub cerbos: Option<Arc<crate::cerbos::Cerbos>>,
+    pub api_authenticator: Option<Arc<crate::mechanisms::Authenticator>>,
+    pub api: crate::config::ApiConfig,
 }
 
 /// The side-port router (tests drive it with `oneshot`).
@@ -37,6 +40,8 @@ pub fn router(state: SideState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/.well-known/paseto-keys", get(paseto_keys))
+        .route("/check", post(crate::api::check))
+        .route("/plan/resources", post(crate::api::plan))
         .route("/decision", any(decision))
         .route("/decision/{*rest}", any(decision))
         .with_state(state)

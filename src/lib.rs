@@ -4,7 +4,9 @@
 //! request; heimdall matches the request to a rule and runs the rule's pipeline (authenticate →
 //! authorize → finalize, or the error pipeline). See `README.md` and `ARCHITECTURE.md`.
 
+pub mod api;
 pub mod app;
+pub mod cerbos;
 pub mod config;
 pub mod engine;
 pub mod expr;

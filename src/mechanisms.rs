@@ -27,6 +27,8 @@ pub use finalize::Finalizer;
 pub struct BuildContext<'a> {
     pub keys: &'a Arc<Keyring>,
     pub tokens: &'a TokensConfig,
+    /// The policy engine, when one is configured.
+    pub cerbos: Option<&'a Arc<crate::cerbos::Cerbos>>,
 }
 
 /// The kinds of mechanism, as named in the configuration.
@@ -71,7 +73,7 @@ pub fn build(
             Mechanism::Authenticator(Arc::new(Authenticator::build(id, type_name, config, ctx)?))
         }
         Kind::Authorizer => {
-            Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config)?))
+            Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config, ctx)?))
         }
         Kind::Finalizer => Mechanism::Finalizer(Arc::new(Finalizer::build(id, type_name, config)?)),
         Kind::ErrorHandler => {

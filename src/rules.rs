@@ -64,12 +64,14 @@ impl RuleSet {
     pub fn compile(
         config: &Config,
         keys: &Arc<Keyring>,
+        cerbos: Option<&Arc<crate::cerbos::Cerbos>>,
         metrics: &Metrics,
     ) -> Result<Self, CompileError> {
         let mut errors = Vec::new();
         let ctx = BuildContext {
             keys,
             tokens: &config.tokens,
+            cerbos,
         };
         let catalogue = Catalogue::build(config, &ctx, &mut errors);
 
@@ -496,7 +498,7 @@ mod tests {
         let config = Config::parse(yaml, &Origin::Embedded).unwrap();
         let mut keys = Keyring::default();
         keys.add_ephemeral_signing_key().unwrap();
-        RuleSet::compile(&config, &Arc::new(keys), &Metrics::default())
+        RuleSet::compile(&config, &Arc::new(keys), None, &Metrics::default())
     }
 
     const CATALOGUE: &str = r#"

@@ -16,6 +16,117 @@ pub enum Authorizer {
     Allow,
     Deny(Arc<str>),
     Cel(CelAuthorizer),
+    Cerbos(CerbosAuthorizer),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CerbosAuthorizerConfig {
+    /// The resource kind, as written (`document`).
+    kind: String,
+    /// CEL for the resource id (e.g. `request.captures.id`); empty when absent.
+    #[serde(default)]
+    id: Option<String>,
+    /// CEL per resource attribute.
+    #[serde(default)]
+    attr: std::collections::BTreeMap<String, String>,
+    /// CEL for the action or actions; every one must be allowed.
+    actions: String,
+}
+
+/// Asks Cerbos `CheckResources` about the request's resource; allows only when every action is
+/// `EFFECT_ALLOW`. Cerbos failing, slow or answering garbage is a communication error (503).
+pub struct CerbosAuthorizer {
+    id: Arc<str>,
+    cerbos: Arc<crate::cerbos::Cerbos>,
+    kind: String,
+    resource_id: Option<Expr>,
+    attr: Box<[(String, Expr)]>,
+    actions: Expr,
+}
+
+impl CerbosAuthorizer {
+    async fn authorize(&self, vars: &Vars<'_>) -> Result<(), StepError> {
+        use crate::cerbos::{PrincipalInput, ResourceCheck, ResourceInput};
+        let fail = |kind, message: String| StepError::new(kind, &self.id, message);
+        let principal = vars
+            .subject()
+            .and_then(crate::pipeline::Subject::primary)
+            .ok_or_else(|| {
+                fail(
+                    ErrorKind::Internal,
+                    "no principal to ask Cerbos about".into(),
+                )
+            })?;
+        let id = match &self.resource_id {
+            Some(expr) => expr
+                .eval_string(vars)
+                .map_err(|e| fail(ErrorKind::BadRequest, format!("resource id: {e}")))?,
+            None => String::new(),
+        };
+        let mut attr = serde_json::Map::new();
+        for (name, expr) in &self.attr {
+            attr.insert(
+                name.clone(),
+                expr.eval_json(vars).map_err(|e| {
+                    fail(
+                        ErrorKind::BadRequest,
+                        format!("resource attribute `{name}`: {e}"),
+                    )
+                })?,
+            );
+        }
+        let actions = self
+            .actions
+            .eval_strings(vars)
+            .map_err(|e| fail(ErrorKind::BadRequest, format!("actions: {e}")))?;
+        if actions.is_empty() {
+            return Err(fail(ErrorKind::BadRequest, "no action to check".into()));
+        }
+        let principal = PrincipalInput {
+            id: principal.id.to_string(),
+            roles: principal.roles.iter().map(|r| r.to_string()).collect(),
+            attr: principal.attributes.clone(),
+        };
+        let check = [ResourceCheck {
+            resource: ResourceInput {
+                kind: self.kind.clone(),
+                id,
+                attr,
+            },
+            actions,
+        }];
+        let request_id = vars.request().map_or("", |r| r.id);
+        let results = self
+            .cerbos
+            .check(request_id, &principal, &check)
+            .await
+            .map_err(|e| fail(ErrorKind::Communication, e.to_string()))?;
+        match results.first() {
+            Some(result) if result.all_allowed() => Ok(()),
+            Some(result) => {
+                let denied: Vec<&str> = result
+                    .actions
+                    .iter()
+                    .filter(|(_, allowed)| !**allowed)
+                    .map(|(a, _)| a.as_str())
+                    .collect();
+                Err(fail(
+                    ErrorKind::Authorization,
+                    format!(
+                        "Cerbos denies `{}` on {} `{}`",
+                        denied.join("`, `"),
+                        result.kind,
+                        result.id
+                    ),
+                ))
+            }
+            None => Err(fail(
+                ErrorKind::Communication,
+                "Cerbos returned no result".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -36,7 +147,12 @@ pub struct CelAuthorizer {
 }
 
 impl Authorizer {
-    pub(crate) fn build(id: &Arc<str>, type_name: &str, config: &Value) -> Result<Self, String> {
+    pub(crate) fn build(
+        id: &Arc<str>,
+        type_name: &str,
+        config: &Value,
+        ctx: &super::BuildContext<'_>,
+    ) -> Result<Self, String> {
         match type_name {
             "allow" => no_config(type_name, config).map(|()| Self::Allow),
             "deny" => no_config(type_name, config).map(|()| Self::Deny(Arc::clone(id))),
@@ -52,8 +168,35 @@ impl Authorizer {
                     message,
                 }))
             }
+            "cerbos" => {
+                let cfg: CerbosAuthorizerConfig = parse_config(config)?;
+                let cerbos = ctx.cerbos.ok_or(
+                    "no Cerbos is configured: add a `cerbos` section or set CERBOS_GRPC_URL",
+                )?;
+                if cfg.kind.is_empty() {
+                    return Err("`kind` must not be empty".into());
+                }
+                let compile =
+                    |what: &str, src: &str| Expr::compile(src).map_err(|e| format!("{what}: {e}"));
+                Ok(Self::Cerbos(CerbosAuthorizer {
+                    id: Arc::clone(id),
+                    cerbos: Arc::clone(cerbos),
+                    kind: cfg.kind,
+                    resource_id: cfg
+                        .id
+                        .as_deref()
+                        .map(|src| compile("id", src))
+                        .transpose()?,
+                    attr: cfg
+                        .attr
+                        .iter()
+                        .map(|(k, src)| Ok((k.clone(), compile(&format!("attr `{k}`"), src)?)))
+                        .collect::<Result<_, String>>()?,
+                    actions: compile("actions", &cfg.actions)?,
+                }))
+            }
             other => Err(format!(
-                "unknown authorizer type `{other}` (known: allow, deny, cel)"
+                "unknown authorizer type `{other}` (known: allow, deny, cel, cerbos)"
             )),
         }
     }
@@ -81,15 +224,21 @@ impl Authorizer {
                     e.to_string(),
                 )),
             },
+            Self::Cerbos(a) => a.authorize(vars).await,
         }
     }
 
     /// The expressions this authorizer evaluates (to know which variables to bind).
-    pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
+    pub fn expressions(&self) -> Box<dyn Iterator<Item = &Expr> + '_> {
         match self {
-            Self::Cel(a) => Some(&a.expression),
-            _ => None,
+            Self::Cel(a) => Box::new(std::iter::once(&a.expression)),
+            Self::Cerbos(a) => Box::new(
+                a.resource_id
+                    .iter()
+                    .chain(a.attr.iter().map(|(_, e)| e))
+                    .chain(std::iter::once(&a.actions)),
+            ),
+            Self::Allow | Self::Deny(_) => Box::new(std::iter::empty()),
         }
-        .into_iter()
     }
 }

@@ -7,6 +7,7 @@
     reason = "each integration test crate uses a different part of the support module"
 )]
 
+pub mod cerbos;
 pub mod echo;
 pub mod envoy;
 pub mod tools;

@@ -1,0 +1,617 @@
+//! Cerbos, the policy decision point: the gRPC client heimdall calls (`CheckResources`,
+//! `PlanResources`), with a deadline per call, a bounded decision cache and metrics.
+//!
+//! The rest of heimdall speaks in the types of this module ([`PrincipalInput`], [`ResourceInput`],
+//! [`Plan`]); only this file knows the generated protobuf types, so another policy engine is one
+//! new module behind the same seam.
+
+pub mod pb;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use pb::cerbos::effect::v1::Effect;
+use pb::cerbos::engine::v1 as engine;
+use pb::cerbos::request::v1 as request;
+use pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
+
+/// How heimdall reaches Cerbos.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CerbosConfig {
+    /// `host:port` or `http(s)://host:port` of the PDP's gRPC API (`CERBOS_GRPC_URL`).
+    pub url: String,
+    /// Deadline of one call; keep it below Envoy's ext_authz timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Decision cache: entries and lifetime (0 entries disables it).
+    pub cache_entries: u64,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How often readiness probes the PDP's health.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for CerbosConfig {
+    fn default() -> Self {
+        Self {
+            url: "cerbos:3593".into(),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            cache_entries: 100_000,
+            cache_ttl: Duration::from_secs(30),
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a call to Cerbos produced no decision. Every variant denies.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CerbosError {
+    #[error("invalid Cerbos address `{0}`")]
+    Address(String),
+    #[error("Cerbos did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Cerbos is unreachable: {0}")]
+    Unavailable(String),
+    #[error("Cerbos refused the request: {0}")]
+    Rejected(String),
+    #[error("Cerbos answered something unusable: {0}")]
+    Malformed(String),
+}
+
+impl CerbosError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Address(_) => "address",
+            Self::Timeout(_) => "timeout",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected(_) => "rejected",
+            Self::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// The principal of a check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalInput {
+    pub id: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub attr: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A resource of a check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceInput {
+    pub kind: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub attr: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One resource and the actions asked about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceCheck {
+    pub resource: ResourceInput,
+    pub actions: Vec<String>,
+}
+
+/// The effects Cerbos decided for one resource, by action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceResult {
+    pub id: String,
+    pub kind: String,
+    pub actions: BTreeMap<String, bool>,
+}
+
+impl ResourceResult {
+    /// Whether every action is allowed (and there is at least one).
+    pub fn all_allowed(&self) -> bool {
+        !self.actions.is_empty() && self.actions.values().all(|allowed| *allowed)
+    }
+}
+
+/// A query plan for listing resources.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    AlwaysAllowed,
+    AlwaysDenied,
+    /// Allowed where the condition holds: the expression tree, as JSON in Cerbos's own shape
+    /// (`{"expression": {"operator": …, "operands": […]}}`), and a readable rendering.
+    Conditional {
+        tree: serde_json::Value,
+        expression: String,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    call: &'static str,
+    kind: ErrorKindLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ErrorKindLabel(&'static str);
+
+impl EncodeLabelValue for ErrorKindLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        encoder.write_str(self.0)
+    }
+}
+
+/// Cerbos metrics: call latency, errors by kind, decision cache hits and misses.
+#[derive(Clone)]
+pub struct CerbosMetrics {
+    latency: Family<CallLabels, Histogram, fn() -> Histogram>,
+    errors: Family<ErrorLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    ])
+}
+
+impl CerbosMetrics {
+    /// Registers under `heimdall_cerbos_`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            latency: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("heimdall_cerbos");
+        r.register(
+            "call_duration_seconds",
+            "Cerbos call latency by call",
+            metrics.latency.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed Cerbos calls by call and kind",
+            metrics.errors.clone(),
+        );
+        r.register(
+            "decision_cache_hits",
+            "CheckResources answered from the decision cache",
+            metrics.cache_hits.clone(),
+        );
+        r.register(
+            "decision_cache_misses",
+            "CheckResources sent to Cerbos",
+            metrics.cache_misses.clone(),
+        );
+        metrics
+    }
+}
+
+/// The shared client: one HTTP/2 channel, connected lazily, so heimdall starts without Cerbos.
+pub struct Cerbos {
+    client: CerbosServiceClient<Channel>,
+    channel: Channel,
+    timeout: Duration,
+    cache: Option<moka::sync::Cache<[u8; 32], Arc<[ResourceResult]>>>,
+    metrics: CerbosMetrics,
+}
+
+impl Cerbos {
+    /// Builds the client; nothing is sent until the first call.
+    pub fn new(config: &CerbosConfig, metrics: CerbosMetrics) -> Result<Self, CerbosError> {
+        let url = if config.url.contains("://") {
+            config.url.clone()
+        } else {
+            format!("http://{}", config.url)
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|_| CerbosError::Address(config.url.clone()))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        let cache = (config.cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache_entries)
+                .time_to_live(config.cache_ttl)
+                .build()
+        });
+        Ok(Self {
+            client: CerbosServiceClient::new(channel.clone()),
+            channel,
+            timeout: config.timeout,
+            cache,
+            metrics,
+        })
+    }
+
+    /// The channel, for health checks.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn failed(&self, call: &'static str, error: CerbosError) -> CerbosError {
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                call,
+                kind: ErrorKindLabel(error.label()),
+            })
+            .inc();
+        error
+    }
+
+    async fn call<T, F>(&self, call: &'static str, future: F) -> Result<T, CerbosError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, future).await;
+        self.metrics
+            .latency
+            .get_or_create(&CallLabels { call })
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Err(self.failed(call, CerbosError::Timeout(self.timeout))),
+            Ok(Err(status)) => {
+                let error = match status.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound => CerbosError::Rejected(status.message().to_owned()),
+                    tonic::Code::DeadlineExceeded => CerbosError::Timeout(self.timeout),
+                    _ => {
+                        CerbosError::Unavailable(format!("{}: {}", status.code(), status.message()))
+                    }
+                };
+                Err(self.failed(call, error))
+            }
+            Ok(Ok(response)) => Ok(response.into_inner()),
+        }
+    }
+
+    /// `CheckResources`: the effect of each action on each resource. Answers come from the
+    /// decision cache when an identical question (principal, roles, attributes, resources and
+    /// actions, all part of the key) was answered within the cache TTL.
+    pub async fn check(
+        &self,
+        request_id: &str,
+        principal: &PrincipalInput,
+        resources: &[ResourceCheck],
+    ) -> Result<Arc<[ResourceResult]>, CerbosError> {
+        let key = self.cache.as_ref().map(|_| cache_key(principal, resources));
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            if let Some(hit) = cache.get(key) {
+                self.metrics.cache_hits.inc();
+                return Ok(hit);
+            }
+            self.metrics.cache_misses.inc();
+        }
+        let message = request::CheckResourcesRequest {
+            request_id: request_id.to_owned(),
+            principal: Some(principal_pb(principal)),
+            resources: resources
+                .iter()
+                .map(|r| request::check_resources_request::ResourceEntry {
+                    actions: r.actions.clone(),
+                    resource: Some(resource_pb(&r.resource)),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let response = self
+            .call("check_resources", client.check_resources(message))
+            .await?;
+        let results: Arc<[ResourceResult]> = resources
+            .iter()
+            .zip(response.results.iter())
+            .map(|(asked, result)| {
+                let actions = asked
+                    .actions
+                    .iter()
+                    .map(|action| {
+                        let effect = result
+                            .actions
+                            .get(action)
+                            .copied()
+                            .and_then(|e| Effect::try_from(e).ok());
+                        (action.clone(), effect == Some(Effect::Allow))
+                    })
+                    .collect();
+                ResourceResult {
+                    id: asked.resource.id.clone(),
+                    kind: asked.resource.kind.clone(),
+                    actions,
+                }
+            })
+            .collect();
+        if results.len() != resources.len() {
+            return Err(self.failed(
+                "check_resources",
+                CerbosError::Malformed(format!(
+                    "{} results for {} resources",
+                    results.len(),
+                    resources.len()
+                )),
+            ));
+        }
+        if let (Some(cache), Some(key)) = (&self.cache, key) {
+            cache.insert(key, Arc::clone(&results));
+        }
+        Ok(results)
+    }
+
+    /// `PlanResources`: the condition under which `principal` may do `actions` on resources of a kind.
+    pub async fn plan(
+        &self,
+        request_id: &str,
+        principal: &PrincipalInput,
+        resource: &ResourceInput,
+        actions: &[String],
+    ) -> Result<Plan, CerbosError> {
+        let message = request::PlanResourcesRequest {
+            request_id: request_id.to_owned(),
+            principal: Some(principal_pb(principal)),
+            resource: Some(engine::plan_resources_input::Resource {
+                kind: resource.kind.clone(),
+                attr: json_map_to_pb(&resource.attr),
+                ..Default::default()
+            }),
+            actions: actions.to_vec(),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let response = self
+            .call("plan_resources", client.plan_resources(message))
+            .await?;
+        let filter = response.filter.ok_or_else(|| {
+            self.failed("plan_resources", CerbosError::Malformed("no filter".into()))
+        })?;
+        use engine::plan_resources_filter::Kind;
+        match Kind::try_from(filter.kind) {
+            Ok(Kind::AlwaysAllowed) => Ok(Plan::AlwaysAllowed),
+            Ok(Kind::AlwaysDenied) => Ok(Plan::AlwaysDenied),
+            Ok(Kind::Conditional) => {
+                let condition = filter.condition.ok_or_else(|| {
+                    self.failed(
+                        "plan_resources",
+                        CerbosError::Malformed("conditional filter without condition".into()),
+                    )
+                })?;
+                Ok(Plan::Conditional {
+                    tree: operand_json(&condition),
+                    expression: render_operand(&condition, 0),
+                })
+            }
+            _ => Err(self.failed(
+                "plan_resources",
+                CerbosError::Malformed(format!("unknown filter kind {}", filter.kind)),
+            )),
+        }
+    }
+}
+
+fn principal_pb(p: &PrincipalInput) -> engine::Principal {
+    engine::Principal {
+        id: p.id.clone(),
+        roles: p.roles.clone(),
+        attr: json_map_to_pb(&p.attr),
+        ..Default::default()
+    }
+}
+
+fn resource_pb(r: &ResourceInput) -> engine::Resource {
+    engine::Resource {
+        kind: r.kind.clone(),
+        id: r.id.clone(),
+        attr: json_map_to_pb(&r.attr),
+        ..Default::default()
+    }
+}
+
+/// The decision cache key: a BLAKE3 hash of every input of the decision. `serde_json` maps are
+/// ordered, so equal questions hash equally; any changed attribute changes the key.
+fn cache_key(principal: &PrincipalInput, resources: &[ResourceCheck]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let resources: Vec<_> = resources
+        .iter()
+        .map(|r| (&r.resource, &r.actions))
+        .collect();
+    // Serializing these types cannot fail (string keys, finite JSON values).
+    let _ = serde_json::to_writer(HashWriter(&mut hasher), &(principal, resources));
+    *hasher.finalize().as_bytes()
+}
+
+struct HashWriter<'a>(&'a mut blake3::Hasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// JSON → `google.protobuf.Value`.
+pub fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_pb).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: json_map_to_pb(map).into_iter().collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn json_map_to_pb(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> std::collections::HashMap<String, prost_types::Value> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), json_to_pb(v)))
+        .collect()
+}
+
+/// `google.protobuf.Value` → JSON.
+pub fn pb_to_json(value: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers come back as integers, as callers sent them.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(pb_to_json).collect())
+        }
+        Some(Kind::StructValue(st)) => {
+            let mut fields: Vec<_> = st.fields.iter().collect();
+            fields.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), pb_to_json(v)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// An operand in Cerbos's JSON shape.
+fn operand_json(operand: &engine::plan_resources_filter::expression::Operand) -> serde_json::Value {
+    use engine::plan_resources_filter::expression::operand::Node;
+    match &operand.node {
+        Some(Node::Value(v)) => serde_json::json!({ "value": pb_to_json(v) }),
+        Some(Node::Variable(name)) => serde_json::json!({ "variable": name }),
+        Some(Node::Expression(e)) => serde_json::json!({
+            "expression": { "operator": e.operator, "operands": e.operands.iter().map(operand_json).collect::<Vec<_>>() }
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// Cerbos's operators as the readable infix form callers turn into queries.
+fn infix(operator: &str) -> Option<&'static str> {
+    Some(match operator {
+        "eq" => "==",
+        "ne" => "!=",
+        "lt" => "<",
+        "le" => "<=",
+        "gt" => ">",
+        "ge" => ">=",
+        "and" => "&&",
+        "or" => "||",
+        "in" => "in",
+        "add" => "+",
+        "sub" => "-",
+        "mult" => "*",
+        "div" => "/",
+        "mod" => "%",
+        _ => return None,
+    })
+}
+
+/// A readable rendering: `request.resource.attr.owner == "user123" || request.resource.attr.public == true`.
+fn render_operand(
+    operand: &engine::plan_resources_filter::expression::Operand,
+    depth: usize,
+) -> String {
+    use engine::plan_resources_filter::expression::operand::Node;
+    match &operand.node {
+        Some(Node::Value(v)) => pb_to_json(v).to_string(),
+        Some(Node::Variable(name)) => name.clone(),
+        Some(Node::Expression(e)) => {
+            let parts: Vec<String> = e
+                .operands
+                .iter()
+                .map(|o| render_operand(o, depth + 1))
+                .collect();
+            let text = match (e.operator.as_str(), infix(&e.operator), parts.as_slice()) {
+                ("not", _, [one]) => format!("!{one}"),
+                (_, Some(op), [_, _, ..]) => parts.join(&format!(" {op} ")),
+                (name, _, _) => format!("{name}({})", parts.join(", ")),
+            };
+            // Nested binary expressions are parenthesized; the top level reads without them.
+            if depth > 0 && parts.len() > 1 && infix(&e.operator).is_some() {
+                format!("({text})")
+            } else {
+                text
+            }
+        }
+        None => "null".into(),
+    }
+}
+
+/// Reports the PDP's health into readiness: `cerbos` blocks `/ready` until the PDP answers
+/// `SERVING`, and again whenever it stops answering.
+pub async fn watch_health(
+    channel: Channel,
+    readiness: crate::readiness::Readiness,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut blocker = Some(readiness.block("cerbos"));
+    loop {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let serving = matches!(
+            tokio::time::timeout(timeout.max(Duration::from_millis(500)), client.check(request)).await,
+            Ok(Ok(response)) if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        match (serving, blocker.is_some()) {
+            (true, true) => {
+                tracing::info!("Cerbos is serving");
+                blocker = None;
+            }
+            (false, false) => {
+                tracing::warn!("Cerbos stopped answering its health check");
+                blocker = Some(readiness.block("cerbos"));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,573 @@
+//! Cerbos end to end: a real Cerbos PDP behind heimdall, through a real Envoy and through the
+//! `/check` and `/plan/resources` APIs of the side port.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heimdall::app::Running;
+use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::tokens::{Keyring, Purpose};
+use reqwest::{Method, StatusCode};
+use support::cerbos::Cerbos;
+use support::echo::EchoUpstream;
+use support::envoy::{Envoy, EnvoyOptions};
+
+const RULES: &str = include_str!("fixtures/cerbos-rules.yaml");
+
+/// `(name, method, path, authorization, extra headers, expected status)`.
+type Case<'a> = (
+    &'a str,
+    Method,
+    &'a str,
+    &'a String,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+);
+
+struct Stack {
+    cerbos: Cerbos,
+    keys: Arc<Keyring>,
+    heimdall: Running,
+    envoy: Envoy,
+    _echo: EchoUpstream,
+    client: reqwest::Client,
+}
+
+impl Stack {
+    async fn start() -> Option<Self> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("heimdall=info")
+            .with_test_writer()
+            .try_init();
+        let cerbos = Cerbos::start().await?;
+        let mut config = test_config(RULES);
+        config.cerbos.as_mut().unwrap().url = cerbos.grpc_addr().to_string();
+        let built = heimdall::app::build(config, test_keys()).unwrap();
+        let keys = Arc::clone(&built.keys);
+        let heimdall = built.serve().await.unwrap();
+        let echo = EchoUpstream::start().await;
+        let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let stack = Self {
+            cerbos,
+            keys,
+            heimdall,
+            envoy,
+            _echo: echo,
+            client,
+        };
+        stack.wait_ready().await;
+        Some(stack)
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.heimdall.readiness.is_ready() {
+            assert!(
+                Instant::now() < deadline,
+                "heimdall not ready: {:?}",
+                self.heimdall.readiness.pending()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn bearer(&self, sub: &str, roles: &[&str], attr: &[(&str, &str)]) -> String {
+        let mut c = claims(sub, roles);
+        for (k, v) in attr {
+            c.attr.insert((*k).into(), (*v).into());
+        }
+        format!("Bearer {}", mint(&self.keys, Purpose::Public, &c))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.envoy.url(path))
+            .header("authorization", auth);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn api(
+        &self,
+        path: &str,
+        auth: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = self
+            .client
+            .post(format!("http://{}{path}", self.heimdall.http_addr))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.heimdall.http_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn document_policy_through_envoy() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let alice = stack.bearer("alice", &["user"], &[("department", "eng")]);
+    let bob = stack.bearer("bob", &["user"], &[("department", "sales")]);
+    let erin = stack.bearer("erin", &["user", "editor"], &[("department", "eng")]);
+    let root = stack.bearer("root", &["user", "admin"], &[]);
+    let auditor = stack.bearer("auditor", &["user"], &[]);
+    let eng = [("x-department", "eng")];
+
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "owner views",
+            Method::GET,
+            "/docs/alice/1",
+            &alice,
+            &[],
+            StatusCode::OK,
+        ),
+        (
+            "non-owner may not view",
+            Method::GET,
+            "/docs/alice/1",
+            &bob,
+            &[],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "anyone views a public document",
+            Method::GET,
+            "/docs/alice/2?public=true",
+            &bob,
+            &[],
+            StatusCode::OK,
+        ),
+        (
+            "editor of the department edits",
+            Method::PUT,
+            "/docs/alice/3",
+            &erin,
+            &eng,
+            StatusCode::OK,
+        ),
+        (
+            "editor of another department may not",
+            Method::PUT,
+            "/docs/alice/3",
+            &erin,
+            &[("x-department", "sales")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "plain user may not edit",
+            Method::PUT,
+            "/docs/alice/3",
+            &bob,
+            &eng,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "owner edits a draft",
+            Method::PUT,
+            "/docs/alice/4?status=draft",
+            &alice,
+            &[],
+            StatusCode::OK,
+        ),
+        (
+            "owner may not delete",
+            Method::DELETE,
+            "/docs/alice/5",
+            &alice,
+            &[],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin deletes",
+            Method::DELETE,
+            "/docs/alice/5",
+            &root,
+            &[],
+            StatusCode::OK,
+        ),
+        (
+            "auditor principal policy views anything",
+            Method::GET,
+            "/docs/alice/6",
+            &auditor,
+            &[],
+            StatusCode::OK,
+        ),
+    ];
+    for (name, method, path, auth, headers, want) in cases {
+        let response = stack.send(method, path, auth, headers).await;
+        assert_eq!(response.status(), want, "{name}");
+        if want == StatusCode::OK {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["headers"]["x-user-id"].is_string(),
+                "{name}: identity headers reach the upstream"
+            );
+        }
+    }
+    // A method with no action mapped is a bad request, never an allow.
+    assert_eq!(
+        stack
+            .send(Method::POST, "/docs/alice/1", &alice, &[])
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn decision_cache_serves_repeats_but_never_masks_a_changed_attribute() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let eng_editor = stack.bearer("erin", &["user", "editor"], &[("department", "eng")]);
+    let moved_editor = stack.bearer("erin", &["user", "editor"], &[("department", "sales")]);
+    let eng = [("x-department", "eng")];
+    let before = metric(
+        &stack.metrics().await,
+        "heimdall_cerbos_decision_cache_hits_total",
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            stack
+                .send(Method::PUT, "/docs/alice/10", &eng_editor, &eng)
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let after = metric(
+        &stack.metrics().await,
+        "heimdall_cerbos_decision_cache_hits_total",
+    );
+    assert_eq!(
+        after - before,
+        4,
+        "the first check goes to Cerbos, the repeats come from the cache"
+    );
+    // Same principal, same resource, one attribute changed: a new question, a new answer.
+    assert_eq!(
+        stack
+            .send(Method::PUT, "/docs/alice/10", &moved_editor, &eng)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // And the resource's attributes are part of the key too.
+    assert_eq!(
+        stack
+            .send(
+                Method::PUT,
+                "/docs/alice/10",
+                &eng_editor,
+                &[("x-department", "sales")]
+            )
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn cerbos_down_or_stuck_fails_closed_and_recovers() {
+    let Some(mut stack) = Stack::start().await else {
+        return;
+    };
+    let alice = stack.bearer("alice", &["user"], &[]);
+    assert_eq!(
+        stack
+            .send(Method::GET, "/docs/alice/20", &alice, &[])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // Stopped: 503 through Envoy (each request asks about a new resource, so no cache answers).
+    stack.cerbos.stop().await;
+    assert_eq!(
+        stack
+            .send(Method::GET, "/docs/alice/21", &alice, &[])
+            .await
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack.heimdall.readiness.is_ready() {
+        assert!(
+            Instant::now() < deadline,
+            "readiness should drop when Cerbos is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Back: heimdall recovers by itself.
+    stack.cerbos.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 22;
+    loop {
+        let status = stack
+            .send(Method::GET, &format!("/docs/alice/{n}"), &alice, &[])
+            .await
+            .status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Cerbos came back: {status}"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.wait_ready().await;
+
+    // Stuck (SIGSTOP): the deadline (150 ms) fires, the answer is 503, well before Envoy's 250 ms.
+    stack.cerbos.pause();
+    let started = Instant::now();
+    let status = stack
+        .send(Method::GET, "/docs/alice/99", &alice, &[])
+        .await
+        .status();
+    let elapsed = started.elapsed();
+    stack.cerbos.resume();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        elapsed < Duration::from_millis(240),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        stack
+            .metrics()
+            .await
+            .contains(r#"heimdall_cerbos_errors_total{call="check_resources",kind="timeout"}"#)
+    );
+}
+
+#[tokio::test]
+async fn check_and_plan_apis() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let alice = stack.bearer("alice", &["user"], &[("department", "eng")]);
+    let root = stack.bearer("root", &["admin"], &[]);
+
+    // The contract's request, for one resource: the principal comes from the token.
+    let body = r#"{"principal": {"id": "mallory", "roles": ["admin"]},
+                   "resources": [{"kind": "document", "id": "doc456", "attr": {"owner": "alice", "status": "draft"}, "actions": ["view", "edit", "delete"]}]}"#;
+    let (status, answer) = stack.api("/check", Some(&alice), body).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "delete is denied, so the whole check is"
+    );
+    assert_eq!(
+        answer,
+        serde_json::json!({"resourceId": "doc456", "actions": {"view": "EFFECT_ALLOW", "edit": "EFFECT_ALLOW", "delete": "EFFECT_DENY"}})
+    );
+
+    let body = r#"{"resources": [
+        {"kind": "document", "id": "a", "attr": {"owner": "alice"}, "actions": ["view"]},
+        {"kind": "document", "id": "b", "attr": {"owner": "bob", "public": true}, "actions": ["view"]}]}"#;
+    let (status, answer) = stack.api("/check", Some(&alice), body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer,
+        serde_json::json!([
+        {"resourceId": "a", "actions": {"view": "EFFECT_ALLOW"}},
+        {"resourceId": "b", "actions": {"view": "EFFECT_ALLOW"}}])
+    );
+
+    // Plans: conditional for a user, always allowed / denied for delete.
+    let plan = |actions: &str| {
+        format!(
+            r#"{{"principal": {{"id": "x"}}, "resource": {{"kind": "document", "attr": {{}}}}, "actions": {actions}}}"#
+        )
+    };
+    let (status, answer) = stack
+        .api("/plan/resources", Some(&alice), &plan(r#"["view"]"#))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["filter"]["kind"], "KIND_CONDITIONAL", "{answer}");
+    let expression = answer["filter"]["condition"]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        expression.contains("request.resource.attr.owner == \"alice\""),
+        "{expression}"
+    );
+    assert!(
+        expression.contains("request.resource.attr.public == true"),
+        "{expression}"
+    );
+    assert!(
+        answer["filter"]["condition"]["tree"]["expression"]["operator"].is_string(),
+        "{answer}"
+    );
+    let (_, answer) = stack
+        .api("/plan/resources", Some(&root), &plan(r#"["delete"]"#))
+        .await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"filter": {"kind": "KIND_ALWAYS_ALLOWED"}})
+    );
+    let (_, answer) = stack
+        .api("/plan/resources", Some(&alice), &plan(r#"["delete"]"#))
+        .await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"filter": {"kind": "KIND_ALWAYS_DENIED"}})
+    );
+
+    // Bad input: 400 naming the field; no token: 401; oversized: 400.
+    let (status, answer) = stack.api("/check", Some(&alice), "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (status, answer) = stack
+        .api(
+            "/check",
+            Some(&alice),
+            r#"{"resources": [{"kind": "document", "id": "a", "actions": ["view"], "colour": 1}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{answer}"
+    );
+    let (status, answer) = stack
+        .api(
+            "/check",
+            Some(&alice),
+            r#"{"resources": [{"kind": "document", "id": "a"}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `actions`"),
+        "{answer}"
+    );
+    let (status, answer) = stack
+        .api(
+            "/check",
+            Some(&alice),
+            r#"{"resources": [{"kind": "document", "id": "a", "actions": []}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("`resources[0].actions`"),
+        "{answer}"
+    );
+    let (status, _) = stack
+        .api(
+            "/check",
+            None,
+            r#"{"resources": [{"kind": "document", "id": "a", "actions": ["view"]}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let huge = format!(
+        r#"{{"resources": [{{"kind": "document", "id": "{}", "actions": ["view"]}}]}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let (status, answer) = stack.api("/check", Some(&alice), &huge).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"].as_str().unwrap().contains("larger than"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn trusted_callers_may_name_the_principal_in_the_body() {
+    let Some(cerbos) = Cerbos::start().await else {
+        return;
+    };
+    let mut config = test_config(RULES);
+    config.cerbos.as_mut().unwrap().url = cerbos.grpc_addr().to_string();
+    config.api.trust_body_principal = true;
+    let running = heimdall::app::build(config, test_keys())
+        .unwrap()
+        .serve()
+        .await
+        .unwrap();
+    let body = r#"{"principal": {"id": "user123", "roles": ["user"]},
+                   "resources": [{"kind": "document", "id": "doc456", "attr": {"owner": "user123"}, "actions": ["view", "delete"]}]}"#;
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{}/check", running.http_addr))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["actions"],
+        serde_json::json!({"view": "EFFECT_ALLOW", "delete": "EFFECT_DENY"})
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+}
