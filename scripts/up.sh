@@ -4,14 +4,15 @@
 #   heimdall   gRPC ext_authz 127.0.0.1:9001, HTTP side port 127.0.0.1:8080
 #   echo       127.0.0.1:8081  (infra/echo/echo.py: answers with the headers it received)
 #   Envoy      127.0.0.1:10000 (envoy/envoy.yaml), admin 127.0.0.1:9901
+#   Cerbos     gRPC 127.0.0.1:3593, HTTP 127.0.0.1:3592 (infra/cerbos: the document policies)
 #
-# If any of the three exits, the others are stopped too.
+# If any of them exits, the others are stopped too.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-scripts/install-tools.sh envoy
+scripts/install-tools.sh envoy cerbos
 cargo build --release
 
 ENVOY="${ROOT}/.tools/bin/envoy"
@@ -59,7 +60,8 @@ start() {
   pids+=("$!")
 }
 
-start heimdall env HEIMDALL_BIND=127.0.0.1 target/release/heimdall "${heimdall_args[@]}"
+start cerbos .tools/bin/cerbos server --config=infra/cerbos/config.yaml
+start heimdall env HEIMDALL_BIND=127.0.0.1 CERBOS_GRPC_URL=127.0.0.1:3593 target/release/heimdall "${heimdall_args[@]}"
 start echo "$PYTHON" infra/echo/echo.py --host 127.0.0.1 --port 8081
 start envoy "$ENVOY" -c envoy/envoy.yaml --log-level warn --disable-hot-restart
 
@@ -81,6 +83,7 @@ heimdall local stack is up:
   heimdall ext_authz gRPC  127.0.0.1:9001
   heimdall HTTP side port  http://127.0.0.1:8080  (/health, /ready, /metrics, /decision, /.well-known/paseto-keys)
   echo upstream            http://127.0.0.1:8081
+  Cerbos PDP               127.0.0.1:3593 (gRPC)  /check and /plan/resources ask it
 
 Try:
   curl -i http://127.0.0.1:10000/healthz                 # answered by Envoy, no check

@@ -405,7 +405,7 @@ impl Cerbos {
                 })?;
                 Ok(Plan::Conditional {
                     tree: operand_json(&condition),
-                    expression: render_operand(&condition, 0),
+                    expression: render_operand(&condition),
                 })
             }
             _ => Err(self.failed(
@@ -531,54 +531,78 @@ fn operand_json(operand: &engine::plan_resources_filter::expression::Operand) ->
     }
 }
 
-/// Cerbos's operators as the readable infix form callers turn into queries.
-fn infix(operator: &str) -> Option<&'static str> {
+/// Cerbos's operators as the readable infix form callers turn into queries, with precedence
+/// (higher binds tighter) and whether the operator is associative.
+fn infix(operator: &str) -> Option<(&'static str, u8, bool)> {
     Some(match operator {
-        "eq" => "==",
-        "ne" => "!=",
-        "lt" => "<",
-        "le" => "<=",
-        "gt" => ">",
-        "ge" => ">=",
-        "and" => "&&",
-        "or" => "||",
-        "in" => "in",
-        "add" => "+",
-        "sub" => "-",
-        "mult" => "*",
-        "div" => "/",
-        "mod" => "%",
+        "or" => ("||", 1, true),
+        "and" => ("&&", 2, true),
+        "eq" => ("==", 3, false),
+        "ne" => ("!=", 3, false),
+        "lt" => ("<", 3, false),
+        "le" => ("<=", 3, false),
+        "gt" => (">", 3, false),
+        "ge" => (">=", 3, false),
+        "in" => ("in", 3, false),
+        "add" => ("+", 4, true),
+        "sub" => ("-", 4, false),
+        "mult" => ("*", 5, true),
+        "div" => ("/", 5, false),
+        "mod" => ("%", 5, false),
         _ => return None,
     })
 }
 
 /// A readable rendering: `request.resource.attr.owner == "user123" || request.resource.attr.public == true`.
-fn render_operand(
+fn render_operand(operand: &engine::plan_resources_filter::expression::Operand) -> String {
+    render_in(operand, None)
+}
+
+/// Renders `operand` inside a parent infix operator (`parent`: its name and precedence),
+/// parenthesizing only where precedence requires it.
+fn render_in(
     operand: &engine::plan_resources_filter::expression::Operand,
-    depth: usize,
+    parent: Option<(&str, u8)>,
 ) -> String {
     use engine::plan_resources_filter::expression::operand::Node;
     match &operand.node {
         Some(Node::Value(v)) => pb_to_json(v).to_string(),
         Some(Node::Variable(name)) => name.clone(),
-        Some(Node::Expression(e)) => {
-            let parts: Vec<String> = e
-                .operands
-                .iter()
-                .map(|o| render_operand(o, depth + 1))
-                .collect();
-            let text = match (e.operator.as_str(), infix(&e.operator), parts.as_slice()) {
-                ("not", _, [one]) => format!("!{one}"),
-                (_, Some(op), [_, _, ..]) => parts.join(&format!(" {op} ")),
-                (name, _, _) => format!("{name}({})", parts.join(", ")),
-            };
-            // Nested binary expressions are parenthesized; the top level reads without them.
-            if depth > 0 && parts.len() > 1 && infix(&e.operator).is_some() {
-                format!("({text})")
-            } else {
-                text
+        Some(Node::Expression(e)) => match (
+            e.operator.as_str(),
+            infix(&e.operator),
+            e.operands.as_slice(),
+        ) {
+            ("not", _, [one]) => format!("!{}", render_in(one, Some(("not", 6)))),
+            (name, Some((symbol, precedence, associative)), operands @ [_, _, ..]) => {
+                let text = operands
+                    .iter()
+                    .map(|o| render_in(o, Some((name, precedence))))
+                    .collect::<Vec<_>>()
+                    .join(&format!(" {symbol} "));
+                let needs_parens = match parent {
+                    Some((parent_name, parent_precedence)) => {
+                        precedence < parent_precedence
+                            || (precedence == parent_precedence
+                                && !(associative && parent_name == name))
+                    }
+                    None => false,
+                };
+                if needs_parens {
+                    format!("({text})")
+                } else {
+                    text
+                }
             }
-        }
+            (name, _, operands) => format!(
+                "{name}({})",
+                operands
+                    .iter()
+                    .map(|o| render_in(o, None))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         None => "null".into(),
     }
 }
@@ -613,5 +637,84 @@ pub async fn watch_health(
             _ => {}
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::plan_resources_filter::Expression;
+    use engine::plan_resources_filter::expression::Operand;
+    use engine::plan_resources_filter::expression::operand::Node;
+
+    fn var(name: &str) -> Operand {
+        Operand {
+            node: Some(Node::Variable(name.into())),
+        }
+    }
+    fn val(v: serde_json::Value) -> Operand {
+        Operand {
+            node: Some(Node::Value(json_to_pb(&v))),
+        }
+    }
+    fn op(operator: &str, operands: Vec<Operand>) -> Operand {
+        Operand {
+            node: Some(Node::Expression(Expression {
+                operator: operator.into(),
+                operands,
+            })),
+        }
+    }
+
+    #[test]
+    fn renders_plans_readably_with_needed_parentheses_only() {
+        let owner = op(
+            "eq",
+            vec![var("request.resource.attr.owner"), val("user123".into())],
+        );
+        let public = op(
+            "eq",
+            vec![var("request.resource.attr.public"), val(true.into())],
+        );
+        let either = op("or", vec![owner.clone(), public.clone()]);
+        assert_eq!(
+            render_operand(&either),
+            r#"request.resource.attr.owner == "user123" || request.resource.attr.public == true"#
+        );
+        let both = op(
+            "and",
+            vec![
+                either.clone(),
+                op(
+                    "not",
+                    vec![op(
+                        "eq",
+                        vec![var("request.resource.attr.status"), val("draft".into())],
+                    )],
+                ),
+            ],
+        );
+        assert_eq!(
+            render_operand(&both),
+            r#"(request.resource.attr.owner == "user123" || request.resource.attr.public == true) && !(request.resource.attr.status == "draft")"#
+        );
+        let listed = op(
+            "in",
+            vec![
+                var("request.resource.attr.dept"),
+                val(serde_json::json!(["eng", "ops"])),
+            ],
+        );
+        assert_eq!(
+            render_operand(&listed),
+            r#"request.resource.attr.dept in ["eng","ops"]"#
+        );
+    }
+
+    #[test]
+    fn values_round_trip_between_json_and_protobuf() {
+        let value =
+            serde_json::json!({"n": 500, "f": 2.5, "s": "x", "b": true, "l": [1, "a"], "z": null});
+        assert_eq!(pb_to_json(&json_to_pb(&value)), value);
     }
 }
