@@ -42,6 +42,23 @@ pub struct CerbosConfig {
     /// How often readiness probes the PDP's health.
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// TLS to the PDP. An `https://` URL turns it on with the system's roots; this section adds
+    /// a private CA, a client certificate (mTLS) or the name to verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<CerbosTls>,
+}
+
+/// TLS settings for the connection to Cerbos.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CerbosTls {
+    /// PEM file of the CA that signed the PDP's certificate (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for a PDP that requires mTLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the PDP's certificate must carry (default: the URL's host).
+    pub server_name: Option<String>,
 }
 
 impl Default for CerbosConfig {
@@ -53,6 +70,7 @@ impl Default for CerbosConfig {
             cache_entries: 100_000,
             cache_ttl: Duration::from_secs(30),
             health_interval: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -62,6 +80,8 @@ impl Default for CerbosConfig {
 pub enum CerbosError {
     #[error("invalid Cerbos address `{0}`")]
     Address(String),
+    #[error("Cerbos TLS: {0}")]
+    Tls(String),
     #[error("Cerbos did not answer within {0:?}")]
     Timeout(Duration),
     #[error("Cerbos is unreachable: {0}")]
@@ -76,6 +96,7 @@ impl CerbosError {
     fn label(&self) -> &'static str {
         match self {
             Self::Address(_) => "address",
+            Self::Tls(_) => "tls",
             Self::Timeout(_) => "timeout",
             Self::Unavailable(_) => "unavailable",
             Self::Rejected(_) => "rejected",
@@ -223,13 +244,24 @@ pub struct Cerbos {
 impl Cerbos {
     /// Builds the client; nothing is sent until the first call.
     pub fn new(config: &CerbosConfig, metrics: CerbosMetrics) -> Result<Self, CerbosError> {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = if config.url.contains("://") {
             config.url.clone()
         } else {
-            format!("http://{}", config.url)
+            format!("{scheme}://{}", config.url)
         };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| CerbosError::Address(config.url.clone()))?
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|_| CerbosError::Address(config.url.clone()))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls_config(config.tls.as_ref())?)
+                .map_err(|e| CerbosError::Tls(e.to_string()))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -414,6 +446,38 @@ impl Cerbos {
             )),
         }
     }
+}
+
+/// The client TLS settings: system roots unless a CA file is given, optional client identity.
+fn tls_config(tls: Option<&CerbosTls>) -> Result<tonic::transport::ClientTlsConfig, CerbosError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| CerbosError::Tls(format!("cannot read `{}`: {e}", path.display())))
+    };
+    let mut config = ClientTlsConfig::new();
+    let Some(tls) = tls else {
+        return Ok(config.with_native_roots());
+    };
+    config = match &tls.ca_file {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => config.with_native_roots(),
+    };
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(CerbosError::Tls(
+                "`cert_file` and `key_file` go together".into(),
+            ));
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
 }
 
 fn principal_pb(p: &PrincipalInput) -> engine::Principal {

@@ -571,3 +571,118 @@ async fn trusted_callers_may_name_the_principal_in_the_body() {
     );
     running.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A self-signed CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn make_certificates(dir: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(drop)
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=heimdall test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").ok()?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[tokio::test]
+async fn cerbos_over_tls_with_a_private_ca() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cerbos-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if make_certificates(&dir).is_none() {
+        assert!(
+            !support::tools::in_ci(),
+            "openssl is needed to make test certificates"
+        );
+        eprintln!("skipping: openssl could not make test certificates");
+        return;
+    }
+    let Some(cerbos) = Cerbos::start_tls(&dir.join("server.pem"), &dir.join("server.key")).await
+    else {
+        return;
+    };
+    let body = r#"{"resources": [{"kind": "document", "id": "a", "attr": {"owner": "alice"}, "actions": ["view"]}]}"#;
+    let ask = |ca: Option<std::path::PathBuf>| {
+        let url = cerbos.grpc_addr().to_string();
+        async move {
+            let mut config = test_config(RULES);
+            let cerbos_config = config.cerbos.as_mut().unwrap();
+            cerbos_config.url = format!("https://{url}");
+            cerbos_config.timeout = Duration::from_secs(2);
+            cerbos_config.tls = Some(heimdall::cerbos::CerbosTls {
+                ca_file: ca,
+                ..Default::default()
+            });
+            let built = heimdall::app::build(config, test_keys()).unwrap();
+            let token = format!(
+                "Bearer {}",
+                mint(&built.keys, Purpose::Public, &claims("alice", &["user"]))
+            );
+            let running = built.serve().await.unwrap();
+            let response = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .post(format!("http://{}/check", running.http_addr))
+                .header("authorization", token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            running.shutdown(Duration::from_secs(2)).await;
+            status
+        }
+    };
+    // Trusting the private CA: the PDP answers over TLS.
+    assert_eq!(ask(Some(dir.join("ca.pem"))).await, StatusCode::OK);
+    // The system roots do not know that CA: the handshake fails, and that fails closed.
+    assert_eq!(ask(None).await, StatusCode::SERVICE_UNAVAILABLE);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,6 +44,8 @@ pub struct Cerbos {
     grpc: SocketAddr,
     http: SocketAddr,
     dir: PathBuf,
+    /// Extra `--set` arguments (TLS); when set, readiness is a TCP connect (health needs TLS).
+    extra_args: Vec<String>,
 }
 
 impl Cerbos {
@@ -65,7 +67,31 @@ impl Cerbos {
             grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             dir,
+            extra_args: Vec::new(),
         };
+        cerbos.start_again().await;
+        Some(cerbos)
+    }
+
+    /// Starts Cerbos serving TLS with the given PEM certificate and key.
+    pub async fn start_tls(cert: &Path, key: &Path) -> Option<Cerbos> {
+        let binary = tools::require("cerbos")?;
+        let mut cerbos = Cerbos {
+            binary,
+            child: None,
+            grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "cerbos-tls-{}-{}",
+                std::process::id(),
+                unique_id()
+            )),
+            extra_args: vec![
+                format!("--set=server.tls.cert={}", cert.display()),
+                format!("--set=server.tls.key={}", key.display()),
+            ],
+        };
+        let _ = std::fs::create_dir_all(&cerbos.dir);
         cerbos.start_again().await;
         Some(cerbos)
     }
@@ -101,6 +127,7 @@ impl Cerbos {
             .arg(format!("--set=server.grpcListenAddr={}", self.grpc))
             .arg(format!("--set=server.httpListenAddr={}", self.http))
             .arg(format!("--set=storage.disk.directory={POLICIES}"))
+            .args(&self.extra_args)
             .arg("--log-level=warn")
             .current_dir(repo_root())
             .env("CERBOS_NO_TELEMETRY", "1")
@@ -131,7 +158,15 @@ impl Cerbos {
                     READY_TIMEOUT.as_secs()
                 ));
             }
-            match probe(self.grpc).await {
+            let probed = if self.extra_args.is_empty() {
+                probe(self.grpc).await
+            } else {
+                tokio::net::TcpStream::connect(self.grpc)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            match probed {
                 Ok(()) => return Ok(()),
                 Err(reason) => last = reason,
             }
