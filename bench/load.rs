@@ -8,11 +8,18 @@
 //! machines and commits: the absolute figures depend on the host, since the load generator and
 //! the servers share its cores.
 //!
+//! With `--cerbos` it also starts a Cerbos PDP (`.tools/bin/cerbos`) and measures, in the same
+//! run, `CheckResources` sent straight to Cerbos (Cerbos's own cost), heimdall with a `cerbos`
+//! authorizer and its decision cache off (one Cerbos call per Check), and the same with the cache
+//! on and a fixed request (every Check a cache hit); then it prints heimdall-uncached against
+//! Cerbos direct and heimdall-cached against the no-op server.
+//!
 //! All traffic stays on 127.0.0.1 and every loop ends by a deadline. `bench/README.md` documents
 //! the flags and how to read the output.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example load -- --duration 10
+//! cargo build --release && cargo run --release --example load -- --cerbos --duration 5
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -36,15 +43,23 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::rpc;
 use hdrhistogram::Histogram;
+use heimdall::cerbos::pb::cerbos::effect::v1::Effect;
+use heimdall::cerbos::pb::cerbos::engine::v1::{Principal, Resource};
+use heimdall::cerbos::pb::cerbos::request::v1::{CheckResourcesRequest, check_resources_request};
+use heimdall::cerbos::pb::cerbos::response::v1::CheckResourcesResponse;
+use heimdall::cerbos::pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// How long heimdall may take to answer 200 on `/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +85,24 @@ const MAX_CONCURRENCY: usize = 10_000;
 /// The request every worker sends, shaped like Envoy's for `GET /api/documents/42?x=1`.
 const HOST: &str = "127.0.0.1:10000";
 const PATH: &str = "/api/documents/42?x=1";
+
+/// `--cerbos`: how long Cerbos may take to answer SERVING on its gRPC health service.
+const CERBOS_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on one Cerbos health probe.
+const CERBOS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Cerbos's shipped configuration and the example policies, relative to the repository root.
+const CERBOS_CONFIG: &str = "infra/cerbos/config.yaml";
+const CERBOS_POLICIES: &str = "infra/cerbos/policies";
+/// heimdall's configurations for `--cerbos`, relative to the repository root: decision cache
+/// off, and on.
+const CERBOS_BENCH_CONFIG: &str = "bench/cerbos-bench.yaml";
+const CERBOS_BENCH_CACHED_CONFIG: &str = "bench/cerbos-bench-cached.yaml";
+/// The `--cerbos` request: `GET /docs/alice/<id>` with `X-Department: eng`, by alice (role
+/// `user`, attribute `department: eng`), allowed by the example policy's `view-own` rule.
+const CERBOS_PATH_PREFIX: &str = "/docs/alice/";
+const CERBOS_FIXED_ID: u64 = 42;
+/// What heimdall uncached may add to Cerbos's own latency: at most 10%.
+const CERBOS_OVERHEAD_TARGET: f64 = 1.10;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +138,13 @@ struct Args {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also start a Cerbos PDP and measure Cerbos direct, heimdall with its `cerbos` authorizer
+    /// and the decision cache off, and the same with the cache on.
+    #[arg(long, conflicts_with_all = ["only_noop", "config"])]
+    cerbos: bool,
+    /// The Cerbos binary for --cerbos (default: `.tools/bin/cerbos` in the repository).
+    #[arg(long, requires = "cerbos")]
+    cerbos_bin: Option<PathBuf>,
 }
 
 /// Accepts plain seconds (`3`, `0.5`) as well as humantime durations (`3s`, `250ms`).
@@ -129,6 +169,10 @@ impl Args {
         if self.connections == 0 || self.connections > self.concurrency {
             bail!("--connections must be between 1 and --concurrency (each needs a worker)");
         }
+        if self.cerbos {
+            // Before anything starts, not after heimdall is up.
+            cerbos_bin(self)?;
+        }
         Ok(())
     }
 }
@@ -146,49 +190,128 @@ async fn main() -> ExitCode {
     }
 }
 
+/// One target to measure: where it listens, what to send, and what a denial would mean.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    load: Arc<Load>,
+    /// The setup the first call checks, for the message when it is not allowed.
+    setup: &'static str,
+}
+
+const PLAIN_SETUP: &str = "the request is GET /api/documents/42 with a token for bench-user, \
+                           roles user and editor";
+const CERBOS_SETUP: &str = "the request is alice (role user, department eng) viewing document \
+                            alice/<id> (department eng, not public, published), which Cerbos's \
+                            example policies in infra/cerbos/policies allow";
+
 /// Runs every phase and prints the report; `Ok(false)` when any phase saw errors or denials.
 async fn run(args: &Args) -> anyhow::Result<bool> {
     args.validate()?;
     let noop = NoopServer::start()?;
     eprintln!("load: no-op authorizer on {}", noop.addr);
 
-    let mut heimdall = None;
-    let mut token = String::from("not-a-token");
+    // Every child is killed when dropped, so an early return stops them all too.
+    let mut heimdalls = Vec::new();
+    let mut pdp = None;
+    let mut plain = Arc::new(Load::Fixed(check_request("not-a-token", PATH, &[])));
+    let mut targets = Vec::new();
     if !args.only_noop {
         let env = HeimdallEnv::new(args)?;
-        token = mint_token(&env).await?;
-        let mut child = Heimdall::spawn(&env)?;
-        child.wait_ready(READY_TIMEOUT).await?;
-        eprintln!(
-            "load: heimdall ready on {} (side port {})",
-            child.grpc, child.http
-        );
-        heimdall = Some(child);
-    }
+        let token = mint_token(&env, &["--sub", "bench-user", "--roles", "user,editor"]).await?;
+        let child = start_heimdall(&env, "heimdall").await?;
+        plain = Arc::new(Load::Fixed(check_request(&token, PATH, &[])));
+        targets.push(Target {
+            name: "heimdall",
+            addr: child.grpc,
+            load: Arc::clone(&plain),
+            setup: PLAIN_SETUP,
+        });
+        heimdalls.push(child);
 
-    let request = Arc::new(check_request(&token));
-    let mut targets = vec![("no-op", noop.addr)];
-    if let Some(child) = &heimdall {
-        targets.push(("heimdall", child.grpc));
+        if args.cerbos {
+            let cerbos = CerbosPdp::start(args).await?;
+            let uncached_env = env.for_cerbos(CERBOS_BENCH_CONFIG, cerbos.grpc)?;
+            let cached_env = env.for_cerbos(CERBOS_BENCH_CACHED_CONFIG, cerbos.grpc)?;
+            let token = mint_token(
+                &uncached_env,
+                &[
+                    "--sub",
+                    "alice",
+                    "--roles",
+                    "user",
+                    "--attr",
+                    "department=eng",
+                ],
+            )
+            .await?;
+            let uncached = start_heimdall(&uncached_env, "heimdall-uncached").await?;
+            let cached = start_heimdall(&cached_env, "heimdall-cached").await?;
+            let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
+            let docs = check_request(&token, &path, &[("x-department", "eng")]);
+            // Cache first, then the two Cerbos-bound targets back to back, so that the pair
+            // whose ratio matters runs under the same host conditions.
+            targets.push(Target {
+                name: "heimdall-cached",
+                addr: cached.grpc,
+                load: Arc::new(Load::Fixed(docs.clone())),
+                setup: CERBOS_SETUP,
+            });
+            targets.push(Target {
+                name: "cerbos-direct",
+                addr: cerbos.grpc,
+                load: Arc::new(Load::Cerbos(cerbos_request())),
+                setup: CERBOS_SETUP,
+            });
+            targets.push(Target {
+                name: "heimdall-uncached",
+                addr: uncached.grpc,
+                load: Arc::new(Load::VaryingPath {
+                    base: docs,
+                    prefix: CERBOS_PATH_PREFIX,
+                }),
+                setup: CERBOS_SETUP,
+            });
+            heimdalls.push(uncached);
+            heimdalls.push(cached);
+            pdp = Some(cerbos);
+        }
     }
+    targets.insert(
+        0,
+        Target {
+            name: "no-op",
+            addr: noop.addr,
+            load: Arc::clone(&plain),
+            setup: PLAIN_SETUP,
+        },
+    );
     if args.repeat {
-        targets.push(("no-op", noop.addr));
+        targets.push(Target {
+            name: "no-op",
+            addr: noop.addr,
+            load: plain,
+            setup: PLAIN_SETUP,
+        });
     }
 
     let mut phases = Vec::with_capacity(targets.len());
-    for (name, addr) in targets {
-        preflight(name, addr, &request).await?;
+    for target in &targets {
+        preflight(target).await?;
         eprintln!(
-            "load: {name}: {:?} warm-up, then {:?} at concurrency {} over {} connection(s)",
-            args.warmup, args.duration, args.concurrency, args.connections
+            "load: {}: {:?} warm-up, then {:?} at concurrency {} over {} connection(s)",
+            target.name, args.warmup, args.duration, args.concurrency, args.connections
         );
-        let phase = run_phase(name, addr, Arc::clone(&request), args).await?;
+        let phase = run_phase(target, args).await?;
         phase.warn_if_failed();
         phases.push(phase);
     }
 
-    if let Some(child) = heimdall {
+    for child in heimdalls {
         child.stop().await;
+    }
+    if let Some(cerbos) = pdp {
+        cerbos.stop().await;
     }
     drop(noop);
 
@@ -199,6 +322,19 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         report.print_table();
     }
     Ok(phases.iter().all(|p| p.clean()))
+}
+
+async fn start_heimdall(env: &HeimdallEnv, name: &str) -> anyhow::Result<Heimdall> {
+    let mut child = Heimdall::spawn(env)?;
+    child
+        .wait_ready(READY_TIMEOUT)
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    eprintln!(
+        "load: {name} ready on {} (side port {})",
+        child.grpc, child.http
+    );
+    Ok(child)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +427,8 @@ struct HeimdallEnv {
     grpc_port: u16,
     http_port: u16,
     key: String,
+    /// `CERBOS_GRPC_URL`, for the `--cerbos` instances.
+    cerbos_url: Option<String>,
 }
 
 impl HeimdallEnv {
@@ -328,6 +466,25 @@ impl HeimdallEnv {
             grpc_port,
             http_port,
             key,
+            cerbos_url: None,
+        })
+    }
+
+    /// Another instance for `--cerbos`: same binary and key (so tokens minted by one verify on
+    /// the other), fresh ports, `config` (relative to the repository root) and Cerbos at `pdp`.
+    fn for_cerbos(&self, config: &str, pdp: SocketAddr) -> anyhow::Result<Self> {
+        let config = repo_root().join(config);
+        if !config.is_file() {
+            bail!("{}: no such file", config.display());
+        }
+        let (grpc_port, http_port) = free_ports()?;
+        Ok(Self {
+            bin: self.bin.clone(),
+            config: Some(config),
+            grpc_port,
+            http_port,
+            key: self.key.clone(),
+            cerbos_url: Some(pdp.to_string()),
         })
     }
 
@@ -344,8 +501,17 @@ impl HeimdallEnv {
             Some(config) => command.env("HEIMDALL_CONFIG", config),
             None => command.env_remove("HEIMDALL_CONFIG"),
         };
+        // CERBOS_GRPC_URL overrides `cerbos.url`; an exported one must not reach the plain run.
+        match &self.cerbos_url {
+            Some(url) => command.env("CERBOS_GRPC_URL", url),
+            None => command.env_remove("CERBOS_GRPC_URL"),
+        };
         command
     }
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `heimdall` in the directory above this example's, e.g. `target/release/heimdall` for
@@ -415,20 +581,14 @@ fn free_ports() -> anyhow::Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
-/// `heimdall token mint --sub bench-user --roles user,editor --purpose local`; the token is
-/// the trimmed standard output.
-async fn mint_token(env: &HeimdallEnv) -> anyhow::Result<String> {
+/// `heimdall token mint <claims> --purpose local`, e.g. `--sub bench-user --roles user,editor`;
+/// the token is the trimmed standard output.
+async fn mint_token(env: &HeimdallEnv, claims: &[&str]) -> anyhow::Result<String> {
     let mut command = env.command();
-    command.args([
-        "token",
-        "mint",
-        "--sub",
-        "bench-user",
-        "--roles",
-        "user,editor",
-        "--purpose",
-        "local",
-    ]);
+    command
+        .args(["token", "mint"])
+        .args(claims)
+        .args(["--purpose", "local"]);
     let output = tokio::time::timeout(MINT_TIMEOUT, command.output())
         .await
         .context("`heimdall token mint` did not finish within 30s")?
@@ -455,7 +615,7 @@ struct Heimdall {
     child: Child,
     grpc: SocketAddr,
     http: SocketAddr,
-    log: Arc<Mutex<VecDeque<String>>>,
+    log: LogTail,
     /// The task draining stderr into `log`.
     drain: Option<tokio::task::JoinHandle<()>>,
 }
@@ -474,25 +634,7 @@ impl Heimdall {
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         // Keep draining stderr for the whole run: a full pipe would block heimdall's logging
         // and so its requests. The task ends when heimdall closes stderr, i.e. when it exits.
-        let tail = Arc::clone(&log);
-        let drain = tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                        let mut tail = tail.lock().await;
-                        if tail.len() == LOG_TAIL {
-                            tail.pop_front();
-                        }
-                        tail.push_back(text);
-                    }
-                }
-            }
-        });
+        let drain = tokio::spawn(drain_into(stderr, Arc::clone(&log)));
         Ok(Self {
             child,
             grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, env.grpc_port)),
@@ -536,20 +678,46 @@ impl Heimdall {
     }
 
     async fn log_tail(&self) -> String {
-        let tail = self.log.lock().await;
-        if tail.is_empty() {
-            return "  (none)".into();
-        }
-        tail.iter()
-            .map(|line| format!("  {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        format_tail(&self.log).await
     }
 
     async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+}
+
+type LogTail = Arc<Mutex<VecDeque<String>>>;
+
+/// Reads `from` line by line to its end, keeping the last LOG_TAIL lines in `tail`.
+async fn drain_into(from: impl tokio::io::AsyncRead + Unpin, tail: LogTail) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                let mut tail = tail.lock().await;
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(text);
+            }
+        }
+    }
+}
+
+async fn format_tail(log: &LogTail) -> String {
+    let tail = log.lock().await;
+    if tail.is_empty() {
+        return "  (none)".into();
+    }
+    tail.iter()
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The status code of `GET path` over a bare HTTP/1.1 connection.
@@ -565,6 +733,128 @@ async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("not an HTTP status line: {:?}", status_line.trim_end()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cerbos as a child process (--cerbos)
+// ---------------------------------------------------------------------------------------------
+
+/// A running `cerbos server` on loopback ports, killed when dropped.
+struct CerbosPdp {
+    child: Child,
+    grpc: SocketAddr,
+    log: LogTail,
+}
+
+impl CerbosPdp {
+    /// `cerbos server` with the shipped configuration and example policies, from the repository
+    /// root, its listeners moved to free loopback ports; waits until gRPC health says SERVING.
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let bin = cerbos_bin(args)?;
+        let (grpc_port, http_port) = free_ports()?;
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc_port));
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+        let mut child = Command::new(&bin)
+            .arg("server")
+            .arg(format!("--config={CERBOS_CONFIG}"))
+            .arg(format!("--set=server.grpcListenAddr={grpc}"))
+            .arg(format!("--set=server.httpListenAddr={http}"))
+            .arg(format!("--set=storage.disk.directory={CERBOS_POLICIES}"))
+            .arg("--log-level=warn")
+            .current_dir(repo_root())
+            .env("CERBOS_NO_TELEMETRY", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} server", bin.display()))?;
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let stdout: Option<ChildStdout> = child.stdout.take();
+        let stderr: Option<ChildStderr> = child.stderr.take();
+        let mut drains = Vec::new();
+        if let Some(stdout) = stdout {
+            drains.push(tokio::spawn(drain_into(stdout, Arc::clone(&log))));
+        }
+        if let Some(stderr) = stderr {
+            drains.push(tokio::spawn(drain_into(stderr, Arc::clone(&log))));
+        }
+        let mut pdp = Self { child, grpc, log };
+        if let Err(e) = pdp.wait_ready().await {
+            // Its last lines may still be in the pipes.
+            let _ = pdp.child.start_kill();
+            for drain in drains {
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            }
+            bail!(
+                "Cerbos was not ready: {e:#}; its last log lines:\n{}",
+                format_tail(&pdp.log).await
+            );
+        }
+        eprintln!("load: Cerbos ready on {grpc} (HTTP {http})");
+        Ok(pdp)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CERBOS_READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("it exited ({status})");
+            }
+            let last = match cerbos_health(self.grpc).await {
+                Ok(()) => return Ok(()),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("not SERVING within {CERBOS_READY_TIMEOUT:?} ({last})");
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// `--cerbos-bin` or `.tools/bin/cerbos`, which must exist.
+fn cerbos_bin(args: &Args) -> anyhow::Result<PathBuf> {
+    let bin = args
+        .cerbos_bin
+        .clone()
+        .unwrap_or_else(|| repo_root().join(".tools/bin/cerbos"));
+    if !bin.is_file() {
+        bail!(
+            "no Cerbos binary at {}: run `scripts/install-tools.sh cerbos` or pass --cerbos-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// One gRPC health check of the whole server (service `""`), bounded by CERBOS_PROBE_TIMEOUT.
+async fn cerbos_health(grpc: SocketAddr) -> anyhow::Result<()> {
+    let probe = async {
+        let channel = Endpoint::from_shared(format!("http://{grpc}"))?
+            .connect_timeout(CERBOS_PROBE_TIMEOUT)
+            .connect()
+            .await?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        anyhow::Ok(response.into_inner().status)
+    };
+    let status = tokio::time::timeout(CERBOS_PROBE_TIMEOUT, probe)
+        .await
+        .context("health check did not answer in time")??;
+    if status == ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        bail!("health status {status}")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,20 +875,23 @@ fn peer(port: u32) -> attribute_context::Peer {
     }
 }
 
-/// What Envoy's HTTP ext_authz filter sends for `GET http://127.0.0.1:10000/api/documents/42?x=1`
-/// with `Authorization: Bearer <token>`.
-fn check_request(token: &str) -> CheckRequest {
-    const REQUEST_ID: &str = "heimdall-load-0001";
+const REQUEST_ID: &str = "heimdall-load-0001";
+
+/// What Envoy's HTTP ext_authz filter sends for `GET http://127.0.0.1:10000<path>` with
+/// `Authorization: Bearer <token>` and the `extra` headers (lower-case names), e.g. for
+/// `/api/documents/42?x=1`.
+fn check_request(token: &str, path: &str, extra: &[(&str, &str)]) -> CheckRequest {
     let headers: HashMap<String, String> = [
         (":authority", HOST.to_owned()),
         (":method", "GET".to_owned()),
-        (":path", PATH.to_owned()),
+        (":path", path.to_owned()),
         ("authorization", format!("Bearer {token}")),
         ("accept", "application/json".to_owned()),
         ("user-agent", "heimdall-load/1".to_owned()),
         ("x-request-id", REQUEST_ID.to_owned()),
     ]
     .into_iter()
+    .chain(extra.iter().map(|&(k, v)| (k, v.to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     CheckRequest {
@@ -611,7 +904,7 @@ fn check_request(token: &str) -> CheckRequest {
                     id: REQUEST_ID.to_owned(),
                     method: "GET".to_owned(),
                     headers,
-                    path: PATH.to_owned(),
+                    path: path.to_owned(),
                     host: HOST.to_owned(),
                     scheme: "http".to_owned(),
                     protocol: "HTTP/1.1".to_owned(),
@@ -620,6 +913,138 @@ fn check_request(token: &str) -> CheckRequest {
             }),
             ..AttributeContext::default()
         }),
+    }
+}
+
+/// `request` with its path (`:path` and `path`) set to `path`.
+fn with_path(request: &CheckRequest, path: String) -> CheckRequest {
+    let mut request = request.clone();
+    if let Some(http) = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers.insert(":path".to_owned(), path.clone());
+        http.path = path;
+    }
+    request
+}
+
+fn pb_string(text: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+    }
+}
+
+/// The `CheckResources` heimdall's `cerbos` authorizer sends for the `--cerbos` request with
+/// document id 42: principal alice, role `user`, `department: eng`; resource `document`
+/// `{owner: alice, public: false, department: eng, status: published}`; action `view`.
+fn cerbos_request() -> CheckResourcesRequest {
+    let principal = Principal {
+        id: "alice".to_owned(),
+        roles: vec!["user".to_owned()],
+        attr: HashMap::from([("department".to_owned(), pb_string("eng"))]),
+        ..Principal::default()
+    };
+    let resource = Resource {
+        kind: "document".to_owned(),
+        id: CERBOS_FIXED_ID.to_string(),
+        attr: HashMap::from([
+            ("owner".to_owned(), pb_string("alice")),
+            (
+                "public".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::BoolValue(false)),
+                },
+            ),
+            ("department".to_owned(), pb_string("eng")),
+            ("status".to_owned(), pb_string("published")),
+        ]),
+        ..Resource::default()
+    };
+    CheckResourcesRequest {
+        request_id: REQUEST_ID.to_owned(),
+        principal: Some(principal),
+        resources: vec![check_resources_request::ResourceEntry {
+            actions: vec!["view".to_owned()],
+            resource: Some(resource),
+        }],
+        ..CheckResourcesRequest::default()
+    }
+}
+
+/// `request` with its (single) resource's id set to `id`.
+fn with_resource_id(request: &CheckResourcesRequest, id: u64) -> CheckResourcesRequest {
+    let mut request = request.clone();
+    if let Some(resource) = request
+        .resources
+        .iter_mut()
+        .next()
+        .and_then(|entry| entry.resource.as_mut())
+    {
+        resource.id = id.to_string();
+    }
+    request
+}
+
+/// What a target's workers send. Every call clones a prepared request (and, for the varying
+/// ones, sets one string in it): the same cost on every target, as Envoy's encoding would be.
+enum Load {
+    /// The same ext_authz `Check` every call.
+    Fixed(CheckRequest),
+    /// An ext_authz `Check` whose path is `prefix` followed by a per-call number, so that no
+    /// two calls ask the same question.
+    VaryingPath {
+        base: CheckRequest,
+        prefix: &'static str,
+    },
+    /// `CheckResources` straight to Cerbos, with a per-call resource id.
+    Cerbos(CheckResourcesRequest),
+}
+
+/// A client of the right service for a `Load`, on one connection.
+enum Client {
+    Authz(AuthorizationClient<Channel>),
+    Cerbos(CerbosServiceClient<Channel>),
+}
+
+impl Load {
+    fn client(&self, channel: Channel) -> Client {
+        match self {
+            Load::Fixed(_) | Load::VaryingPath { .. } => {
+                Client::Authz(AuthorizationClient::new(channel))
+            }
+            Load::Cerbos(_) => Client::Cerbos(CerbosServiceClient::new(channel)),
+        }
+    }
+
+    /// One call; `seq` picks the path or resource id of the varying loads.
+    async fn call(&self, client: &mut Client, seq: u64) -> Outcome {
+        match (self, client) {
+            (Load::Fixed(request), Client::Authz(client)) => classify(
+                tokio::time::timeout(CALL_TIMEOUT, client.check(request.clone()))
+                    .await
+                    .ok(),
+            ),
+            (Load::VaryingPath { base, prefix }, Client::Authz(client)) => {
+                let request = with_path(base, format!("{prefix}{seq}"));
+                classify(
+                    tokio::time::timeout(CALL_TIMEOUT, client.check(request))
+                        .await
+                        .ok(),
+                )
+            }
+            (Load::Cerbos(base), Client::Cerbos(client)) => {
+                let request = with_resource_id(base, seq);
+                classify_cerbos(
+                    tokio::time::timeout(CALL_TIMEOUT, client.check_resources(request))
+                        .await
+                        .ok(),
+                )
+            }
+            _ => Outcome::Error("internal: the client does not match the load".into()),
+        }
     }
 }
 
@@ -668,22 +1093,47 @@ fn classify(answer: Option<Result<tonic::Response<CheckResponse>, tonic::Status>
     }
 }
 
+/// Sorts out a `CheckResources` answer for one resource and the action `view`.
+fn classify_cerbos(
+    answer: Option<Result<tonic::Response<CheckResourcesResponse>, tonic::Status>>,
+) -> Outcome {
+    let response = match answer {
+        None => return Outcome::Error(format!("no answer within {CALL_TIMEOUT:?}")),
+        Some(Err(status)) => {
+            return Outcome::Error(format!("gRPC {:?}: {}", status.code(), status.message()));
+        }
+        Some(Ok(response)) => response.into_inner(),
+    };
+    let Some(result) = response.results.first() else {
+        return Outcome::Error("CheckResources answered without a result".into());
+    };
+    let effect = result.actions.get("view").copied();
+    if effect == Some(Effect::Allow as i32) {
+        return Outcome::Allowed;
+    }
+    let id = result.resource.as_ref().map_or("?", |r| r.id.as_str());
+    let effect = effect.map_or_else(
+        || "none".to_owned(),
+        |e| Effect::try_from(e).map_or_else(|_| e.to_string(), |e| format!("{e:?}")),
+    );
+    Outcome::Denied(format!("effect {effect} for view on document {id}"))
+}
+
 /// One call on a fresh connection before any load: a target that denies or fails the request
 /// stops the run here, loudly, instead of producing figures for the wrong code path.
-async fn preflight(name: &str, addr: SocketAddr, request: &CheckRequest) -> anyhow::Result<()> {
-    let channel = connect(addr)
+async fn preflight(target: &Target) -> anyhow::Result<()> {
+    let Target {
+        name, addr, setup, ..
+    } = target;
+    let channel = connect(*addr)
         .await
         .with_context(|| format!("{name}: connecting to {addr}"))?;
-    let mut client = AuthorizationClient::new(channel);
-    let answer = tokio::time::timeout(CALL_TIMEOUT, client.check(request.clone()))
-        .await
-        .ok();
-    match classify(answer) {
+    let mut client = target.load.client(channel);
+    match target.load.call(&mut client, CERBOS_FIXED_ID).await {
         Outcome::Allowed => Ok(()),
         Outcome::Denied(why) => bail!(
             "{name} DENIED the benchmark request ({why}); the token or the configuration is wrong \
-             (the request is GET {PATH} with a token for bench-user, roles user and editor). \
-             The run stops here."
+             ({setup}). The run stops here."
         ),
         Outcome::Error(why) => bail!("{name} failed the benchmark request: {why}"),
     }
@@ -778,24 +1228,27 @@ impl Tally {
 /// One closed-loop worker: sends the request, waits for the answer, repeats until
 /// `measure_until`. Only calls started at or after `measure_from` are measured, so the load
 /// does not pause between warm-up and measurement.
+///
+/// Worker `index` of `stride` numbers its calls `index`, `index + stride`, ...: the varying
+/// loads never repeat a path or a resource id within a phase.
 async fn worker(
-    mut client: AuthorizationClient<Channel>,
-    request: Arc<CheckRequest>,
+    mut client: Client,
+    load: Arc<Load>,
+    (index, stride): (u64, u64),
     measure_from: Instant,
     measure_until: Instant,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
+    let mut seq = index;
     loop {
         let started = Instant::now();
         if started >= measure_until {
             return Ok(tally);
         }
-        // The clone is part of every call on both targets alike, as Envoy's encoding would be.
-        let answer = tokio::time::timeout(CALL_TIMEOUT, client.check((*request).clone()))
-            .await
-            .ok();
+        let outcome = load.call(&mut client, seq).await;
         let latency = started.elapsed();
-        tally.record(started >= measure_from, latency, classify(answer));
+        tally.record(started >= measure_from, latency, outcome);
+        seq += stride;
     }
 }
 
@@ -840,29 +1293,30 @@ impl Phase {
     }
 }
 
-async fn run_phase(
-    target: &'static str,
-    addr: SocketAddr,
-    request: Arc<CheckRequest>,
-    args: &Args,
-) -> anyhow::Result<Phase> {
+async fn run_phase(target: &Target, args: &Args) -> anyhow::Result<Phase> {
+    let Target {
+        name, addr, load, ..
+    } = target;
+    let addr = *addr;
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(
             connect(addr)
                 .await
-                .with_context(|| format!("{target}: connecting to {addr}"))?,
+                .with_context(|| format!("{name}: connecting to {addr}"))?,
         );
     }
+    let stride = args.concurrency as u64;
 
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let measure_until = measure_from + args.duration;
     let mut workers = JoinSet::new();
-    for channel in channels.iter().cycle().take(args.concurrency) {
+    for (index, channel) in (0..stride).zip(channels.iter().cycle()) {
         workers.spawn(worker(
-            AuthorizationClient::new(channel.clone()),
-            Arc::clone(&request),
+            load.client(channel.clone()),
+            Arc::clone(load),
+            (index, stride),
             measure_from,
             measure_until,
         ));
@@ -878,12 +1332,12 @@ async fn run_phase(
             Ok(None) => break,
             Err(_) => {
                 workers.abort_all();
-                bail!("{target}: workers did not stop by the deadline");
+                bail!("{name}: workers did not stop by the deadline");
             }
         }
     }
     Ok(Phase {
-        target,
+        target: name,
         window: args.duration,
         tally: total,
     })
@@ -893,18 +1347,69 @@ async fn run_phase(
 // Report
 // ---------------------------------------------------------------------------------------------
 
-/// heimdall relative to the first no-op phase: throughput below 1 and latency above 1 are the
-/// price of heimdall's work on top of gRPC itself.
+/// One target relative to another: throughput below 1 and latency above 1 are the price of the
+/// first one's extra work.
 struct Ratios {
     throughput: f64,
     p50: f64,
     p99: f64,
 }
 
+impl Ratios {
+    fn of(phase: &Phase, base: &Phase) -> Self {
+        Self {
+            throughput: ratio(phase.throughput(), base.throughput()),
+            p50: ratio(phase.quantile(0.5) as f64, base.quantile(0.5) as f64),
+            p99: ratio(phase.quantile(0.99) as f64, base.quantile(0.99) as f64),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            self.throughput, self.p50, self.p99
+        )
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "throughput": self.throughput, "p50": self.p50, "p99": self.p99 })
+    }
+}
+
+/// `--cerbos`: heimdall uncached against Cerbos direct, and heimdall cached against no-op.
+struct CerbosRatios {
+    uncached_vs_direct: Ratios,
+    /// heimdall uncached minus Cerbos direct, in µs.
+    p50_added_us: i64,
+    p99_added_us: i64,
+    cached_vs_noop: Ratios,
+}
+
+impl CerbosRatios {
+    fn p50_met(&self) -> bool {
+        self.uncached_vs_direct.p50 <= CERBOS_OVERHEAD_TARGET
+    }
+
+    fn p99_met(&self) -> bool {
+        self.uncached_vs_direct.p99 <= CERBOS_OVERHEAD_TARGET
+    }
+}
+
+fn added_us(phase: &Phase, base: &Phase, q: f64) -> i64 {
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    as_i64(phase.quantile(q)).saturating_sub(as_i64(base.quantile(q)))
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes { "met" } else { "MISSED" }
+}
+
 struct Report<'a> {
     args: &'a Args,
     phases: &'a [Phase],
+    /// heimdall relative to the first no-op phase.
     ratios: Option<Ratios>,
+    cerbos: Option<CerbosRatios>,
     /// Last no-op throughput over the first one (with --repeat): how much the host drifted.
     drift: Option<f64>,
 }
@@ -919,15 +1424,27 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 
 impl<'a> Report<'a> {
     fn new(args: &'a Args, phases: &'a [Phase]) -> Self {
+        let find = |name: &str| phases.iter().find(|p| p.target == name);
         let mut noops = phases.iter().filter(|p| p.target == "no-op");
         let first_noop = noops.next();
         let last_noop = noops.next_back();
-        let heimdall = phases.iter().find(|p| p.target == "heimdall");
-        let ratios = first_noop.zip(heimdall).map(|(base, h)| Ratios {
-            throughput: ratio(h.throughput(), base.throughput()),
-            p50: ratio(h.quantile(0.5) as f64, base.quantile(0.5) as f64),
-            p99: ratio(h.quantile(0.99) as f64, base.quantile(0.99) as f64),
-        });
+        let ratios = find("heimdall")
+            .zip(first_noop)
+            .map(|(h, base)| Ratios::of(h, base));
+        let cerbos = match (
+            find("heimdall-uncached"),
+            find("cerbos-direct"),
+            find("heimdall-cached"),
+            first_noop,
+        ) {
+            (Some(uncached), Some(direct), Some(cached), Some(noop)) => Some(CerbosRatios {
+                uncached_vs_direct: Ratios::of(uncached, direct),
+                p50_added_us: added_us(uncached, direct, 0.5),
+                p99_added_us: added_us(uncached, direct, 0.99),
+                cached_vs_noop: Ratios::of(cached, noop),
+            }),
+            _ => None,
+        };
         let drift = first_noop
             .zip(last_noop)
             .map(|(first, last)| ratio(last.throughput(), first.throughput()));
@@ -935,14 +1452,20 @@ impl<'a> Report<'a> {
             args,
             phases,
             ratios,
+            cerbos,
             drift,
         }
     }
 
     fn print_table(&self) {
         let a = self.args;
+        let call = if a.cerbos {
+            "ext_authz Check (cerbos-direct: Cerbos CheckResources)"
+        } else {
+            "ext_authz Check"
+        };
         println!(
-            "ext_authz Check, {} workers over {} HTTP/2 connection(s), {:?} measured after {:?} \
+            "{call}, {} workers over {} HTTP/2 connection(s), {:?} measured after {:?} \
              warm-up, {} CPU(s); latency in µs",
             a.concurrency,
             a.connections,
@@ -950,13 +1473,20 @@ impl<'a> Report<'a> {
             a.warmup,
             cpus()
         );
+        let width = self
+            .phases
+            .iter()
+            .map(|p| p.target.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
         println!(
-            "{:<9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
+            "{:<width$} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
             "target", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "denied", "errors"
         );
         for p in self.phases {
             println!(
-                "{:<9} {:>10} {:>10.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
+                "{:<width$} {:>10} {:>10.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
                 p.target,
                 p.tally.allowed,
                 p.throughput(),
@@ -974,9 +1504,21 @@ impl<'a> Report<'a> {
             println!("{warmup_failures} call(s) failed during warm-up (not in the figures above)");
         }
         if let Some(r) = &self.ratios {
+            println!("heimdall / no-op: {}", r.line());
+        }
+        if let Some(c) = &self.cerbos {
+            println!("heimdall-cached / no-op: {}", c.cached_vs_noop.line());
+            let u = &c.uncached_vs_direct;
             println!(
-                "heimdall / no-op: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-                r.throughput, r.p50, r.p99
+                "heimdall-uncached / cerbos-direct: throughput {:.2}x, p50 {:.2}x ({:+} µs), \
+                 p99 {:.2}x ({:+} µs)",
+                u.throughput, u.p50, c.p50_added_us, u.p99, c.p99_added_us
+            );
+            println!(
+                "target heimdall-uncached latency <= {CERBOS_OVERHEAD_TARGET:.2}x cerbos-direct: \
+                 p50 {}, p99 {}",
+                met(c.p50_met()),
+                met(c.p99_met())
             );
         }
         if let Some(drift) = self.drift {
@@ -1018,12 +1560,18 @@ impl<'a> Report<'a> {
                 "connections": a.connections,
                 "cpus": cpus(),
                 "config": a.config.as_ref().map(|c| c.display().to_string()),
+                "cerbos": a.cerbos,
             },
             "phases": phases,
-            "ratios": self.ratios.as_ref().map(|r| serde_json::json!({
-                "throughput": r.throughput,
-                "p50": r.p50,
-                "p99": r.p99,
+            "ratios": self.ratios.as_ref().map(Ratios::to_json),
+            "cerbos": self.cerbos.as_ref().map(|c| serde_json::json!({
+                "uncached_vs_direct": c.uncached_vs_direct.to_json(),
+                "p50_added_us": c.p50_added_us,
+                "p99_added_us": c.p99_added_us,
+                "latency_target": CERBOS_OVERHEAD_TARGET,
+                "p50_target_met": c.p50_met(),
+                "p99_target_met": c.p99_met(),
+                "cached_vs_noop": c.cached_vs_noop.to_json(),
             })),
             "noop_drift": self.drift,
         })

@@ -37,6 +37,9 @@ pub struct CerbosConfig {
     pub connect_timeout: Duration,
     /// Decision cache: entries and lifetime (0 entries disables it).
     pub cache_entries: u64,
+    /// HTTP/2 connections to the PDP, used in turn: one connection serializes every call's
+    /// frames on one TCP stream under load.
+    pub connections: usize,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// How often readiness probes the PDP's health.
@@ -68,6 +71,7 @@ impl Default for CerbosConfig {
             timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
             cache_entries: 100_000,
+            connections: 4,
             cache_ttl: Duration::from_secs(30),
             health_interval: Duration::from_secs(2),
             tls: None,
@@ -234,7 +238,8 @@ impl CerbosMetrics {
 
 /// The shared client: one HTTP/2 channel, connected lazily, so heimdall starts without Cerbos.
 pub struct Cerbos {
-    client: CerbosServiceClient<Channel>,
+    clients: Box<[CerbosServiceClient<Channel>]>,
+    next: std::sync::atomic::AtomicUsize,
     channel: Channel,
     timeout: Duration,
     cache: Option<moka::sync::Cache<[u8; 32], Arc<[ResourceResult]>>>,
@@ -266,7 +271,14 @@ impl Cerbos {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        // Each lazily connected channel is its own HTTP/2 connection.
+        let channels: Vec<Channel> = (0..config.connections.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        let channel = channels
+            .first()
+            .cloned()
+            .ok_or_else(|| CerbosError::Address(config.url.clone()))?;
         let cache = (config.cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_entries)
@@ -274,7 +286,8 @@ impl Cerbos {
                 .build()
         });
         Ok(Self {
-            client: CerbosServiceClient::new(channel.clone()),
+            clients: channels.into_iter().map(CerbosServiceClient::new).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             channel,
             timeout: config.timeout,
             cache,
@@ -285,6 +298,17 @@ impl Cerbos {
     /// The channel, for health checks.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// The next connection, in turn.
+    fn client(&self) -> CerbosServiceClient<Channel> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // `clients` is never empty (at least one connection is made).
+        self.clients
+            .get(i % self.clients.len().max(1))
+            .or(self.clients.first())
+            .cloned()
+            .unwrap_or_else(|| CerbosServiceClient::new(self.channel.clone()))
     }
 
     fn failed(&self, call: &'static str, error: CerbosError) -> CerbosError {
@@ -355,7 +379,7 @@ impl Cerbos {
                 .collect(),
             ..Default::default()
         };
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let response = self
             .call("check_resources", client.check_resources(message))
             .await?;
@@ -417,7 +441,7 @@ impl Cerbos {
             actions: actions.to_vec(),
             ..Default::default()
         };
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let response = self
             .call("plan_resources", client.plan_resources(message))
             .await?;
