@@ -162,12 +162,26 @@ fn effect_name(allowed: bool) -> &'static str {
     }
 }
 
+/// The configured policy engine, or 503.
+fn policy_engine(
+    state: &SideState,
+) -> Result<&std::sync::Arc<crate::cerbos::Cerbos>, Box<Response>> {
+    state.cerbos.as_ref().ok_or_else(|| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no policy engine is configured (set CERBOS_GRPC_URL)",
+        )
+    })
+}
+
+/// A handler's answer, decision or refusal.
+fn respond(result: Result<Response, Box<Response>>) -> Response {
+    result.unwrap_or_else(|refusal| *refusal)
+}
+
 /// `POST /check`: 200 when every action of every resource is allowed, 403 otherwise.
 pub async fn check(State(state): State<SideState>, headers: HeaderMap, body: Body) -> Response {
-    match check_inner(&state, &headers, body).await {
-        Ok(response) => response,
-        Err(response) => *response,
-    }
+    respond(check_inner(&state, &headers, body).await)
 }
 
 async fn check_inner(
@@ -175,12 +189,7 @@ async fn check_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Box<Response>> {
-    let cerbos = state.cerbos.as_ref().ok_or_else(|| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no policy engine is configured (set CERBOS_GRPC_URL)",
-        )
-    })?;
+    let cerbos = policy_engine(state)?;
     let body: CheckBody = parse(body, state.api.max_body_bytes).await?;
     require(!body.resources.is_empty(), "`resources` must not be empty")?;
     for (i, r) in body.resources.iter().enumerate() {
@@ -242,10 +251,7 @@ async fn check_inner(
 
 /// `POST /plan/resources`: the filter for listing resources of a kind.
 pub async fn plan(State(state): State<SideState>, headers: HeaderMap, body: Body) -> Response {
-    match plan_inner(&state, &headers, body).await {
-        Ok(response) => response,
-        Err(response) => *response,
-    }
+    respond(plan_inner(&state, &headers, body).await)
 }
 
 async fn plan_inner(
@@ -253,12 +259,7 @@ async fn plan_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Box<Response>> {
-    let cerbos = state.cerbos.as_ref().ok_or_else(|| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no policy engine is configured (set CERBOS_GRPC_URL)",
-        )
-    })?;
+    let cerbos = policy_engine(state)?;
     let body: PlanBody = parse(body, state.api.max_body_bytes).await?;
     require(
         !body.resource.kind.is_empty(),
