@@ -190,14 +190,18 @@ impl Running {
     }
 
     /// Waits until a server task ends (an error) or the process is told to stop.
-    pub async fn until_stopped(mut self) -> anyhow::Result<()> {
-        let (first, _, rest) =
-            futures_util::future::select_all(std::mem::take(&mut self.tasks)).await;
-        self.tasks = rest;
+    /// Waits until a server task ends by itself, which only happens when it failed: the caller
+    /// then shuts down, so the process exits and is restarted rather than serving half.
+    pub async fn server_failure(&mut self) -> anyhow::Error {
+        if self.tasks.is_empty() {
+            return anyhow::anyhow!("no server task is running");
+        }
+        let (first, index, _) = futures_util::future::select_all(self.tasks.iter_mut()).await;
+        self.tasks.swap_remove(index);
         match first {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+            Ok(Ok(())) => anyhow::anyhow!("a server stopped"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("server task failed: {e}"),
         }
     }
 }

@@ -406,6 +406,23 @@ impl Cerbos {
                 }
             })
             .collect();
+        // Results are matched to questions by position; a reordered or foreign answer is refused.
+        let mismatched = response
+            .results
+            .iter()
+            .zip(resources)
+            .any(|(result, asked)| {
+                result
+                    .resource
+                    .as_ref()
+                    .is_some_and(|r| r.id != asked.resource.id || r.kind != asked.resource.kind)
+            });
+        if mismatched {
+            return Err(self.failed(
+                "check_resources",
+                CerbosError::Malformed("results do not match the resources asked about".into()),
+            ));
+        }
         if results.len() != resources.len() {
             return Err(self.failed(
                 "check_resources",

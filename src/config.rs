@@ -258,13 +258,14 @@ impl Serialize for KeySource {
         let mut map = s.serialize_map(Some(1))?;
         match self {
             Self::Paserk(p) if p.starts_with("k4.public.") => map.serialize_entry("paserk", p)?,
-            Self::Paserk(p) => map.serialize_entry(
-                "paserk",
-                &format!(
-                    "{}<redacted>",
-                    p.split('.').take(2).collect::<Vec<_>>().join(".") + "."
-                ),
-            )?,
+            // Only a well-formed secret prefix is kept; anything else may be the raw secret.
+            Self::Paserk(p) => {
+                let shown = ["k4.local.", "k4.secret."]
+                    .into_iter()
+                    .find(|prefix| p.starts_with(prefix))
+                    .unwrap_or("");
+                map.serialize_entry("paserk", &format!("{shown}<redacted>"))?
+            }
             Self::File(path) => map.serialize_entry("file", path)?,
             Self::Env(name) => map.serialize_entry("env", name)?,
         }

@@ -49,6 +49,8 @@ pub const ERROR_FIELDS: [&str; 3] = ["kind", "message", "mechanism"];
 pub struct Uses {
     request: u16,
     subject: u16,
+    /// Whether `error` is read (only bound in the error pipeline).
+    error: bool,
 }
 
 impl Uses {
@@ -56,6 +58,7 @@ impl Uses {
     pub const ALL: Self = Self {
         request: u16::MAX,
         subject: u16::MAX,
+        error: true,
     };
 
     /// The fields either of `self` and `other` reads.
@@ -64,7 +67,18 @@ impl Uses {
         Self {
             request: self.request | other.request,
             subject: self.subject | other.subject,
+            error: self.error || other.error,
         }
+    }
+
+    /// Whether `subject` is read at all.
+    pub fn reads_subject(self) -> bool {
+        self.subject != 0
+    }
+
+    /// Whether `error` is read.
+    pub fn reads_error(self) -> bool {
+        self.error
     }
 
     /// Whether `request` is read at all.
@@ -86,7 +100,10 @@ fn mark(uses: &mut Uses, variable: &str, field: &str, source: &str) -> Result<()
     let (fields, bits): (&[&str], Option<&mut u16>) = match variable {
         "request" => (&REQUEST_FIELDS, Some(&mut uses.request)),
         "subject" => (&SUBJECT_FIELDS, Some(&mut uses.subject)),
-        "error" => (&ERROR_FIELDS, None),
+        "error" => {
+            uses.error = true;
+            (&ERROR_FIELDS, None)
+        }
         _ => return Ok(()),
     };
     let Some(index) = fields.iter().position(|f| *f == field) else {
@@ -107,6 +124,7 @@ fn mark_all(uses: &mut Uses, variable: &str) {
     match variable {
         "request" => uses.request = u16::MAX,
         "subject" => uses.subject = u16::MAX,
+        "error" => uses.error = true,
         _ => {}
     }
 }
@@ -629,11 +647,6 @@ fn key(s: &str) -> CelMapKey<'_> {
 }
 
 impl<'a> Vars<'a> {
-    /// Whether `request` is bound.
-    pub fn has_request(&self) -> bool {
-        self.request.is_some()
-    }
-
     /// Binds `request`; `captures` are the path parameters of the matched rule (decoded).
     pub fn bind_request(
         &mut self,
@@ -714,7 +727,8 @@ fn request_field<'a>(
             req.headers.for_each(|name, value| {
                 // Pseudo-headers are exposed through the named fields instead.
                 if !name.starts_with(':') {
-                    headers.insert(key(name), string(value));
+                    // First value wins, as for direct reads (`Headers::get`).
+                    headers.entry(key(name)).or_insert_with(|| string(value));
                 }
             });
             Box::new(CelMap::from(headers))
@@ -889,7 +903,8 @@ mod tests {
             uses("size(request) > 0"),
             Uses {
                 request: u16::MAX,
-                subject: 0
+                subject: 0,
+                error: false
             }
         );
         assert!(!uses(r#""admin" in subject.roles"#).any_request());

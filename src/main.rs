@@ -204,14 +204,17 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         let grace = config.server.shutdown_grace;
         let running = heimdall::app::build(config, keys)?.serve().await?;
-        let stopped = tokio::select! {
-            result = wait_for_signal() => result,
-            result = async { Err::<(), _>(anyhow::anyhow!("a server stopped")) } , if false => result,
+        let mut running = running;
+        let failure = tokio::select! {
+            result = wait_for_signal() => result.err(),
+            error = running.server_failure() => Some(error),
         };
-        stopped?;
         tracing::info!("shutting down");
         running.shutdown(grace).await;
-        Ok(ExitCode::SUCCESS)
+        match failure {
+            None => Ok(ExitCode::SUCCESS),
+            Some(error) => Err(error.context("heimdall stopped serving")),
+        }
     })
 }
 

@@ -402,6 +402,17 @@ fn compile_rule(
         if step.condition.is_some() && when.is_none() {
             continue;
         }
+        // What a condition may read depends on when it runs: refused here, not on every request.
+        if let Some(uses) = when.as_ref().map(Expr::uses) {
+            if step_stage == Stage::Authenticate && uses.reads_subject() {
+                errors.push(format!("rule `{rule_id}`: step {} condition reads `subject`, which is known only after authentication", index + 1));
+                continue;
+            }
+            if uses.reads_error() {
+                errors.push(format!("rule `{rule_id}`: step {} condition reads `error`, which exists only in `on_error`", index + 1));
+                continue;
+            }
+        }
         let kind = match step_stage {
             Stage::Authenticate => Kind::Authenticator,
             Stage::Authorize => Kind::Authorizer,
@@ -428,6 +439,12 @@ fn compile_rule(
                     Some((_, chain)) => chain.push(built),
                     None => chains.push((Arc::from(principal), vec![built])),
                 }
+            }
+            Mechanism::Authorizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
+                errors.push(format!("rule `{rule_id}`: authorizer `{id}` reads `error`, which exists only in `on_error`"));
+            }
+            Mechanism::Finalizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
+                errors.push(format!("rule `{rule_id}`: finalizer `{id}` reads `error`, which exists only in `on_error`"));
             }
             Mechanism::Authorizer(m) => authorizers.push(Step {
                 id: step_id,
@@ -552,6 +569,36 @@ mechanisms:
     }
 
     #[test]
+    fn refuses_variables_a_condition_cannot_see_yet() {
+        let rules = r#"
+  - id: early
+    match: { paths: [/early] }
+    execute: [ { authenticator: bearer, if: '"admin" in subject.roles' } ]
+  - id: error_outside
+    match: { paths: [/error] }
+    execute: [ { authenticator: bearer }, { authorizer: allow, if: 'error.kind == "authentication"' } ]
+  - id: fine
+    match: { paths: [/fine] }
+    execute: [ { authenticator: bearer }, { authorizer: allow, if: '"admin" in subject.roles' } ]
+    on_error: [ { error_handler: challenge, if: 'error.kind == "authentication"' } ]
+"#;
+        let errors = compile(&with_rules(rules)).err().unwrap().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("rule `early`: step 1 condition reads `subject`")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("rule `error_outside`: step 2 condition reads `error`")),
+            "{errors:#?}"
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+    }
+
+    #[test]
     fn refuses_bad_mechanism_config_and_duplicates() {
         let yaml = r#"
 version: "1"
@@ -562,9 +609,18 @@ mechanisms:
     - { id: odd, type: paseto, config: { acept: public } }
   authorizers:
     - { id: expr, type: cel, config: { expression: 'secret == 1' } }
+  error_handlers:
+    - { id: sneaky, type: generic, config: { status: 200 } }
 rules: []
 "#;
         let errors = compile(yaml).err().unwrap().0;
+        // A 2xx "denial" would be an allow behind a forward-auth gateway.
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "error_handler `sneaky` (type `generic`): `status` 200 is not a refusal"
+            )),
+            "{errors:#?}"
+        );
         assert!(
             errors.iter().any(|e| e.contains(
                 "authenticator `bearer` (type `paseto`): `sources` must name at least one"

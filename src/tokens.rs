@@ -94,9 +94,9 @@ pub enum KeyError {
     #[error("PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got {0}")]
     SymmetricKeyLength(usize),
     #[error(
-        "key {index}: `{prefix}…` is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)"
+        "key {index} is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)"
     )]
-    UnknownPaserk { index: usize, prefix: String },
+    UnknownPaserk { index: usize },
     #[error("key {index}: invalid {kind} PASERK")]
     InvalidPaserk { index: usize, kind: &'static str },
     #[error(
@@ -249,8 +249,8 @@ impl Keyring {
             })?;
             self.push_public(key, index)?;
         } else {
-            let prefix: String = paserk.chars().take(10).collect();
-            return Err(KeyError::UnknownPaserk { index, prefix });
+            // The text is not echoed: a mistyped secret must not reach the log.
+            return Err(KeyError::UnknownPaserk { index });
         }
         Ok(())
     }

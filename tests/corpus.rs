@@ -242,6 +242,13 @@ fn check(case: &Case, response: &CheckResponse) -> Vec<String> {
         Some(HttpResponse::ErrorResponse(d)) => (Verdict::Error, Some(d)),
         None => (Verdict::Deny, None),
     };
+    // Envoy acts on the gRPC status too: OK exactly when the answer is an allow.
+    let code = response.status.as_ref().map_or(-1, |s| s.code);
+    if (code == 0) != (verdict == Verdict::Allow) {
+        problems.push(format!(
+            "status code {code} does not agree with {verdict:?}"
+        ));
+    }
     if verdict != expect.decision {
         problems.push(format!(
             "decision: want {:?}, got {verdict:?}",

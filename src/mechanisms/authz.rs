@@ -1,6 +1,7 @@
 //! Authorizers: decide whether the authenticated subject may make the request.
 //!
-//! They are pure functions of the request and the subject (no I/O), so a deny is a value.
+//! `allow`, `deny` and `cel` are pure functions of the request and the subject; `cerbos` asks the
+//! policy decision point, under a deadline. A deny is a value, never a panic.
 
 use std::sync::Arc;
 

@@ -124,8 +124,12 @@ impl ErrorHandler {
             }
             "generic" => {
                 let cfg: GenericConfig = parse_config(config)?;
-                if !(200..600).contains(&cfg.status) {
-                    return Err(format!("`status` {} is not an HTTP status", cfg.status));
+                // Never 2xx: behind a forward-auth gateway a 2xx answer is an allow.
+                if !(300..600).contains(&cfg.status) {
+                    return Err(format!(
+                        "`status` {} is not a refusal (use 3xx, 4xx or 5xx)",
+                        cfg.status
+                    ));
                 }
                 let headers = cfg
                     .headers

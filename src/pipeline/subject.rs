@@ -71,21 +71,8 @@ impl Subject {
         self.principals.first().map(|(_, p)| &**p)
     }
 
-    /// The principal called `name`.
-    pub fn get(&self, name: &str) -> Option<&Principal> {
-        self.principals
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, p)| &**p)
-    }
-
     /// Every principal with its name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Principal)> {
         self.principals.iter().map(|(n, p)| (&**n, &**p))
-    }
-
-    /// Whether no principal was authenticated.
-    pub fn is_empty(&self) -> bool {
-        self.principals.is_empty()
     }
 }
