@@ -125,7 +125,7 @@ fn pipeline(c: &mut Criterion) {
                 let view = heimdall::extauthz::view(&request).unwrap();
                 let decided = engine.decide(&view).await;
                 std::hint::black_box(heimdall::extauthz::check_response(
-                    &decided.outcome.decision,
+                    decided.outcome.decision,
                     decided.rule.as_deref(),
                 ))
             });

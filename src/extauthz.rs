@@ -91,11 +91,11 @@ pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
     Ok(view)
 }
 
-fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+fn header(name: &str, value: String, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value: value.to_owned(),
+            value,
             raw_value: Vec::new(),
         }),
         append_action: action as i32,
@@ -103,26 +103,26 @@ fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpt
     }
 }
 
-fn denied(response: &HttpResponse) -> DeniedHttpResponse {
+fn denied(response: HttpResponse) -> DeniedHttpResponse {
     DeniedHttpResponse {
         status: Some(HttpStatus {
             code: i32::from(response.status),
         }),
         headers: response
             .headers
-            .iter()
-            .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .into_iter()
+            .map(|(k, v)| header(&k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect(),
-        body: response.body.clone(),
+        body: response.body,
     }
 }
 
-fn ok(allowed: &Allowed) -> OkHttpResponse {
+fn ok(allowed: Allowed) -> OkHttpResponse {
     OkHttpResponse {
         headers: allowed
             .upstream_headers
-            .iter()
-            .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .into_iter()
+            .map(|(k, v)| header(&k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect(),
         headers_to_remove: allowed
             .remove_headers
@@ -131,8 +131,8 @@ fn ok(allowed: &Allowed) -> OkHttpResponse {
             .collect(),
         response_headers_to_add: allowed
             .response_headers
-            .iter()
-            .map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd))
+            .into_iter()
+            .map(|(k, v)| header(&k, v, HeaderAppendAction::AppendIfExistsOrAdd))
             .collect(),
         ..OkHttpResponse::default()
     }
@@ -150,7 +150,8 @@ fn rule_metadata(rule: Option<&str>) -> Option<Struct> {
 }
 
 /// The `CheckResponse` for a decision by `rule`.
-pub fn check_response(decision: &Decision, rule: Option<&str>) -> CheckResponse {
+/// Takes the decision by value: its strings move into the response instead of being copied.
+pub fn check_response(decision: Decision, rule: Option<&str>) -> CheckResponse {
     let (code, http) = match decision {
         Decision::Allow(allowed) => (RPC_OK, EnvoyHttpResponse::OkResponse(ok(allowed))),
         Decision::Deny(response) => {
@@ -195,14 +196,14 @@ impl Authorization for ExtAuthz {
                 tracing::warn!(reason = message, "malformed CheckRequest denied");
                 let response = HttpResponse::from_kind(crate::pipeline::ErrorKind::BadRequest);
                 return Ok(Response::new(check_response(
-                    &Decision::Deny(response),
+                    Decision::Deny(response),
                     None,
                 )));
             }
         };
         let decided = self.engine.decide(&view).await;
         Ok(Response::new(check_response(
-            &decided.outcome.decision,
+            decided.outcome.decision,
             decided.rule.as_deref(),
         )))
     }

@@ -43,12 +43,9 @@ impl<'a> Headers<'a> {
     /// The first value of `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<&'a str> {
         match *self {
-            Self::Map(map) => map.get(name).map(String::as_str).or_else(|| {
-                // Envoy lower-cases names; a hand-built request may not have.
-                map.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.as_str())
-            }),
+            // Envoy sends header names lower-cased (HTTP/2 and its own normalization), so a
+            // miss is a miss: no case-insensitive scan of every header on the hot path.
+            Self::Map(map) => map.get(name).map(String::as_str),
             Self::List(list) => list
                 .iter()
                 .find(|h| h.key.eq_ignore_ascii_case(name))
