@@ -128,15 +128,40 @@ async fn principal(
         .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no token key is configured"))?;
     let view = RequestView::new("POST", "http", "", "/", Headers::Http(headers));
     match authenticator.authenticate(&view).await {
-        Ok(p) => Ok(PrincipalInput {
-            id: p.id.to_string(),
-            roles: p.roles.iter().map(|r| r.to_string()).collect(),
-            attr: p.attributes.clone(),
-        }),
+        Ok(p) => {
+            let mut principal = PrincipalInput {
+                id: p.id.to_string(),
+                roles: p.roles.iter().map(|r| r.to_string()).collect(),
+                attr: p.attributes.clone(),
+                attributes_revision: 0,
+            };
+            // As the `principal_attributes` contextualizer does: the stored facts win.
+            if let Some(store) = &state.attributes {
+                let snapshot = store.get(&principal.id).await.map_err(|e| {
+                    tracing::warn!(error = %e, "principal attributes unavailable");
+                    refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "principal attributes are unavailable",
+                    )
+                })?;
+                if let Some(record) = snapshot.record {
+                    principal.attr.extend(record.attributes.clone());
+                    principal.attributes_revision = snapshot.revision;
+                }
+            }
+            Ok(principal)
+        }
         Err(AuthnError::NotResponsible) => Err(refuse(
             StatusCode::UNAUTHORIZED,
             "a bearer token is required",
         )),
+        Err(AuthnError::Failed(e)) if e.kind == crate::pipeline::ErrorKind::Communication => {
+            tracing::warn!(reason = %e.message, "API token could not be checked");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token cannot be checked right now",
+            ))
+        }
         Err(AuthnError::Failed(e)) => {
             tracing::info!(reason = %e.message, "API request with an invalid token");
             Err(refuse(StatusCode::UNAUTHORIZED, "invalid token"))

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::attributes::{AttributeMetrics, PrincipalStore};
 use crate::cerbos::{Cerbos, CerbosMetrics};
 use crate::config::{Config, Env};
 use crate::engine::Engine;
@@ -40,6 +41,8 @@ pub struct Built {
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     pub cerbos: Option<Arc<Cerbos>>,
+    /// Principal attributes from NATS, when configured.
+    pub attributes: Option<Arc<PrincipalStore>>,
     /// Verifies the bearer token of `/check` and `/plan/resources`.
     pub api_authenticator: Option<Arc<Authenticator>>,
 }
@@ -56,17 +59,24 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         )),
         None => None,
     };
+    let attributes = config.nats.as_ref().map(|nats| {
+        Arc::new(PrincipalStore::new(
+            nats,
+            AttributeMetrics::new(&mut registry),
+        ))
+    });
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
         cerbos: cerbos.as_ref(),
+        attributes: attributes.as_ref(),
     };
     let api_id: Arc<str> = Arc::from("api");
     let api_authenticator =
         Authenticator::build(&api_id, "paseto", &serde_yaml_ng::Value::Null, &ctx)
             .ok()
             .map(Arc::new);
-    let rules = RuleSet::compile(&config, &keys, cerbos.as_ref(), &metrics)
+    let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
@@ -80,6 +90,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     ));
     Ok(Built {
         cerbos,
+        attributes,
         api_authenticator,
         config: Arc::new(config),
         keys,
@@ -141,6 +152,7 @@ impl Built {
             trusted_proxies: self.config.server.trusted_proxies.clone().into(),
             cerbos: self.cerbos.clone(),
             api_authenticator: self.api_authenticator.clone(),
+            attributes: self.attributes.clone(),
             api: self.config.api.clone(),
         };
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -162,6 +174,16 @@ impl Built {
             ))),
             _ => None,
         };
+        // Blocked from here, before the listeners count as ready, until the consumer and the
+        // watch are live; the pipeline then keeps itself running (and reconnecting).
+        let attributes = match (&self.attributes, &self.config.nats) {
+            (Some(store), Some(nats)) => Some(tokio::spawn(crate::attributes::run(
+                nats.clone(),
+                Arc::clone(store),
+                self.readiness.block("nats"),
+            ))),
+            _ => None,
+        };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
         Ok(Running {
@@ -170,7 +192,7 @@ impl Built {
             readiness: self.readiness,
             shutdown,
             tasks: vec![grpc, http],
-            background: health.into_iter().collect(),
+            background: health.into_iter().chain(attributes).collect(),
         })
     }
 }

@@ -118,6 +118,10 @@ pub struct PrincipalInput {
     pub roles: Vec<String>,
     #[serde(default)]
     pub attr: serde_json::Map<String, serde_json::Value>,
+    /// The KV revision of the stored attributes in `attr` (0: none); joins the decision cache
+    /// key. Never read from a request body.
+    #[serde(skip)]
+    pub attributes_revision: u64,
 }
 
 /// A resource of a check.
@@ -543,6 +547,7 @@ fn resource_pb(r: &ResourceInput) -> engine::Resource {
 /// ordered, so equal questions hash equally; any changed attribute changes the key.
 fn cache_key(principal: &PrincipalInput, resources: &[ResourceCheck]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
+    hasher.update(&principal.attributes_revision.to_le_bytes());
     let resources: Vec<_> = resources
         .iter()
         .map(|r| (&r.resource, &r.actions))

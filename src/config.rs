@@ -89,6 +89,9 @@ pub struct Config {
     /// The Cerbos PDP; absent means no policy engine (unless `CERBOS_GRPC_URL` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cerbos: Option<crate::cerbos::CerbosConfig>,
+    /// NATS JetStream principal attributes; absent means none (unless `NATS_URL` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<crate::attributes::NatsConfig>,
     /// The `/check` and `/plan/resources` APIs.
     #[serde(default)]
     pub api: ApiConfig,
@@ -320,7 +323,7 @@ impl Config {
         Ok((config, origin))
     }
 
-    /// Applies `PORT`, `GRPC_PORT` and `HEIMDALL_BIND`.
+    /// Applies `PORT`, `GRPC_PORT`, `HEIMDALL_BIND`, `CERBOS_GRPC_URL` and `NATS_URL`.
     pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         if let Some(bind) = env.var("HEIMDALL_BIND") {
             self.server.bind = bind.trim().parse().map_err(|_| ConfigError::Env {
@@ -333,6 +336,9 @@ impl Config {
         }
         if let Some(url) = env.var("CERBOS_GRPC_URL").filter(|u| !u.trim().is_empty()) {
             self.cerbos.get_or_insert_with(Default::default).url = url.trim().to_owned();
+        }
+        if let Some(url) = env.var("NATS_URL").filter(|u| !u.trim().is_empty()) {
+            self.nats.get_or_insert_with(Default::default).url = url.trim().to_owned();
         }
         if let Some(port) = env.var("GRPC_PORT") {
             self.server.grpc_port = parse_port("GRPC_PORT", &port)?;
@@ -359,6 +365,10 @@ impl Config {
                 field: "tokens.issuer",
                 message: "must not be empty".into(),
             });
+        }
+        if let Some(nats) = &self.nats {
+            nats.validate()
+                .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         }
         Ok(())
     }

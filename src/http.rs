@@ -30,6 +30,8 @@ pub struct SideState {
     pub trusted_proxies: Arc<[IpNet]>,
     pub cerbos: Option<Arc<crate::cerbos::Cerbos>>,
     pub api_authenticator: Option<Arc<crate::mechanisms::Authenticator>>,
+    /// Principal attributes merged into a token's principal by `/check` and `/plan/resources`.
+    pub attributes: Option<Arc<crate::attributes::PrincipalStore>>,
     pub api: crate::config::ApiConfig,
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod attributes;
 pub mod cerbos;
 pub mod config;
 pub mod engine;

@@ -1,5 +1,5 @@
-//! The mechanism catalogue: named, pre-built authenticators, authorizers, finalizers and error
-//! handlers, configured once and referenced by id from rules.
+//! The mechanism catalogue: named, pre-built authenticators, contextualizers, authorizers,
+//! finalizers and error handlers, configured once and referenced by id from rules.
 //!
 //! The built-in mechanisms are a closed set, so each kind is an enum and a step dispatches with a
 //! `match`: no boxed futures on the hot path. A rule step may override a mechanism's config; the
@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod context;
 pub mod error_handler;
 pub mod finalize;
 
@@ -20,6 +21,7 @@ use crate::tokens::Keyring;
 
 pub use authn::{Authenticator, AuthnError};
 pub use authz::Authorizer;
+pub use context::Contextualizer;
 pub use error_handler::ErrorHandler;
 pub use finalize::Finalizer;
 
@@ -29,12 +31,15 @@ pub struct BuildContext<'a> {
     pub tokens: &'a TokensConfig,
     /// The policy engine, when one is configured.
     pub cerbos: Option<&'a Arc<crate::cerbos::Cerbos>>,
+    /// The principal attribute store, when NATS is configured.
+    pub attributes: Option<&'a Arc<crate::attributes::PrincipalStore>>,
 }
 
 /// The kinds of mechanism, as named in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Authenticator,
+    Contextualizer,
     Authorizer,
     Finalizer,
     ErrorHandler,
@@ -44,6 +49,7 @@ impl Kind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Authenticator => "authenticator",
+            Self::Contextualizer => "contextualizer",
             Self::Authorizer => "authorizer",
             Self::Finalizer => "finalizer",
             Self::ErrorHandler => "error_handler",
@@ -54,6 +60,7 @@ impl Kind {
 /// One built mechanism of any kind.
 pub enum Mechanism {
     Authenticator(Arc<Authenticator>),
+    Contextualizer(Arc<Contextualizer>),
     Authorizer(Arc<Authorizer>),
     Finalizer(Arc<Finalizer>),
     ErrorHandler(Arc<ErrorHandler>),
@@ -71,6 +78,9 @@ pub fn build(
     Ok(match kind {
         Kind::Authenticator => {
             Mechanism::Authenticator(Arc::new(Authenticator::build(id, type_name, config, ctx)?))
+        }
+        Kind::Contextualizer => {
+            Mechanism::Contextualizer(Arc::new(Contextualizer::build(id, type_name, config, ctx)?))
         }
         Kind::Authorizer => {
             Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config, ctx)?))

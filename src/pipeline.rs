@@ -1,10 +1,10 @@
-//! A rule's pipeline and its execution: authenticate → authorize → finalize, or the error
-//! pipeline.
+//! A rule's pipeline and its execution: authenticate → contextualize → authorize → finalize, or
+//! the error pipeline.
 //!
 //! Semantics (see the README): authenticator steps that target the same principal form a
 //! fallback chain (the first that produces a principal wins; "not responsible" and "failed" both
-//! try the next); chains for different principals are all required. Authorizer steps then run in
-//! order, then finalizers. Every step may carry a CEL condition. Any failure hands the error to
+//! try the next); chains for different principals are all required. Contextualizers (which enrich
+//! the subject), then authorizers, then finalizers run in order. Every step may carry a CEL condition. Any failure hands the error to
 //! the error pipeline: the first handler whose condition holds answers; otherwise the error kind
 //! decides the status. No step ever turns an error into an allow.
 
@@ -20,7 +20,9 @@ pub use error::{ErrorKind, StepError};
 pub use subject::{DEFAULT_PRINCIPAL, Principal, Subject};
 
 use crate::expr::{Expr, Uses, Vars};
-use crate::mechanisms::{Authenticator, AuthnError, Authorizer, ErrorHandler, Finalizer};
+use crate::mechanisms::{
+    Authenticator, AuthnError, Authorizer, Contextualizer, ErrorHandler, Finalizer,
+};
 use crate::request::RequestView;
 
 /// One step: a mechanism with the id it is known by and an optional condition.
@@ -39,6 +41,7 @@ pub struct AuthnChain {
 /// A compiled pipeline; immutable and shared by every request of its rule.
 pub struct Pipeline {
     pub authn: Box<[AuthnChain]>,
+    pub contextualizers: Box<[Step<Contextualizer>]>,
     pub authorizers: Box<[Step<Authorizer>]>,
     pub finalizers: Box<[Step<Finalizer>]>,
     pub on_error: Box<[Step<ErrorHandler>]>,
@@ -140,6 +143,7 @@ impl Pipeline {
     /// Assembles a pipeline; the compiler has checked order and references.
     pub fn new(
         authn: Box<[AuthnChain]>,
+        contextualizers: Box<[Step<Contextualizer>]>,
         authorizers: Box<[Step<Authorizer>]>,
         finalizers: Box<[Step<Finalizer>]>,
         on_error: Box<[Step<ErrorHandler>]>,
@@ -147,6 +151,7 @@ impl Pipeline {
         let conditions = authn
             .iter()
             .flat_map(|c| c.steps.iter().filter_map(|s| s.when.as_ref()))
+            .chain(contextualizers.iter().filter_map(|s| s.when.as_ref()))
             .chain(authorizers.iter().filter_map(|s| s.when.as_ref()))
             .chain(finalizers.iter().filter_map(|s| s.when.as_ref()))
             .chain(on_error.iter().filter_map(|s| s.when.as_ref()));
@@ -157,6 +162,7 @@ impl Pipeline {
             .fold(Uses::default(), |uses, expr| uses.union(expr.uses()));
         Self {
             authn,
+            contextualizers,
             authorizers,
             finalizers,
             on_error,
@@ -185,6 +191,27 @@ impl Pipeline {
                         failure = error;
                         break 'run;
                     }
+                }
+            }
+            // Contextualizers change the subject, so it is bound for the later steps only after
+            // them; a contextualizer's own condition sees the subject as it is at that point.
+            for step in &self.contextualizers {
+                if let Some(when) = &step.when {
+                    let mut scoped = Vars::default();
+                    scoped.bind_request(req, captures, self.uses);
+                    scoped.bind_subject(&subject, self.uses);
+                    match condition(Some(when), &step.id, &scoped) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(error) => {
+                            failure = error;
+                            break 'run;
+                        }
+                    }
+                }
+                if let Err(error) = step.mechanism.contextualize(&mut subject).await {
+                    failure = error;
+                    break 'run;
                 }
             }
             vars.bind_subject(&subject, self.uses);

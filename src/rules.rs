@@ -15,7 +15,6 @@ use crate::expr::Expr;
 use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
 use crate::pipeline::{AuthnChain, DEFAULT_PRINCIPAL, Pipeline, Step};
-use crate::tokens::Keyring;
 use matcher::{Found, Matcher, PathPattern};
 use spec::{MechanismSpec, PipelineSpec, StepSpec};
 
@@ -63,17 +62,11 @@ impl RuleSet {
     /// Compiles the rules of `config`.
     pub fn compile(
         config: &Config,
-        keys: &Arc<Keyring>,
-        cerbos: Option<&Arc<crate::cerbos::Cerbos>>,
+        ctx: &BuildContext<'_>,
         metrics: &Metrics,
     ) -> Result<Self, CompileError> {
         let mut errors = Vec::new();
-        let ctx = BuildContext {
-            keys,
-            tokens: &config.tokens,
-            cerbos,
-        };
-        let catalogue = Catalogue::build(config, &ctx, &mut errors);
+        let catalogue = Catalogue::build(config, ctx, &mut errors);
 
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut by_id = HashMap::new();
@@ -91,7 +84,7 @@ impl RuleSet {
                 &spec.id,
                 &spec.pipeline,
                 &catalogue,
-                &ctx,
+                ctx,
                 metrics,
                 &mut errors,
             ) else {
@@ -136,7 +129,7 @@ impl RuleSet {
         let default = config
             .default_rule
             .as_ref()
-            .and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, &ctx, metrics, &mut errors));
+            .and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, ctx, metrics, &mut errors));
         if errors.is_empty() {
             Ok(Self {
                 rules: rules.into(),
@@ -202,6 +195,7 @@ struct Catalogue<'c> {
 #[derive(Hash, PartialEq, Eq, Clone, Copy)]
 enum KindKey {
     Authn,
+    Context,
     Authz,
     Finalizer,
     ErrorHandler,
@@ -210,6 +204,7 @@ enum KindKey {
 fn kind_key(kind: Kind) -> KindKey {
     match kind {
         Kind::Authenticator => KindKey::Authn,
+        Kind::Contextualizer => KindKey::Context,
         Kind::Authorizer => KindKey::Authz,
         Kind::Finalizer => KindKey::Finalizer,
         Kind::ErrorHandler => KindKey::ErrorHandler,
@@ -223,6 +218,7 @@ impl<'c> Catalogue<'c> {
         let m = &config.mechanisms;
         let groups = [
             (Kind::Authenticator, &m.authenticators),
+            (Kind::Contextualizer, &m.contextualizers),
             (Kind::Authorizer, &m.authorizers),
             (Kind::Finalizer, &m.finalizers),
             (Kind::ErrorHandler, &m.error_handlers),
@@ -282,6 +278,7 @@ impl<'c> Catalogue<'c> {
         if overrides.is_null() {
             return Ok(match built {
                 Mechanism::Authenticator(m) => Mechanism::Authenticator(Arc::clone(m)),
+                Mechanism::Contextualizer(m) => Mechanism::Contextualizer(Arc::clone(m)),
                 Mechanism::Authorizer(m) => Mechanism::Authorizer(Arc::clone(m)),
                 Mechanism::Finalizer(m) => Mechanism::Finalizer(Arc::clone(m)),
                 Mechanism::ErrorHandler(m) => Mechanism::ErrorHandler(Arc::clone(m)),
@@ -302,6 +299,7 @@ impl<'c> Catalogue<'c> {
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 enum Stage {
     Authenticate,
+    Contextualize,
     Authorize,
     Finalize,
 }
@@ -309,6 +307,7 @@ enum Stage {
 fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Authenticate => "authenticator",
+        Stage::Contextualize => "contextualizer",
         Stage::Authorize => "authorizer",
         Stage::Finalize => "finalizer",
     }
@@ -317,6 +316,7 @@ fn stage_name(stage: Stage) -> &'static str {
 fn stage_with_article(stage: Stage) -> &'static str {
     match stage {
         Stage::Authenticate => "an authenticator",
+        Stage::Contextualize => "a contextualizer",
         Stage::Authorize => "an authorizer",
         Stage::Finalize => "a finalizer",
     }
@@ -325,6 +325,7 @@ fn stage_with_article(stage: Stage) -> &'static str {
 fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
     let named: Vec<(Stage, &str)> = [
         (Stage::Authenticate, &step.authenticator),
+        (Stage::Contextualize, &step.contextualizer),
         (Stage::Authorize, &step.authorizer),
         (Stage::Finalize, &step.finalizer),
     ]
@@ -334,7 +335,7 @@ fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage,
     match named.as_slice() {
         [one] => Ok(*one),
         [] => Err(format!(
-            "rule `{rule}`: step {} names no mechanism (use `authenticator`, `authorizer` or `finalizer`)",
+            "rule `{rule}`: step {} names no mechanism (use `authenticator`, `contextualizer`, `authorizer` or `finalizer`)",
             index + 1
         )),
         _ => Err(format!(
@@ -370,6 +371,7 @@ fn compile_rule(
 ) -> Option<Rule> {
     let before = errors.len();
     let mut chains: Vec<(Arc<str>, Vec<Step<mechanisms::Authenticator>>)> = Vec::new();
+    let mut contextualizers = Vec::new();
     let mut authorizers = Vec::new();
     let mut finalizers = Vec::new();
     let mut stage = Stage::Authenticate;
@@ -384,7 +386,7 @@ fn compile_rule(
         };
         if step_stage < stage {
             errors.push(format!(
-                "rule `{rule_id}`: step {} ({} `{id}`) comes after {}; the order is authenticators, then authorizers, then finalizers",
+                "rule `{rule_id}`: step {} ({} `{id}`) comes after {}; the order is authenticators, contextualizers, authorizers, finalizers",
                 index + 1,
                 stage_name(step_stage),
                 stage_with_article(stage)
@@ -415,6 +417,7 @@ fn compile_rule(
         }
         let kind = match step_stage {
             Stage::Authenticate => Kind::Authenticator,
+            Stage::Contextualize => Kind::Contextualizer,
             Stage::Authorize => Kind::Authorizer,
             Stage::Finalize => Kind::Finalizer,
         };
@@ -440,6 +443,11 @@ fn compile_rule(
                     None => chains.push((Arc::from(principal), vec![built])),
                 }
             }
+            Mechanism::Contextualizer(m) => contextualizers.push(Step {
+                id: step_id,
+                when,
+                mechanism: m,
+            }),
             Mechanism::Authorizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
                 errors.push(format!("rule `{rule_id}`: authorizer `{id}` reads `error`, which exists only in `on_error`"));
             }
@@ -497,6 +505,7 @@ fn compile_rule(
         id: Arc::from(rule_id),
         pipeline: Pipeline::new(
             authn,
+            contextualizers.into(),
             authorizers.into(),
             finalizers.into(),
             on_error.into(),
@@ -510,12 +519,20 @@ fn compile_rule(
 mod tests {
     use super::*;
     use crate::config::Origin;
+    use crate::tokens::Keyring;
 
     fn compile(yaml: &str) -> Result<RuleSet, CompileError> {
         let config = Config::parse(yaml, &Origin::Embedded).unwrap();
         let mut keys = Keyring::default();
         keys.add_ephemeral_signing_key().unwrap();
-        RuleSet::compile(&config, &Arc::new(keys), None, &Metrics::default())
+        let keys = Arc::new(keys);
+        let ctx = BuildContext {
+            keys: &keys,
+            tokens: &config.tokens,
+            cerbos: None,
+            attributes: None,
+        };
+        RuleSet::compile(&config, &ctx, &Metrics::default())
     }
 
     const CATALOGUE: &str = r#"

@@ -71,7 +71,10 @@ impl Authenticator {
     /// Authenticates the request.
     pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Arc<Principal>, AuthnError> {
         match self {
-            Self::Paseto(a) => a.authenticate(req),
+            Self::Paseto(a) => {
+                let principal = a.authenticate(req)?;
+                a.check_revocation(principal).await
+            }
             Self::Anonymous(a) => Ok(Arc::clone(&a.principal)),
             Self::Unauthorized(id) => Err(AuthnError::Failed(StepError::new(
                 ErrorKind::Authentication,
@@ -149,6 +152,10 @@ struct PasetoConfig {
     allow_non_expiring: bool,
     max_token_bytes: usize,
     cache: CacheConfig,
+    /// Reject tokens issued before their principal's revocation (`principal.revoked` events).
+    /// Effective when NATS is configured; then a principal whose revocation state cannot be
+    /// read fails closed.
+    check_revocation: bool,
 }
 
 impl Default for PasetoConfig {
@@ -166,6 +173,7 @@ impl Default for PasetoConfig {
             allow_non_expiring: false,
             max_token_bytes: 8192,
             cache: CacheConfig::default(),
+            check_revocation: true,
         }
     }
 }
@@ -224,6 +232,8 @@ pub struct PasetoAuthenticator {
     max_token_bytes: usize,
     /// Verified tokens by BLAKE3 hash of the token: a hit skips the signature check.
     cache: Option<moka::sync::Cache<[u8; 32], Arc<Principal>>>,
+    /// Where revocations are read, when they are checked.
+    revocations: Option<Arc<crate::attributes::PrincipalStore>>,
 }
 
 impl PasetoAuthenticator {
@@ -286,7 +296,33 @@ impl PasetoAuthenticator {
             validation,
             max_token_bytes: cfg.max_token_bytes,
             cache,
+            revocations: ctx.attributes.filter(|_| cfg.check_revocation).cloned(),
         })
+    }
+
+    /// Checked on every request, after the token cache: a revocation must not wait for a cached
+    /// token to expire.
+    async fn check_revocation(
+        &self,
+        principal: Arc<Principal>,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let Some(store) = &self.revocations else {
+            return Ok(principal);
+        };
+        match store.get(&principal.id).await {
+            Ok(snapshot) => match snapshot.record {
+                Some(record) if record.revokes(principal.issued_at) => {
+                    store.metrics().revoked_token();
+                    Err(self.fail("token revoked: issued before the principal's `not_before`"))
+                }
+                _ => Ok(principal),
+            },
+            Err(e) => Err(AuthnError::Failed(StepError::new(
+                ErrorKind::Communication,
+                &self.id,
+                format!("revocation state unavailable: {e}"),
+            ))),
+        }
     }
 
     fn fail(&self, message: impl Into<String>) -> AuthnError {
@@ -387,6 +423,7 @@ impl PasetoAuthenticator {
             expires_at: times.expires_at,
             issued_at: times.issued_at,
             token_id: claims.jti.map(String::into_boxed_str),
+            attributes_revision: 0,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.insert(key, Arc::clone(&principal));

@@ -88,6 +88,7 @@ impl CerbosAuthorizer {
             id: principal.id.to_string(),
             roles: principal.roles.iter().map(|r| r.to_string()).collect(),
             attr: principal.attributes.clone(),
+            attributes_revision: principal.attributes_revision,
         };
         let check = [ResourceCheck {
             resource: ResourceInput {

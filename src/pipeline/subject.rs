@@ -17,6 +17,9 @@ pub struct Principal {
     pub expires_at: Option<OffsetDateTime>,
     pub issued_at: Option<OffsetDateTime>,
     pub token_id: Option<Box<str>>,
+    /// The KV revision of the stored attributes merged in (0: none): part of every decision
+    /// cache key, so an attribute update is never answered from an older decision.
+    pub attributes_revision: u64,
 }
 
 impl Principal {
@@ -36,6 +39,7 @@ impl Principal {
             expires_at: None,
             issued_at: None,
             token_id: None,
+            attributes_revision: 0,
         }
     }
 }
@@ -69,6 +73,15 @@ impl Subject {
     /// The first principal authenticated.
     pub fn primary(&self) -> Option<&Principal> {
         self.principals.first().map(|(_, p)| &**p)
+    }
+
+    /// The principal called `name`, or the first one when `name` is `None`, with its name.
+    pub fn named(&self, name: Option<&str>) -> Option<(&Arc<str>, &Arc<Principal>)> {
+        match name {
+            Some(name) => self.principals.iter().find(|(n, _)| &**n == name),
+            None => self.principals.first(),
+        }
+        .map(|(n, p)| (n, p))
     }
 
     /// Every principal with its name.

@@ -9,6 +9,7 @@ use serde_yaml_ng::Value;
 #[serde(deny_unknown_fields, default)]
 pub struct MechanismsSpec {
     pub authenticators: Vec<MechanismSpec>,
+    pub contextualizers: Vec<MechanismSpec>,
     pub authorizers: Vec<MechanismSpec>,
     pub finalizers: Vec<MechanismSpec>,
     pub error_handlers: Vec<MechanismSpec>,
@@ -58,12 +59,15 @@ pub struct PipelineSpec {
     pub on_error: Vec<ErrorStepSpec>,
 }
 
-/// One step: exactly one of `authenticator`, `authorizer` or `finalizer`, naming a mechanism.
+/// One step: exactly one of `authenticator`, `contextualizer`, `authorizer` or `finalizer`,
+/// naming a mechanism.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contextualizer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

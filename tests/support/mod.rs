@@ -10,6 +10,8 @@
 pub mod cerbos;
 pub mod echo;
 pub mod envoy;
+pub mod nats;
+pub mod process;
 pub mod tools;
 
 use std::net::{Ipv4Addr, TcpListener};

@@ -1,0 +1,233 @@
+//! The read side: principal attributes for the decision path, from a bounded per-replica cache in
+//! front of the KV bucket, kept fresh by a KV watch.
+//!
+//! Every cached entry carries the KV revision it was read at, and an entry is only ever replaced
+//! by a newer revision, so a slow read on a cache miss cannot overwrite a fresher value the
+//! watch stored meanwhile. Staleness policy: while NATS is reachable an entry is as fresh as the
+//! watch (milliseconds); while it is not, cached entries keep serving for at most `cache.ttl`
+//! after they were last refreshed, and a principal that is not cached cannot be looked up: the
+//! step that needs it fails closed (503).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_nats::jetstream::kv;
+use futures_util::StreamExt as _;
+use moka::ops::compute::Op;
+
+use super::record::{PrincipalRecord, kv_key, principal_of_key};
+use super::{AttributeMetrics, NatsConfig};
+
+/// A principal's attributes as of one KV revision (0 and no record: the principal has none).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub record: Option<Arc<PrincipalRecord>>,
+}
+
+/// Why a principal could not be looked up. The decision path fails closed on every variant.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("the attribute store is not connected yet")]
+    NotConnected,
+    #[error("the attribute store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the attribute store failed: {0}")]
+    Failed(String),
+    #[error("the stored attributes of this principal are unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Principal attributes for every decision of this replica.
+pub struct PrincipalStore {
+    cache: moka::future::Cache<Arc<str>, Snapshot>,
+    kv: ArcSwapOption<kv::Store>,
+    lookup_timeout: Duration,
+    metrics: AttributeMetrics,
+    /// The highest KV revision the watch has delivered: where a restarted watch resumes.
+    watched: AtomicU64,
+    /// Whether a watch has ever been live (the first one starts with an empty cache).
+    watched_once: AtomicBool,
+}
+
+impl PrincipalStore {
+    pub fn new(config: &NatsConfig, metrics: AttributeMetrics) -> Self {
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(config.cache.max_principals)
+                .time_to_live(config.cache.ttl)
+                .build(),
+            kv: ArcSwapOption::empty(),
+            lookup_timeout: config.lookup_timeout,
+            metrics,
+            watched: AtomicU64::new(0),
+            watched_once: AtomicBool::new(false),
+        }
+    }
+
+    pub fn metrics(&self) -> &AttributeMetrics {
+        &self.metrics
+    }
+
+    /// Uses `kv` for reads on a cache miss from now on.
+    pub fn attach(&self, kv: kv::Store) {
+        self.kv.store(Some(Arc::new(kv)));
+    }
+
+    /// The principal's attributes: from the cache, or read from the bucket under the lookup
+    /// deadline. A principal without a document is a snapshot without a record.
+    pub async fn get(&self, principal: &str) -> Result<Snapshot, LookupError> {
+        if let Some(snapshot) = self.cache.get(principal).await {
+            self.metrics.lookup("hit");
+            return Ok(snapshot);
+        }
+        match self.fetch(principal).await {
+            Ok(snapshot) => {
+                self.metrics.lookup("miss");
+                Ok(snapshot)
+            }
+            Err(e) => {
+                self.metrics.lookup("error");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self, principal: &str) -> Result<Snapshot, LookupError> {
+        let kv = self.kv.load_full().ok_or(LookupError::NotConnected)?;
+        let entry = tokio::time::timeout(self.lookup_timeout, kv.entry(kv_key(principal)))
+            .await
+            .map_err(|_| LookupError::Timeout(self.lookup_timeout))?
+            .map_err(|e| LookupError::Failed(e.to_string()))?;
+        let snapshot = match entry {
+            Some(entry) => decode(&entry)?,
+            None => Snapshot::default(),
+        };
+        Ok(self.upsert(Arc::from(principal), snapshot).await)
+    }
+
+    /// Stores `snapshot` unless the cache holds a newer revision; returns what the cache holds.
+    async fn upsert(&self, principal: Arc<str>, snapshot: Snapshot) -> Snapshot {
+        let mut kept = snapshot.clone();
+        self.cache
+            .entry(principal)
+            .and_compute_with(|existing| {
+                let op = match existing {
+                    Some(current) if current.value().revision >= snapshot.revision => {
+                        kept = current.into_value();
+                        Op::Nop
+                    }
+                    _ => Op::Put(snapshot),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        kept
+    }
+
+    /// Starts watching the bucket: from where the last watch stopped, or (the first time) from
+    /// now, dropping anything cached before a watch was live.
+    pub(super) async fn start_watch(&self, kv: &kv::Store) -> anyhow::Result<kv::Watch> {
+        let resume = self.watched.load(Ordering::Acquire);
+        let watch = if resume == 0 {
+            kv.watch_all().await
+        } else {
+            kv.watch_all_from_revision(resume + 1).await
+        }
+        .map_err(|e| anyhow::anyhow!("KV watch on `{}`: {e}", kv.name))?;
+        if !self.watched_once.swap(true, Ordering::AcqRel) {
+            self.cache.invalidate_all();
+        }
+        Ok(watch)
+    }
+
+    /// Applies the watch's updates to the cache until the watch fails.
+    pub(super) async fn follow(&self, mut watch: kv::Watch) -> anyhow::Result<()> {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| anyhow::anyhow!("KV watch: {e}"))?;
+            self.metrics.watch_updates.inc();
+            self.watched.fetch_max(entry.revision, Ordering::AcqRel);
+            let Some(principal) = principal_of_key(&entry.key) else {
+                tracing::warn!(key = %entry.key, "KV key that heimdall did not write; ignored");
+                continue;
+            };
+            match decode(&entry) {
+                Ok(snapshot) => {
+                    self.upsert(Arc::from(principal), snapshot).await;
+                }
+                Err(e) => {
+                    // Nothing trustworthy to cache: the next lookup reads (and reports) it.
+                    tracing::error!(key = %entry.key, revision = entry.revision, error = %e, "unreadable principal document");
+                    self.cache.invalidate(principal.as_str()).await;
+                }
+            }
+        }
+        Err(anyhow::anyhow!("the KV watch ended"))
+    }
+
+    /// Test and benchmark support: puts a snapshot in the cache as the watch would.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn insert_for_test(&self, principal: &str, snapshot: Snapshot) {
+        self.upsert(Arc::from(principal), snapshot).await;
+    }
+}
+
+/// A KV entry as a snapshot: a document, or no record for a delete or purge marker.
+fn decode(entry: &kv::Entry) -> Result<Snapshot, LookupError> {
+    match entry.operation {
+        kv::Operation::Put => serde_json::from_slice::<PrincipalRecord>(&entry.value)
+            .map(|record| Snapshot {
+                revision: entry.revision,
+                record: Some(Arc::new(record)),
+            })
+            .map_err(|e| LookupError::Corrupt(e.to_string())),
+        kv::Operation::Delete | kv::Operation::Purge => Ok(Snapshot {
+            revision: entry.revision,
+            record: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> PrincipalStore {
+        let metrics = AttributeMetrics::new(&mut prometheus_client::registry::Registry::default());
+        PrincipalStore::new(&NatsConfig::default(), metrics)
+    }
+
+    fn snapshot(revision: u64, plan: &str) -> Snapshot {
+        let mut record = PrincipalRecord::default();
+        record
+            .attributes
+            .insert("plan".into(), serde_json::Value::from(plan));
+        Snapshot {
+            revision,
+            record: Some(Arc::new(record)),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_revision_never_replaces_a_newer_one() {
+        let store = store();
+        store.insert_for_test("u1", snapshot(5, "new")).await;
+        let kept = store.upsert(Arc::from("u1"), snapshot(4, "old")).await;
+        assert_eq!(kept.revision, 5);
+        let got = store.get("u1").await.unwrap();
+        assert_eq!(got.revision, 5);
+        store.insert_for_test("u1", snapshot(6, "newer")).await;
+        assert_eq!(store.get("u1").await.unwrap().revision, 6);
+    }
+
+    #[tokio::test]
+    async fn a_miss_without_a_bucket_fails_closed() {
+        let store = store();
+        assert_eq!(
+            store.get("u1").await.unwrap_err(),
+            LookupError::NotConnected
+        );
+    }
+}
