@@ -522,6 +522,13 @@ mod tests {
     use crate::tokens::Keyring;
 
     fn compile(yaml: &str) -> Result<RuleSet, CompileError> {
+        compile_with(yaml, None)
+    }
+
+    fn compile_with(
+        yaml: &str,
+        attributes: Option<&Arc<crate::attributes::PrincipalStore>>,
+    ) -> Result<RuleSet, CompileError> {
         let config = Config::parse(yaml, &Origin::Embedded).unwrap();
         let mut keys = Keyring::default();
         keys.add_ephemeral_signing_key().unwrap();
@@ -530,9 +537,48 @@ mod tests {
             keys: &keys,
             tokens: &config.tokens,
             cerbos: None,
-            attributes: None,
+            attributes,
         };
         RuleSet::compile(&config, &ctx, &Metrics::default())
+    }
+
+    #[test]
+    fn contextualizers_sit_between_authentication_and_authorization() {
+        let yaml = |rules: &str| {
+            format!(
+                "{CATALOGUE}  contextualizers: [ {{ id: attrs, type: principal_attributes }} ]\nrules:\n{rules}"
+            )
+        };
+        let store = Arc::new(crate::attributes::PrincipalStore::new(
+            &crate::attributes::NatsConfig::default(),
+            crate::attributes::AttributeMetrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            ),
+        ));
+        let good = yaml(
+            "  - id: ok\n    execute: [ { authenticator: bearer }, { contextualizer: attrs, if: 'subject.id != \"\"' }, { authorizer: allow } ]\n",
+        );
+        let set = compile_with(&good, Some(&store)).unwrap();
+        let rule = set.iter().find(|r| &*r.id == "ok").unwrap();
+        assert_eq!(rule.pipeline.contextualizers.len(), 1);
+
+        let late = yaml(
+            "  - id: late\n    execute: [ { authenticator: bearer }, { authorizer: allow }, { contextualizer: attrs } ]\n",
+        );
+        let errors = compile_with(&late, Some(&store)).err().unwrap().0;
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "step 3 (contextualizer `attrs`) comes after an authorizer; the order is authenticators, contextualizers, authorizers, finalizers"
+            )),
+            "{errors:#?}"
+        );
+        let errors = compile_with(&good, None).err().unwrap().0;
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "contextualizer `attrs` (type `principal_attributes`): no attribute store is configured"
+            )),
+            "{errors:#?}"
+        );
     }
 
     const CATALOGUE: &str = r#"

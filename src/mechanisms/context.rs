@@ -110,3 +110,85 @@ impl PrincipalAttributes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::attributes::record::PrincipalRecord;
+    use crate::attributes::{AttributeMetrics, NatsConfig, Snapshot};
+    use crate::pipeline::Principal;
+
+    async fn enrich(stored: Option<serde_json::Value>, config: &str) -> Result<Subject, StepError> {
+        let store = Arc::new(PrincipalStore::new(
+            &NatsConfig::default(),
+            AttributeMetrics::new(&mut prometheus_client::registry::Registry::default()),
+        ));
+        let record = stored.map(|attributes| {
+            Arc::new(PrincipalRecord {
+                attributes: serde_json::from_value(attributes).unwrap(),
+                ..PrincipalRecord::default()
+            })
+        });
+        store
+            .insert_for_test(
+                "alice",
+                Snapshot {
+                    revision: 42,
+                    record,
+                },
+            )
+            .await;
+        let keys = Arc::new(crate::tokens::Keyring::default());
+        let tokens = crate::config::TokensConfig::default();
+        let ctx = crate::mechanisms::BuildContext {
+            keys: &keys,
+            tokens: &tokens,
+            cerbos: None,
+            attributes: Some(&store),
+        };
+        let config: Value = serde_yaml_ng::from_str(config).unwrap();
+        let mechanism =
+            Contextualizer::build(&Arc::from("attrs"), "principal_attributes", &config, &ctx)
+                .unwrap();
+        let token_attributes = json!({"plan": "free", "department": "eng"});
+        let mut subject = Subject::single(Principal::new(
+            "alice",
+            vec!["user".into()],
+            serde_json::from_value(token_attributes).unwrap(),
+            "bearer",
+        ));
+        mechanism
+            .contextualize(&mut subject)
+            .await
+            .map(|()| subject)
+    }
+
+    #[tokio::test]
+    async fn stored_attributes_win_over_the_tokens_and_carry_their_revision() {
+        let subject = enrich(Some(json!({"plan": "enterprise", "seats": 5})), "{}")
+            .await
+            .unwrap();
+        let principal = subject.primary().unwrap();
+        assert_eq!(
+            serde_json::Value::Object(principal.attributes.clone()),
+            json!({"plan": "enterprise", "seats": 5, "department": "eng"})
+        );
+        assert_eq!(principal.attributes_revision, 42);
+    }
+
+    #[tokio::test]
+    async fn no_stored_attributes_is_fine_unless_required() {
+        let subject = enrich(None, "{}").await.unwrap();
+        assert_eq!(subject.primary().unwrap().attributes_revision, 0);
+        let err = enrich(None, "required: true").await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Authorization);
+        let err = enrich(None, "principal: workload").await.unwrap_err();
+        assert!(
+            err.message.contains("no principal `workload`"),
+            "{}",
+            err.message
+        );
+    }
+}
