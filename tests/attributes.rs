@@ -501,13 +501,42 @@ async fn poison_events_are_terminated_and_counted_without_blocking_the_good_ones
     assert!(!log.contains("last tuesday"), "{log}");
 }
 
+/// A forward-auth decision (`/decision`) for a v4.local token of `sub`, signed with the test key
+/// the instance gets through `PASETO_SYMMETRIC_KEY`.
+async fn decide(instance: &HeimdallProcess, sub: &str) -> reqwest::StatusCode {
+    let keys = heimdall::test_helpers::test_keys();
+    let token = heimdall::test_helpers::mint(
+        &keys,
+        heimdall::tokens::Purpose::Local,
+        &heimdall::test_helpers::claims(sub, &["user"]),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("http://{}/decision", instance.http_addr()))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-host", "api.example.com")
+        .header("x-forwarded-uri", "/api/documents/1")
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_nats_serves_then_ready_by_itself() {
     let Some(mut nats) = NatsServer::start().await else {
         return;
     };
     nats.stop().await;
-    let instance = start_heimdall(&nats).await;
+    let key = String::from_utf8(heimdall::test_helpers::TEST_SYMMETRIC_KEY.to_vec()).unwrap();
+    let mut env = heimdall_env(&nats);
+    env.push(("PASETO_SYMMETRIC_KEY".into(), key));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let instance = HeimdallProcess::start(heimdall::config::EMBEDDED, &env).await;
     assert!(instance.wait_healthy(Duration::from_secs(10)).await);
     // NATS is down: alive, serving, but not ready.
     for _ in 0..10 {
@@ -523,14 +552,70 @@ async fn not_ready_until_nats_serves_then_ready_by_itself() {
     let m = instance.metrics().await;
     assert_eq!(metric(&m, "heimdall_nats_connected"), 1.0);
     assert_eq!(metric(&m, "heimdall_attributes_live"), 1.0);
+    // Every token is checked against revocations: this looks "carol" up (and caches her).
+    assert_eq!(decide(&instance, "carol").await, reqwest::StatusCode::OK);
 
-    // NATS down again: decisions go on from the cache, so the instance stays ready, and says
-    // in its metrics that it is disconnected.
+    // NATS down again: the instance stays ready and says in its metrics that it is
+    // disconnected. Cached principals are still decided; one that is not cached cannot be
+    // checked for revocation, so it fails closed.
     nats.kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(instance.is_ready().await);
     assert_eq!(
         metric(&instance.metrics().await, "heimdall_nats_connected"),
         0.0
+    );
+    assert_eq!(decide(&instance, "carol").await, reqwest::StatusCode::OK);
+    assert_eq!(
+        decide(&instance, "erin").await,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        metric(
+            &instance.metrics().await,
+            "heimdall_attributes_lookups_total{result=\"error\"}"
+        ) >= 1.0
+    );
+
+    // Back: the uncached principal is decided again, without a restart.
+    nats.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while decide(&instance, "erin").await != reqwest::StatusCode::OK {
+        assert!(Instant::now() < deadline, "{}", instance.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_a_stream_it_may_not_create() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let config = format!(
+        "{}\nnats:\n  url: {}\n  stream:\n    create: false\n",
+        heimdall::config::EMBEDDED,
+        nats.url()
+    );
+    let instance = HeimdallProcess::start(&config, &[]).await;
+    assert!(instance.wait_healthy(Duration::from_secs(10)).await);
+    let js = js_of(&nats).await;
+    for _ in 0..10 {
+        assert!(!instance.is_ready().await, "ready without its stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(js.get_stream(STREAM).await.is_err(), "heimdall created it");
+    let defaults = heimdall::attributes::NatsConfig::default();
+    js.create_stream(jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: defaults.all_subjects(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_ready(&instance).await;
+    assert!(
+        instance.log().contains("nats.stream.create is off"),
+        "the wait is explained in the log:\n{}",
+        instance.log()
     );
 }

@@ -234,6 +234,23 @@ async fn published_attributes_flip_cel_and_cerbos_decisions_through_envoy() {
     stack
         .eventually(Method::PUT, "/docs/carol/d1", &bob, StatusCode::OK)
         .await;
+    // `/check` with a bearer token sees the same stored attributes.
+    let check = serde_json::json!({
+        "resources": [{"kind": "document", "id": "d1",
+                       "attr": {"owner": "carol", "department": "eng", "status": "published"},
+                       "actions": ["edit"]}]
+    });
+    let response = stack
+        .client
+        .post(format!("http://{}/check", stack.heimdall.http_addr))
+        .header("authorization", &bob)
+        .json(&check)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["actions"]["edit"], "EFFECT_ALLOW", "{body}");
     stack
         .publish(
             "usage.updated",
