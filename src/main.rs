@@ -106,6 +106,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Validate) => {
             let (config, origin) = load(&cli)?;
             let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
+            // Building prepares (never dials) the Cerbos channels, which needs a runtime.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let _entered = runtime.enter();
             heimdall::app::build(config, keys)?;
             println!(
                 "{origin}: configuration and rules are valid{}",

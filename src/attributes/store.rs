@@ -9,7 +9,7 @@
 //! step that needs it fails closed (503).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -48,8 +48,6 @@ pub struct PrincipalStore {
     metrics: AttributeMetrics,
     /// The highest KV revision the watch has delivered: where a restarted watch resumes.
     watched: AtomicU64,
-    /// Whether a watch has ever been live (the first one starts with an empty cache).
-    watched_once: AtomicBool,
 }
 
 impl PrincipalStore {
@@ -63,7 +61,6 @@ impl PrincipalStore {
             lookup_timeout: config.lookup_timeout,
             metrics,
             watched: AtomicU64::new(0),
-            watched_once: AtomicBool::new(false),
         }
     }
 
@@ -127,8 +124,9 @@ impl PrincipalStore {
         kept
     }
 
-    /// Starts watching the bucket: from where the last watch stopped, or (the first time) from
-    /// now, dropping anything cached before a watch was live.
+    /// Starts watching the bucket: from the revision after the last one a watch delivered, so
+    /// nothing written while no watch ran is missed; or, when no watch has delivered anything
+    /// yet, from now, dropping whatever was cached without a watch to keep it fresh.
     pub(super) async fn start_watch(&self, kv: &kv::Store) -> anyhow::Result<kv::Watch> {
         let resume = self.watched.load(Ordering::Acquire);
         let watch = if resume == 0 {
@@ -137,7 +135,7 @@ impl PrincipalStore {
             kv.watch_all_from_revision(resume + 1).await
         }
         .map_err(|e| anyhow::anyhow!("KV watch on `{}`: {e}", kv.name))?;
-        if !self.watched_once.swap(true, Ordering::AcqRel) {
+        if resume == 0 {
             self.cache.invalidate_all();
         }
         Ok(watch)
