@@ -1,17 +1,20 @@
 # heimdall developer entry points.
 #
 #   make tools        install Envoy, NATS, Cerbos and oidc-provider into .tools/ (ONLY="envoy nats" for a subset)
-#   make up           build and run heimdall + echo upstream + Envoy in the foreground (Ctrl-C stops all)
+#   make up           build and run heimdall (config/local.yaml) + NATS + Cerbos + echo upstream +
+#                     Envoy in the foreground (Ctrl-C stops all); publish events with
+#                     scripts/publish-event.py
 #   make test         tools, then rustfmt check, clippy (warnings are errors) and every test target
 #   make bench        criterion benches of the pipeline, then the load harness
 #   make fmt          format the code
 #   make lint         rustfmt check and clippy, without running tests
 #   make clean-tools  remove .tools/
+#   make clean-data   remove .data/ (the local stack's NATS store: attributes and events)
 
 SHELL := bash
 ONLY ?=
 
-.PHONY: tools up test bench fmt lint clean-tools
+.PHONY: tools up test bench fmt lint clean-tools clean-data
 
 tools:
 	scripts/install-tools.sh $(ONLY)
@@ -36,3 +39,6 @@ lint:
 
 clean-tools:
 	rm -rf .tools
+
+clean-data:
+	rm -rf .data

@@ -461,6 +461,74 @@ fn values_that_would_leak_or_cannot_work_are_refused() {
         ),
         (vec!["--set", "mode=daemonset"], "mode"),
         (vec!["--set", "replicaCont=3"], "replicaCont"),
+        (
+            vec!["--set", "nats.auth.type=jwt"],
+            "nats.auth.type must be one of",
+        ),
+        (
+            vec!["--set", "nats.auth.existing=x"],
+            "Additional property existing is not allowed",
+        ),
+        (
+            vec![
+                "--set",
+                "integrations.natsUrl=nats://nats:4222",
+                "--set",
+                "nats.auth.type=creds",
+            ],
+            "needs nats.auth.existingSecret",
+        ),
+        (
+            vec![
+                "--set",
+                "integrations.natsUrl=nats://nats:4222",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+            ],
+            "needs nats.auth.type",
+        ),
+        (
+            vec![
+                "--set",
+                "integrations.natsUrl=nats://nats:4222",
+                "--set",
+                "nats.auth.type=userPassword",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+            ],
+            "needs nats.auth.user",
+        ),
+        (
+            vec![
+                "--set",
+                "nats.auth.type=token",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+            ],
+            "no NATS server is",
+        ),
+        (
+            vec![
+                "--set",
+                "integrations.natsUrl=nats://nats:4222",
+                "--set",
+                "nats.auth.type=token",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+                "--set",
+                "config.nats.auth.token.env=MY_TOKEN",
+            ],
+            "config.nats.auth and nats.auth.type both set",
+        ),
+        (
+            vec![
+                "--set",
+                "integrations.natsUrl=nats://nats:4222",
+                "--set",
+                "nats.tls.clientCertificate=true",
+            ],
+            "nats.tls.clientCertificate needs nats.tls.existingSecret",
+        ),
     ] {
         let mut all = vec!["template", RELEASE, chart];
         all.extend(args.iter().copied());
@@ -697,24 +765,55 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The configuration the chart renders is one this heimdall accepts, with the key the chart
-/// hands it, and refuses without it (fail closed, no ephemeral key).
-#[test]
-fn rendered_configuration_is_valid_for_this_heimdall() {
-    let Some(helm) = helm() else { return };
-    let heimdall = env!("CARGO_BIN_EXE_heimdall");
+/// A fresh `k4.secret` PASERK from `heimdall keys generate`.
+fn generated_signing_key(heimdall: &str) -> String {
     let generated = Command::new(heimdall)
         .args(["keys", "generate"])
         .output()
         .unwrap();
     assert!(generated.status.success());
     let generated = String::from_utf8(generated.stdout).unwrap();
-    let signing_key = generated
+    generated
         .lines()
         .find_map(|l| l.strip_prefix("secret: "))
         .unwrap()
         .trim()
-        .to_owned();
+        .to_owned()
+}
+
+/// `heimdall validate --config <path>` with exactly the given environment of the variables
+/// heimdall reads (everything else it reads is removed).
+fn heimdall_validate(heimdall: &str, path: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(heimdall);
+    command.args(["validate", "--config", path.to_str().unwrap()]);
+    for name in [
+        "HEIMDALL_SIGNING_KEY",
+        "PASETO_SYMMETRIC_KEY",
+        "HEIMDALL_CONFIG",
+        "NATS_URL",
+        "CERBOS_GRPC_URL",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+/// The value of a plain `- name: NAME\n  value: "…"` entry in a rendered `env:` block.
+fn env_value(env: &str, name: &str) -> Option<String> {
+    let mut lines = env.lines();
+    lines.find(|l| l.trim() == format!("- name: {name}"))?;
+    let value = lines.next()?.trim().strip_prefix("value: ")?;
+    Some(value.trim_matches('"').to_owned())
+}
+
+/// The configuration the chart renders is one this heimdall accepts, with the key the chart
+/// hands it, and refuses without it (fail closed, no ephemeral key).
+#[test]
+fn rendered_configuration_is_valid_for_this_heimdall() {
+    let Some(helm) = helm() else { return };
+    let heimdall = env!("CARGO_BIN_EXE_heimdall");
+    let signing_key = generated_signing_key(heimdall);
 
     let dir = scratch("config");
     for (name, args) in [
@@ -726,13 +825,11 @@ fn rendered_configuration_is_valid_for_this_heimdall() {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, block(config, "heimdall.yaml: |")).unwrap();
 
-        let valid = Command::new(heimdall)
-            .args(["validate", "--config", path.to_str().unwrap()])
-            .env("HEIMDALL_SIGNING_KEY", &signing_key)
-            .env_remove("PASETO_SYMMETRIC_KEY")
-            .env_remove("HEIMDALL_CONFIG")
-            .output()
-            .unwrap();
+        let valid = heimdall_validate(
+            heimdall,
+            &path,
+            &[("HEIMDALL_SIGNING_KEY", signing_key.as_str())],
+        );
         assert!(
             valid.status.success(),
             "{name}: heimdall validate refused the chart's configuration:\n{}{}",
@@ -740,18 +837,312 @@ fn rendered_configuration_is_valid_for_this_heimdall() {
             String::from_utf8_lossy(&valid.stderr)
         );
 
-        let keyless = Command::new(heimdall)
-            .args(["validate", "--config", path.to_str().unwrap()])
-            .env_remove("HEIMDALL_SIGNING_KEY")
-            .env_remove("PASETO_SYMMETRIC_KEY")
-            .env_remove("HEIMDALL_CONFIG")
-            .output()
-            .unwrap();
+        let keyless = heimdall_validate(heimdall, &path, &[]);
         let stderr = String::from_utf8_lossy(&keyless.stderr);
         assert!(
             !keyless.status.success() && stderr.contains("HEIMDALL_SIGNING_KEY"),
             "{name}: without its key heimdall must refuse to start: {stderr}"
         );
+    }
+}
+
+const NATS_URL: &str = "nats://nats.messaging.svc:4222";
+
+/// `integrations.natsUrl` becomes NATS_URL, and each kind of NATS credential in an existing
+/// Secret reaches heimdall the way the rendered `nats.auth` says: a mounted file or a
+/// secretKeyRef variable, in the Deployment, the sidecar snippet and the validate hook alike.
+#[test]
+fn nats_url_and_credentials_from_an_existing_secret_are_wired_into_the_config() {
+    let Some(helm) = helm() else { return };
+    let url = format!("integrations.natsUrl={NATS_URL}");
+
+    // Without credentials: only the variable; no `nats` section, no volume.
+    let manifests = render(&helm, &["--set", &url]);
+    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    let env = block(deployment, "env:");
+    assert_eq!(
+        env_value(&env, "NATS_URL").as_deref(),
+        Some(NATS_URL),
+        "{env}"
+    );
+    assert!(
+        !deployment.contains("secrets/heimdall/nats"),
+        "{deployment}"
+    );
+    let file = block(
+        &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
+        "heimdall.yaml: |",
+    );
+    assert!(!file.contains("nats:"), "{file}");
+
+    // Environment-variable credentials: (type, variable, default entry, rendered nats.auth).
+    for (kind, var, entry, auth) in [
+        (
+            "nkey",
+            "NATS_NKEY_SEED",
+            "NATS_NKEY_SEED",
+            "auth:\n    nkey_seed:\n      env: NATS_NKEY_SEED\n",
+        ),
+        (
+            "token",
+            "NATS_TOKEN",
+            "NATS_TOKEN",
+            "auth:\n    token:\n      env: NATS_TOKEN\n",
+        ),
+        (
+            "userPassword",
+            "NATS_PASSWORD",
+            "NATS_PASSWORD",
+            "auth:\n    password:\n      env: NATS_PASSWORD\n    user: heimdall\n",
+        ),
+    ] {
+        let mut args = vec![
+            "--set".to_owned(),
+            url.clone(),
+            "--set".to_owned(),
+            format!("nats.auth.type={kind}"),
+            "--set".to_owned(),
+            "nats.auth.existingSecret=heimdall-nats".to_owned(),
+            "--set".to_owned(),
+            "validateConfig.enabled=true".to_owned(),
+        ];
+        if kind == "userPassword" {
+            args.extend(["--set".to_owned(), "nats.auth.user=heimdall".to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let manifests = render(&helm, &args);
+        let file = block(
+            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
+            "heimdall.yaml: |",
+        );
+        assert!(
+            file.contains(&format!("nats:\n  {auth}")),
+            "{kind}:\n{file}"
+        );
+        let secret_ref = format!(
+            "- name: {var}\n  valueFrom:\n    secretKeyRef:\n      name: heimdall-nats\n      key: {entry}\n"
+        );
+        for (what, manifest) in [
+            ("Deployment", &find(&manifests, "Deployment", FULLNAME).text),
+            (
+                "Job",
+                &find(&manifests, "Job", "authz-heimdall-validate").text,
+            ),
+        ] {
+            let env = block(manifest, "env:");
+            assert!(env.contains(&secret_ref), "{kind} {what}:\n{env}");
+            assert_eq!(env_value(&env, "NATS_URL").as_deref(), Some(NATS_URL));
+            assert!(!manifest.contains("nats-credentials"), "{kind} {what}");
+        }
+        assert!(
+            !kinds(&manifests).contains(&"Secret"),
+            "the chart never creates a NATS Secret"
+        );
+    }
+
+    // A `.creds` file under another entry name, and a CA with a client certificate, in
+    // deployment mode (with the validate hook) and in sidecar mode.
+    let creds = [
+        "--set",
+        url.as_str(),
+        "--set",
+        "nats.auth.type=creds",
+        "--set",
+        "nats.auth.existingSecret=heimdall-nats",
+        "--set",
+        "nats.auth.key=heimdall.creds",
+        "--set",
+        "nats.tls.existingSecret=nats-client-tls",
+        "--set",
+        "nats.tls.clientCertificate=true",
+        "--set",
+        "validateConfig.enabled=true",
+    ];
+    let rendered_nats = "nats:\n  auth:\n    credentials_file: /var/run/secrets/heimdall/nats/nats.creds\n  tls:\n    ca_file: /var/run/secrets/heimdall/nats-tls/ca.crt\n    cert_file: /var/run/secrets/heimdall/nats-tls/tls.crt\n    key_file: /var/run/secrets/heimdall/nats-tls/tls.key\n    required: true\n";
+    let creds_volume = "secret:\n    secretName: heimdall-nats\n    items:\n      - key: heimdall.creds\n        path: nats.creds\n";
+    let tls_volume = "secret:\n    secretName: nats-client-tls\n    items:\n      - key: ca.crt\n        path: ca.crt\n      - key: tls.crt\n        path: tls.crt\n      - key: tls.key\n        path: tls.key\n";
+
+    let manifests = render(&helm, &creds);
+    let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
+    let file = block(config, "heimdall.yaml: |");
+    assert!(file.contains(rendered_nats), "{file}");
+    for (what, manifest) in [
+        ("Deployment", &find(&manifests, "Deployment", FULLNAME).text),
+        (
+            "Job",
+            &find(&manifests, "Job", "authz-heimdall-validate").text,
+        ),
+    ] {
+        let mounts = block(manifest, "volumeMounts:");
+        for want in [
+            "- name: nats-credentials\n  mountPath: /var/run/secrets/heimdall/nats\n  readOnly: true",
+            "- name: nats-tls\n  mountPath: /var/run/secrets/heimdall/nats-tls\n  readOnly: true",
+        ] {
+            assert!(mounts.contains(want), "{what}: no `{want}` in:\n{mounts}");
+        }
+        let volumes = block(manifest, "volumes:");
+        assert!(
+            volumes.contains(&format!("- name: nats-credentials\n  {creds_volume}")),
+            "{what}:\n{volumes}"
+        );
+        assert!(
+            volumes.contains(&format!("- name: nats-tls\n  {tls_volume}")),
+            "{what}:\n{volumes}"
+        );
+        assert!(!block(manifest, "env:").contains("NATS_TOKEN"), "{what}");
+    }
+    // The credentials are part of the configuration: pods roll when they change.
+    let plain = render(&helm, &["--set", &url]);
+    let checksum = |m: &[Manifest]| {
+        find(m, "Deployment", FULLNAME)
+            .text
+            .lines()
+            .find(|l| l.contains("checksum/config: "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(checksum(&manifests), checksum(&plain));
+
+    let mut sidecar = creds.to_vec();
+    sidecar.extend(["--set", "mode=sidecar"]);
+    let manifests = render(&helm, &sidecar);
+    let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
+    let container = block(snippet, "containers.yaml: |");
+    assert_eq!(
+        env_value(&block(&container, "env:"), "NATS_URL").as_deref(),
+        Some(NATS_URL)
+    );
+    for want in [
+        "- name: heimdall-nats-credentials\n      mountPath: /var/run/secrets/heimdall/nats\n      readOnly: true",
+        "- name: heimdall-nats-tls\n      mountPath: /var/run/secrets/heimdall/nats-tls\n      readOnly: true",
+    ] {
+        assert!(container.contains(want), "no `{want}` in:\n{container}");
+    }
+    let volumes = block(snippet, "volumes.yaml: |");
+    assert!(
+        volumes.contains(&format!(
+            "- name: heimdall-nats-credentials\n  {creds_volume}"
+        )),
+        "{volumes}"
+    );
+    assert!(
+        volumes.contains(&format!("- name: heimdall-nats-tls\n  {tls_volume}")),
+        "{volumes}"
+    );
+    let file = block(
+        &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
+        "heimdall.yaml: |",
+    );
+    assert!(file.contains(rendered_nats), "{file}");
+}
+
+/// The first YAML example of the chart README's NATS section: the values this test renders.
+fn readme_nats_example() -> String {
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let section = readme
+        .split_once("## NATS (principal attributes)")
+        .expect("the chart README has a NATS section")
+        .1;
+    let example = section.split_once("```yaml\n").unwrap().1;
+    let example = example.split_once("```").unwrap().0;
+    assert!(example.contains("natsUrl:"), "{example}");
+    example.to_owned()
+}
+
+/// The NATS settings the chart renders are accepted by this heimdall. The chart README's example
+/// (a `principal_attributes` contextualizer, NATS_URL only) validates with the NATS_URL of the
+/// rendered container's environment and is refused without it; credentials, TLS and a read-only
+/// sidecar (`config.nats.consumer.enabled: false`) merge into a valid `nats` section.
+#[test]
+fn rendered_nats_configuration_is_valid_for_this_heimdall() {
+    let Some(helm) = helm() else { return };
+    let heimdall = env!("CARGO_BIN_EXE_heimdall");
+    let signing_key = generated_signing_key(heimdall);
+    let dir = scratch("nats");
+    let values = dir.join("attributes-values.yaml");
+    std::fs::write(&values, readme_nats_example()).unwrap();
+    let values = values.to_str().unwrap();
+
+    for (name, args) in [
+        ("url-only", vec!["-f", values]),
+        (
+            "credentials",
+            vec![
+                "-f",
+                values,
+                "--set",
+                "nats.auth.type=creds",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+                "--set",
+                "nats.tls.existingSecret=nats-ca",
+            ],
+        ),
+        (
+            "read-only-sidecar",
+            vec![
+                "-f",
+                values,
+                "--set",
+                "mode=sidecar",
+                "--set",
+                "nats.auth.type=token",
+                "--set",
+                "nats.auth.existingSecret=heimdall-nats",
+                "--set",
+                "config.nats.consumer.enabled=false",
+            ],
+        ),
+    ] {
+        let manifests = render(&helm, &args);
+        let file = block(
+            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
+            "heimdall.yaml: |",
+        );
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, &file).unwrap();
+        let env = if name == "read-only-sidecar" {
+            let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
+            block(&block(snippet, "containers.yaml: |"), "env:")
+        } else {
+            block(&find(&manifests, "Deployment", FULLNAME).text, "env:")
+        };
+        let url = env_value(&env, "NATS_URL").unwrap();
+
+        let valid = heimdall_validate(
+            heimdall,
+            &path,
+            &[
+                ("HEIMDALL_SIGNING_KEY", signing_key.as_str()),
+                ("NATS_URL", url.as_str()),
+            ],
+        );
+        assert!(
+            valid.status.success(),
+            "{name}: heimdall validate refused the chart's configuration:\n{}{}\n{file}",
+            String::from_utf8_lossy(&valid.stdout),
+            String::from_utf8_lossy(&valid.stderr)
+        );
+
+        if name == "url-only" {
+            // The rendered file has no `nats` section: only NATS_URL turns the store on.
+            assert!(!file.contains("nats:"), "{file}");
+            let without = heimdall_validate(
+                heimdall,
+                &path,
+                &[("HEIMDALL_SIGNING_KEY", signing_key.as_str())],
+            );
+            let stderr = String::from_utf8_lossy(&without.stderr);
+            assert!(
+                !without.status.success() && stderr.contains("NATS_URL"),
+                "without NATS_URL the contextualizer has no store: {stderr}"
+            );
+        } else {
+            assert!(file.contains("nats:\n  auth:\n"), "{file}");
+        }
+        if name == "read-only-sidecar" {
+            assert!(file.contains("  consumer:\n    enabled: false\n"), "{file}");
+        }
     }
 }
 

@@ -97,9 +97,112 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The rendered configuration file. */}}
+{{/*
+The rendered configuration file: `config`, plus the `nats.auth` / `nats.tls` settings that point
+at the NATS credentials the chart mounts or exports (values `nats.*`).
+*/}}
 {{- define "heimdall.configYaml" -}}
-{{- toYaml .Values.config }}
+{{- $config := deepCopy .Values.config }}
+{{- $auth := include "heimdall.natsAuthConfig" . | fromYaml }}
+{{- $tls := include "heimdall.natsTlsConfig" . | fromYaml }}
+{{- if or $auth $tls }}
+{{- $nats := get $config "nats" }}
+{{- if not (kindIs "map" $nats) }}{{ $nats = dict }}{{ end }}
+{{- if $auth }}{{ $_ := set $nats "auth" $auth }}{{ end }}
+{{- if $tls }}{{ $_ := set $nats "tls" $tls }}{{ end }}
+{{- $_ := set $config "nats" $nats }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Where the NATS credentials and TLS files are mounted. */}}
+{{- define "heimdall.natsCredentialsDir" -}}/var/run/secrets/heimdall/nats{{- end }}
+{{- define "heimdall.natsTlsDir" -}}/var/run/secrets/heimdall/nats-tls{{- end }}
+
+{{/* The entry of `nats.auth.existingSecret` holding the credential: `nats.auth.key` or the type's default. */}}
+{{- define "heimdall.natsAuthKey" -}}
+{{- $defaults := dict "creds" "nats.creds" "nkey" "NATS_NKEY_SEED" "token" "NATS_TOKEN" "userPassword" "NATS_PASSWORD" }}
+{{- default (get $defaults .Values.nats.auth.type) .Values.nats.auth.key }}
+{{- end }}
+
+{{/* The configuration's `nats.auth` for `nats.auth.type` (YAML; empty without a type). */}}
+{{- define "heimdall.natsAuthConfig" -}}
+{{- $type := .Values.nats.auth.type }}
+{{- if eq $type "creds" }}
+credentials_file: {{ include "heimdall.natsCredentialsDir" . }}/nats.creds
+{{- else if eq $type "nkey" }}
+nkey_seed:
+  env: NATS_NKEY_SEED
+{{- else if eq $type "token" }}
+token:
+  env: NATS_TOKEN
+{{- else if eq $type "userPassword" }}
+user: {{ .Values.nats.auth.user | quote }}
+password:
+  env: NATS_PASSWORD
+{{- end }}
+{{- end }}
+
+{{/* The configuration's `nats.tls` for `nats.tls.existingSecret` (YAML; empty without it). */}}
+{{- define "heimdall.natsTlsConfig" -}}
+{{- if .Values.nats.tls.existingSecret }}
+{{- $dir := include "heimdall.natsTlsDir" . }}
+required: true
+ca_file: {{ $dir }}/ca.crt
+{{- if .Values.nats.tls.clientCertificate }}
+cert_file: {{ $dir }}/tls.crt
+key_file: {{ $dir }}/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes holding the NATS credentials file and TLS files (list items; empty when none). Takes
+(list <root context> <name prefix>): the sidecar's volumes are prefixed `heimdall-`.
+*/}}
+{{- define "heimdall.natsVolumes" -}}
+{{- $ctx := index . 0 }}
+{{- $prefix := index . 1 }}
+{{- with $ctx.Values.nats }}
+{{- if eq .auth.type "creds" }}
+- name: {{ $prefix }}nats-credentials
+  secret:
+    secretName: {{ .auth.existingSecret }}
+    items:
+      - key: {{ include "heimdall.natsAuthKey" $ctx }}
+        path: nats.creds
+{{- end }}
+{{- if .tls.existingSecret }}
+- name: {{ $prefix }}nats-tls
+  secret:
+    secretName: {{ .tls.existingSecret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+      {{- if .tls.clientCertificate }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The mounts of `heimdall.natsVolumes` (same arguments). */}}
+{{- define "heimdall.natsVolumeMounts" -}}
+{{- $ctx := index . 0 }}
+{{- $prefix := index . 1 }}
+{{- if eq $ctx.Values.nats.auth.type "creds" }}
+- name: {{ $prefix }}nats-credentials
+  mountPath: {{ include "heimdall.natsCredentialsDir" $ctx }}
+  readOnly: true
+{{- end }}
+{{- if $ctx.Values.nats.tls.existingSecret }}
+- name: {{ $prefix }}nats-tls
+  mountPath: {{ include "heimdall.natsTlsDir" $ctx }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
@@ -139,8 +242,43 @@ Included by configmap.yaml, which renders in every mode, so `helm template`, `he
 {{- if and .Values.keys.symmetricKey (not .Values.keys.signingKey) (include "heimdall.configNeedsSigningKeyEnv" .) }}
 {{- fail "config.tokens.keys reads HEIMDALL_SIGNING_KEY but keys.signingKey is not set: set keys.signingKey too, or set config.tokens.keys to [] to use PASETO_SYMMETRIC_KEY alone" }}
 {{- end }}
+{{- include "heimdall.validateNats" . }}
 {{- if and (eq .Values.mode "sidecar") (eq (int .Values.sidecar.httpPort) (int .Values.sidecar.envoy.appPort)) }}
 {{- fail "sidecar.httpPort equals sidecar.envoy.appPort: heimdall's side port and your application cannot share a port in one pod" }}
+{{- end }}
+{{- end }}
+
+{{/* The checks of `nats.*` (part of heimdall.validateValues). */}}
+{{- define "heimdall.validateNats" -}}
+{{- $auth := .Values.nats.auth }}
+{{- if not (has $auth.type (list "" "creds" "nkey" "token" "userPassword")) }}
+{{- fail (printf "nats.auth.type must be one of creds, nkey, token, userPassword (or empty), got `%v`" $auth.type) }}
+{{- end }}
+{{- if and $auth.type (not $auth.existingSecret) }}
+{{- fail (printf "nats.auth.type `%s` needs nats.auth.existingSecret: the Secret holding heimdall's NATS credential" $auth.type) }}
+{{- end }}
+{{- if and $auth.existingSecret (not $auth.type) }}
+{{- fail "nats.auth.existingSecret needs nats.auth.type (creds, nkey, token or userPassword)" }}
+{{- end }}
+{{- if and (eq $auth.type "userPassword") (not $auth.user) }}
+{{- fail "nats.auth.type `userPassword` needs nats.auth.user" }}
+{{- end }}
+{{- if and $auth.user (ne $auth.type "userPassword") }}
+{{- fail "nats.auth.user is only used with nats.auth.type `userPassword`" }}
+{{- end }}
+{{- if and .Values.nats.tls.clientCertificate (not .Values.nats.tls.existingSecret) }}
+{{- fail "nats.tls.clientCertificate needs nats.tls.existingSecret (entries tls.crt and tls.key)" }}
+{{- end }}
+{{- $configNats := get (default dict .Values.config) "nats" }}
+{{- if not (kindIs "map" $configNats) }}{{ $configNats = dict }}{{ end }}
+{{- if and $auth.type (hasKey $configNats "auth") }}
+{{- fail "config.nats.auth and nats.auth.type both set: the chart writes config.nats.auth from nats.auth, so remove one" }}
+{{- end }}
+{{- if and .Values.nats.tls.existingSecret (hasKey $configNats "tls") }}
+{{- fail "config.nats.tls and nats.tls.existingSecret both set: the chart writes config.nats.tls from nats.tls, so remove one" }}
+{{- end }}
+{{- if and (or $auth.type .Values.nats.tls.existingSecret) (not .Values.existingConfigMap) (not .Values.integrations.natsUrl) (not (get $configNats "url")) }}
+{{- fail "nats.auth / nats.tls are set but no NATS server is: set integrations.natsUrl (NATS_URL) or config.nats.url" }}
 {{- end }}
 {{- end }}
 
@@ -215,6 +353,16 @@ and optionally a third item, the name of the key Secret to read instead of the r
 - name: NATS_URL
   value: {{ .natsUrl | quote }}
 {{- end }}
+{{- end }}
+{{- $natsEnv := get (dict "nkey" "NATS_NKEY_SEED" "token" "NATS_TOKEN" "userPassword" "NATS_PASSWORD") .Values.nats.auth.type }}
+{{- if $natsEnv }}
+- name: {{ $natsEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.nats.auth.existingSecret }}
+      key: {{ include "heimdall.natsAuthKey" . }}
+{{- end }}
+{{- with .Values.integrations }}
 {{- if .cerbosGrpcUrl }}
 - name: CERBOS_GRPC_URL
   value: {{ .cerbosGrpcUrl | quote }}
@@ -310,6 +458,9 @@ the volumes of `heimdall.sidecarVolumes`. Use it as
       readOnly: true
     - name: heimdall-tmp
       mountPath: /tmp
+    {{- with include "heimdall.natsVolumeMounts" (list . "heimdall-") | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -326,6 +477,9 @@ The volumes the sidecar container mounts, for your pod spec's `volumes:`. Add
 - name: heimdall-tmp
   emptyDir:
     sizeLimit: 16Mi
+{{- with include "heimdall.natsVolumes" (list . "heimdall-") | trim }}
+{{ . }}
+{{- end }}
 {{- end }}
 
 {{/*
