@@ -619,3 +619,47 @@ async fn waits_for_a_stream_it_may_not_create() {
         instance.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_until_it_applies_and_nothing_is_dropped() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let instance = start_heimdall(&nats).await;
+    wait_ready(&instance).await;
+    let js = js_of(&nats).await;
+    wait_stream(&js).await;
+    // Someone else wrote this principal's key: heimdall will not guess what to keep, so the
+    // event waits (nak, back-off) instead of overwriting or being dropped.
+    let kv = js.get_key_value(BUCKET).await.unwrap();
+    kv.put("mallory", "not a heimdall document".into())
+        .await
+        .unwrap();
+    let seq = publish(
+        &js,
+        "subscription.updated",
+        "transient-1",
+        br#"{"user_id": "mallory", "plan": "pro"}"#.to_vec(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &instance.metrics().await,
+        "heimdall_attributes_events_total{outcome=\"retried\"}",
+    ) < 2.0
+    {
+        assert!(Instant::now() < deadline, "{}", instance.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        instance.log().contains("stored document is unreadable"),
+        "{}",
+        instance.log()
+    );
+    // The operator removes the foreign value: the next redelivery applies the event.
+    kv.delete("mallory").await.unwrap();
+    wait_drained(&js, seq, &[&instance]).await;
+    let doc: Value = serde_json::from_slice(&kv.get("mallory").await.unwrap().unwrap()).unwrap();
+    assert_eq!(doc["attributes"], json!({"plan": "pro"}));
+    assert_eq!(doc["seq"], json!(seq));
+}
