@@ -33,6 +33,10 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_PULL_ERRORS: u32 = 3;
 /// Events queued per worker before the dispatcher waits (back-pressure to the pull).
 const WORKER_QUEUE: usize = 64;
+/// Queued events a worker takes at once (their events of one principal become one write).
+const MAX_COALESCED: usize = 64;
+/// Bytes of recently written documents a worker keeps to skip reading them again.
+const WRITTEN_BUDGET: usize = 1 << 20;
 
 /// Opens the KV bucket, creating it (file storage, history 1) when configured to.
 pub(super) async fn bucket(
@@ -248,28 +252,71 @@ impl Consumer {
     }
 }
 
-/// Applies the jobs of one worker, one at a time.
+/// Applies the jobs of one worker. Jobs already queued are taken together, and the events of
+/// one principal among them are merged into a single KV write (in delivery order).
 async fn work(
     mut jobs: mpsc::Receiver<Job>,
     kv: kv::Store,
     settings: Arc<Settings>,
     metrics: AttributeMetrics,
 ) {
-    while let Some(job) = jobs.recv().await {
-        let started = Instant::now();
-        let result = apply(&kv, &job.event, job.seq, &settings, &metrics).await;
-        metrics
-            .apply_duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(outcome) => {
+    let mut written = Written::default();
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_COALESCED);
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_COALESCED {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        while !batch.is_empty() {
+            // The first job's principal and every later job of the same principal.
+            let principal = batch
+                .first()
+                .map(|j| j.event.principal.clone())
+                .unwrap_or_default();
+            let (group, rest): (Vec<Job>, Vec<Job>) = batch
+                .drain(..)
+                .partition(|j| j.event.principal == principal);
+            batch = rest;
+            apply_group(group, &kv, &settings, &metrics, &mut written).await;
+        }
+    }
+}
+
+/// Applies the events of one principal together; if that is refused as too large, each one
+/// alone, so only the event that cannot fit is terminated.
+async fn apply_group(
+    group: Vec<Job>,
+    kv: &kv::Store,
+    settings: &Settings,
+    metrics: &AttributeMetrics,
+    written: &mut Written,
+) {
+    let started = Instant::now();
+    let events: Vec<(u64, &Event)> = group.iter().map(|j| (j.seq, &j.event)).collect();
+    let result = apply(kv, &events, settings, metrics, written).await;
+    metrics
+        .apply_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in group.iter().zip(outcomes) {
                 metrics.event(outcome);
                 // A lost ack means a redelivery, which the record's sequences turn into a skip.
                 if let Err(e) = job.message.ack().await {
                     tracing::debug!(stream_sequence = job.seq, error = %e, "ack not sent; the event will be redelivered and skipped");
                 }
             }
-            Err(ApplyError::Permanent(reason)) => {
+        }
+        Err(ApplyError::Permanent(_)) if group.len() > 1 => {
+            for job in group {
+                Box::pin(apply_group(vec![job], kv, settings, metrics, written)).await;
+            }
+        }
+        Err(ApplyError::Permanent(reason)) => {
+            for job in &group {
                 metrics.event("malformed");
                 metrics
                     .malformed
@@ -280,15 +327,49 @@ async fn work(
                 tracing::warn!(stream_sequence = job.seq, error = %reason, "event cannot be applied; terminated");
                 terminate(&job.message, job.seq).await;
             }
-            Err(ApplyError::Transient(reason)) => {
+        }
+        Err(ApplyError::Transient(reason)) => {
+            for job in &group {
                 metrics.event("retried");
-                let delay = redelivery_delay(&settings, job.delivered);
+                let delay = redelivery_delay(settings, job.delivered);
                 tracing::warn!(stream_sequence = job.seq, attempt = job.delivered, retry_in = ?delay, error = %reason, "event not applied; will be redelivered");
                 if let Err(e) = job.message.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::debug!(stream_sequence = job.seq, error = %e, "nak not sent; redelivery after ack_wait");
                 }
             }
         }
+    }
+}
+
+/// The documents this worker wrote last, with their revisions, so the next event of the same
+/// principal needs no KV read: the write's compare-and-swap still catches any other writer, and
+/// then the document is read afresh. A stale copy can only make an event look not yet applied
+/// (sequences only grow), never the reverse. Bounded by [`WRITTEN_BUDGET`] bytes.
+#[derive(Default)]
+struct Written {
+    /// Key → document, its revision, and its encoded size.
+    records: std::collections::HashMap<String, (PrincipalRecord, u64, usize)>,
+    bytes: usize,
+}
+
+impl Written {
+    fn take(&mut self, key: &str) -> Option<(PrincipalRecord, u64, usize)> {
+        let taken = self.records.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(taken.2);
+        Some(taken)
+    }
+
+    fn keep(&mut self, key: String, record: PrincipalRecord, revision: u64, size: usize) {
+        if size > WRITTEN_BUDGET / 16 {
+            return;
+        }
+        if self.bytes + size > WRITTEN_BUDGET {
+            // Cheaper than tracking recency, and correct: a forgotten document is read again.
+            self.records.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.records.insert(key, (record, revision, size));
     }
 }
 
@@ -316,48 +397,50 @@ enum ApplyError {
     Transient(String),
 }
 
-/// Merges one event into its principal's document: read, merge, write with compare-and-swap
-/// on the revision read, and start over on a conflict. Returns the outcome label.
+/// Merges events of one principal (in delivery order) into its document: start from the copy
+/// this worker wrote last or read the document, merge, write with compare-and-swap on its
+/// revision, and start over from a fresh read on a conflict. Returns each event's outcome label.
 async fn apply(
     kv: &kv::Store,
-    event: &Event,
-    seq: u64,
+    events: &[(u64, &Event)],
     settings: &Settings,
     metrics: &AttributeMetrics,
-) -> Result<&'static str, ApplyError> {
-    let key = kv_key(&event.principal);
+    written: &mut Written,
+) -> Result<Vec<&'static str>, ApplyError> {
+    let Some((_, first)) = events.first() else {
+        return Ok(Vec::new());
+    };
+    let key = kv_key(&first.principal);
     let deadline = settings.request_timeout;
     let transient = |what: &str, e: String| ApplyError::Transient(format!("{what}: {e}"));
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let entry = tokio::time::timeout(deadline, kv.entry(key.as_str()))
-            .await
-            .map_err(|_| transient("KV read", format!("no answer within {deadline:?}")))?
-            .map_err(|e| transient("KV read", e.to_string()))?;
-        let (mut record, revision) = match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record: PrincipalRecord =
-                    serde_json::from_slice(&entry.value).map_err(|e| {
-                        // Someone else wrote this key: heimdall will not guess what to keep.
-                        transient(
-                            "stored document is unreadable (fix or delete the KV key)",
-                            e.to_string(),
-                        )
-                    })?;
-                (record, Some(entry.revision))
-            }
-            Some(marker) => (PrincipalRecord::default(), Some(marker.revision)),
-            None => (PrincipalRecord::default(), None),
+        let (mut record, revision, stored_size) = match written.take(&key) {
+            Some((record, revision, size)) => (record, Some(revision), size),
+            None => read(kv, &key, deadline).await?,
         };
-        if !record.apply(seq, &event.change) {
-            return Ok("skipped");
+        let outcomes: Vec<&'static str> = events
+            .iter()
+            .map(|(seq, event)| {
+                if record.apply(*seq, &event.change) {
+                    "applied"
+                } else {
+                    "skipped"
+                }
+            })
+            .collect();
+        if !outcomes.contains(&"applied") {
+            if let Some(revision) = revision {
+                written.keep(key, record, revision, stored_size);
+            }
+            return Ok(outcomes);
         }
         record.updated_at = Some(time::OffsetDateTime::now_utc());
         let bytes =
             serde_json::to_vec(&record).map_err(|e| transient("encoding", e.to_string()))?;
-        if bytes.len() > settings.max_record_bytes {
+        let size = bytes.len();
+        if size > settings.max_record_bytes {
             return Err(ApplyError::Permanent(format!(
-                "the principal's document would be {} bytes, over nats.bucket.max_record_bytes ({})",
-                bytes.len(),
+                "the principal's document would be {size} bytes, over nats.bucket.max_record_bytes ({})",
                 settings.max_record_bytes
             )));
         }
@@ -366,27 +449,25 @@ async fn apply(
                 Some(revision) => kv
                     .update(key.as_str(), bytes.into(), revision)
                     .await
-                    .map(|_| ())
                     .map_err(|e| {
                         (
                             e.kind() == kv::UpdateErrorKind::WrongLastRevision,
                             e.to_string(),
                         )
                     }),
-                None => kv
-                    .create(key.as_str(), bytes.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    }),
+                None => kv.create(key.as_str(), bytes.into()).await.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
             }
         };
         match tokio::time::timeout(deadline, write).await {
-            Ok(Ok(())) => return Ok("applied"),
+            Ok(Ok(new_revision)) => {
+                written.keep(key, record, new_revision, size);
+                return Ok(outcomes);
+            }
             Ok(Err((true, _))) => {
                 metrics.cas_conflicts.inc();
             }
@@ -402,6 +483,33 @@ async fn apply(
     Err(ApplyError::Transient(format!(
         "{MAX_CAS_ATTEMPTS} compare-and-swap conflicts in a row"
     )))
+}
+
+/// The principal's stored document, its revision (`None`: the key never existed) and its size.
+async fn read(
+    kv: &kv::Store,
+    key: &str,
+    deadline: Duration,
+) -> Result<(PrincipalRecord, Option<u64>, usize), ApplyError> {
+    let transient = |what: &str, e: String| ApplyError::Transient(format!("{what}: {e}"));
+    let entry = tokio::time::timeout(deadline, kv.entry(key))
+        .await
+        .map_err(|_| transient("KV read", format!("no answer within {deadline:?}")))?
+        .map_err(|e| transient("KV read", e.to_string()))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let record: PrincipalRecord = serde_json::from_slice(&entry.value).map_err(|e| {
+                // Someone else wrote this key: heimdall will not guess what to keep.
+                transient(
+                    "stored document is unreadable (fix or delete the KV key)",
+                    e.to_string(),
+                )
+            })?;
+            (record, Some(entry.revision), entry.value.len())
+        }
+        Some(marker) => (PrincipalRecord::default(), Some(marker.revision), 0),
+        None => (PrincipalRecord::default(), None, 0),
+    })
 }
 
 /// Reads the consumer's lag into the metrics until the session ends.
@@ -426,6 +534,28 @@ async fn watch_lag(mut consumer: PullConsumer, metrics: AttributeMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_copies_stay_within_their_budget() {
+        let mut written = Written::default();
+        written.keep("a".into(), PrincipalRecord::default(), 3, 100);
+        assert_eq!(written.take("a").map(|(_, rev, _)| rev), Some(3));
+        assert!(written.take("a").is_none(), "taken copies are gone");
+        // Too big to keep at all.
+        written.keep("big".into(), PrincipalRecord::default(), 1, WRITTEN_BUDGET);
+        assert!(written.take("big").is_none());
+        // Filling the budget starts over instead of growing.
+        for n in 0..40 {
+            written.keep(
+                format!("k{n}"),
+                PrincipalRecord::default(),
+                n,
+                WRITTEN_BUDGET / 32,
+            );
+        }
+        assert!(written.bytes <= WRITTEN_BUDGET);
+        assert!(written.records.len() < 40);
+    }
 
     #[test]
     fn redelivery_backs_off_to_a_cap() {
