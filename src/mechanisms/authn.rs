@@ -419,10 +419,10 @@ impl PasetoAuthenticator {
                 .collect(),
             attributes: claims.attr,
             mechanism: Arc::clone(&self.id),
-            issuer: claims.iss.map(String::into_boxed_str),
+            issuer: claims.iss.map(Arc::from),
             expires_at: times.expires_at,
             issued_at: times.issued_at,
-            token_id: claims.jti.map(String::into_boxed_str),
+            token_id: claims.jti.map(Arc::from),
             attributes_revision: 0,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {

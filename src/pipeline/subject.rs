@@ -5,18 +5,19 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use time::OffsetDateTime;
 
-/// A verified identity.
+/// A verified identity. Cloning it is cheap (shared strings): a contextualizer clones the
+/// principal to merge attributes into it on every request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     pub id: Arc<str>,
-    pub roles: Box<[Box<str>]>,
+    pub roles: Arc<[Box<str>]>,
     pub attributes: serde_json::Map<String, serde_json::Value>,
     /// The id of the mechanism that verified it.
     pub mechanism: Arc<str>,
-    pub issuer: Option<Box<str>>,
+    pub issuer: Option<Arc<str>>,
     pub expires_at: Option<OffsetDateTime>,
     pub issued_at: Option<OffsetDateTime>,
-    pub token_id: Option<Box<str>>,
+    pub token_id: Option<Arc<str>>,
     /// The KV revision of the stored attributes merged in (0: none): part of every decision
     /// cache key, so an attribute update is never answered from an older decision.
     pub attributes_revision: u64,
