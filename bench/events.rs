@@ -27,7 +27,6 @@
     reason = "bench harness: a failure ends the run with its message"
 )]
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -36,12 +35,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use clap::Parser;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use hdrhistogram::Histogram;
 use heimdall::app::Running;
-use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
 use heimdall::tokens::Purpose;
 use rand::Rng as _;
 use tokio::process::{Child, Command};
@@ -160,33 +157,6 @@ async fn start_heimdall(nats_url: &str, workers: usize) -> anyhow::Result<(Runni
     Ok((running, token))
 }
 
-fn check_request(token: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", "/reports"),
-        ("authorization", &format!("Bearer {token}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    host: "api.example.com".into(),
-                    path: "/reports".into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            ..AttributeContext::default()
-        }),
-    }
-}
-
 async fn wait_acked(consumer: &mut PullConsumer, last_seq: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -276,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     // Propagation: flip one principal's plan and watch the decision follow.
     let (running, token) = &instances[0];
     let mut client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr)).await?;
-    let request = check_request(token);
+    let request = bearer_check_request("/reports", token, &[]);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for flip in 0..args.flips {
         let enterprise = flip % 2 == 0;

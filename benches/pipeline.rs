@@ -9,13 +9,9 @@
     reason = "bench setup: a failure is a broken bench"
 )]
 
-use std::collections::HashMap;
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use heimdall::pipeline::Decision;
-use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
 use heimdall::tokens::Purpose;
 
 const CONFIG: &str = r#"
@@ -85,44 +81,13 @@ rules:
       - { finalizer: strip }
 "#;
 
-fn check_request(path: &str, token: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", path),
-        (":scheme", "https"),
-        ("accept", "application/json"),
-        ("user-agent", "bench/1.0"),
-        ("x-request-id", "6f1c2a9e-0d55-4d0b-9d54-8f0c2b7e1a11"),
-        ("x-forwarded-proto", "https"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain(std::iter::once((
-        "authorization".to_owned(),
-        format!("Bearer {token}"),
-    )))
-    .collect();
-    let http = HttpRequest {
-        id: "6f1c2a9e".into(),
-        method: "GET".into(),
-        scheme: "https".into(),
-        host: "api.example.com".into(),
-        path: path.into(),
-        protocol: "HTTP/1.1".into(),
-        headers,
-        ..HttpRequest::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Request::default()
-            }),
-            ..AttributeContext::default()
-        }),
-    }
-}
+/// Headers a browser or API client adds besides the token.
+const CLIENT_HEADERS: [(&str, &str); 4] = [
+    ("accept", "application/json"),
+    ("user-agent", "bench/1.0"),
+    ("x-request-id", "6f1c2a9e-0d55-4d0b-9d54-8f0c2b7e1a11"),
+    ("x-forwarded-proto", "https"),
+];
 
 fn pipeline(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -194,7 +159,7 @@ fn pipeline(c: &mut Criterion) {
             &attributes_token,
         ),
     ] {
-        let request = check_request(path, token);
+        let request = bearer_check_request(path, token, &CLIENT_HEADERS);
         // Warm the verified-token cache and prove the decision is an allow.
         let view = heimdall::extauthz::view(&request).unwrap();
         let decided = runtime.block_on(engine.decide(&view));

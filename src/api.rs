@@ -144,8 +144,7 @@ async fn principal(
                         "principal attributes are unavailable",
                     )
                 })?;
-                if let Some(record) = snapshot.record {
-                    principal.attr.extend(record.attributes.clone());
+                if snapshot.merge_into(&mut principal.attr) {
                     principal.attributes_revision = snapshot.revision;
                 }
             }

@@ -54,3 +54,44 @@ pub fn mint(keys: &Keyring, purpose: Purpose, claims: &Claims) -> String {
     keys.mint(purpose, claims)
         .unwrap_or_else(|e| panic!("mint: {e}"))
 }
+
+/// The `CheckRequest` Envoy's HTTP ext_authz filter sends for `GET https://api.example.com<path>`
+/// with `Authorization: Bearer <token>` and `headers` (lower-case names) besides.
+pub fn bearer_check_request(
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let authorization = format!("Bearer {token}");
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", path),
+        (":scheme", "https"),
+        ("authorization", authorization.as_str()),
+    ]
+    .iter()
+    .chain(headers)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "6f1c2a9e".into(),
+                    method: "GET".into(),
+                    scheme: "https".into(),
+                    host: "api.example.com".into(),
+                    path: path.into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            ..AttributeContext::default()
+        }),
+    }
+}

@@ -328,6 +328,17 @@ async fn wait_stream(js: &jetstream::Context) {
     }
 }
 
+/// NATS and one ready heimdall on the shipped defaults, with the stream it created; `None`
+/// when nats-server is not installed (outside CI).
+async fn one_instance() -> Option<(NatsServer, HeimdallProcess, jetstream::Context)> {
+    let nats = NatsServer::start().await?;
+    let instance = start_heimdall(&nats).await;
+    wait_ready(&instance).await;
+    let js = js_of(&nats).await;
+    wait_stream(&js).await;
+    Some((nats, instance, js))
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     support::process::sample_value(text, name).unwrap_or(0.0)
 }
@@ -435,13 +446,9 @@ async fn nats_and_instance_crashes_mid_stream_lose_and_repeat_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_are_terminated_and_counted_without_blocking_the_good_ones() {
-    let Some(nats) = NatsServer::start().await else {
+    let Some((_nats, instance, js)) = one_instance().await else {
         return;
     };
-    let instance = start_heimdall(&nats).await;
-    wait_ready(&instance).await;
-    let js = js_of(&nats).await;
-    wait_stream(&js).await;
 
     let payloads: [(&str, &[u8]); 7] = [
         ("subscription.updated", br#"{"user_id": "user123", "plan": "enterprise", "attributes": {"max_users": 500, "features": ["sso", "audit", "priority_support"]}}"#),
@@ -510,11 +517,7 @@ async fn decide(instance: &HeimdallProcess, sub: &str) -> reqwest::StatusCode {
         heimdall::tokens::Purpose::Local,
         &heimdall::test_helpers::claims(sub, &["user"]),
     );
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    support::http_client()
         .get(format!("http://{}/decision", instance.http_addr()))
         .header("x-forwarded-method", "GET")
         .header("x-forwarded-host", "api.example.com")
@@ -622,13 +625,9 @@ async fn waits_for_a_stream_it_may_not_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_retried_until_it_applies_and_nothing_is_dropped() {
-    let Some(nats) = NatsServer::start().await else {
+    let Some((_nats, instance, js)) = one_instance().await else {
         return;
     };
-    let instance = start_heimdall(&nats).await;
-    wait_ready(&instance).await;
-    let js = js_of(&nats).await;
-    wait_stream(&js).await;
     // Someone else wrote this principal's key: heimdall will not guess what to keep, so the
     // event waits (nak, back-off) instead of overwriting or being dropped.
     let kv = js.get_key_value(BUCKET).await.unwrap();

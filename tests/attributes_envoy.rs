@@ -104,11 +104,7 @@ impl Stack {
         let heimdall = built.serve().await.unwrap();
         let echo = EchoUpstream::start().await;
         let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
+        let client = support::http_client();
         let mut js = jetstream::new(nats.client().await);
         js.set_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -316,11 +312,8 @@ async fn a_revocation_turns_a_working_token_into_a_401() {
         .text()
         .await
         .unwrap();
-    let revoked = metrics
-        .lines()
-        .find(|l| l.starts_with("heimdall_attributes_revoked_tokens_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap();
+    let revoked =
+        support::process::sample_value(&metrics, "heimdall_attributes_revoked_tokens_total")
+            .unwrap();
     assert!(revoked >= 1.0, "{metrics}");
 }

@@ -57,11 +57,7 @@ impl Stack {
         let heimdall = built.serve().await.unwrap();
         let echo = EchoUpstream::start().await;
         let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
+        let client = support::http_client();
         let stack = Self {
             cerbos,
             keys,
@@ -525,10 +521,7 @@ async fn trusted_callers_may_name_the_principal_in_the_body() {
         .unwrap();
     let body = r#"{"principal": {"id": "user123", "roles": ["user"]},
                    "resources": [{"kind": "document", "id": "doc456", "attr": {"owner": "user123"}, "actions": ["view", "delete"]}]}"#;
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let response = support::http_client()
         .post(format!("http://{}/check", running.http_addr))
         .body(body)
         .send()
@@ -636,10 +629,7 @@ async fn cerbos_over_tls_with_a_private_ca() {
                 mint(&built.keys, Purpose::Public, &claims("alice", &["user"]))
             );
             let running = built.serve().await.unwrap();
-            let response = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
+            let response = support::http_client()
                 .post(format!("http://{}/check", running.http_addr))
                 .header("authorization", token)
                 .body(body)

@@ -51,11 +51,7 @@ async fn starts_without_configuration_and_accepts_its_demo_token() {
     }
     let token = token.unwrap();
 
-    let http_client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http_client = support::http_client();
     let decide = |auth: Option<String>| {
         let mut request = http_client
             .get(format!("http://127.0.0.1:{http}/decision"))

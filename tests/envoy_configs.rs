@@ -119,7 +119,7 @@ fn rendered_test_config_is_valid() {
 #[tokio::test]
 async fn echo_upstream_reports_the_request() {
     let echo = EchoUpstream::start().await;
-    let client = envoy::http_client().unwrap();
+    let client = support::http_client();
     let body: serde_json::Value = client
         .post(echo.url("/some/path?q=1"))
         .header("X-Thing", "a")
@@ -151,7 +151,7 @@ async fn envoy_fails_closed_when_heimdall_is_unreachable() {
         return;
     };
     assert!(envoy.listen_addr().ip().is_loopback());
-    let client = envoy::http_client().unwrap();
+    let client = support::http_client();
 
     for path in ["/anything", "/admin/users", "/"] {
         let response = client.get(envoy.url(path)).send().await.unwrap();

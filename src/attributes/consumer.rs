@@ -389,6 +389,11 @@ fn redelivery_delay(settings: &Settings, delivered: i64) -> Duration {
         .min(settings.max_backoff)
 }
 
+/// A failure that may pass: `what` failed with `error`.
+fn transient(what: &str, error: String) -> ApplyError {
+    ApplyError::Transient(format!("{what}: {error}"))
+}
+
 #[derive(Debug)]
 enum ApplyError {
     /// Will never succeed: terminate.
@@ -412,7 +417,6 @@ async fn apply(
     };
     let key = kv_key(&first.principal);
     let deadline = settings.request_timeout;
-    let transient = |what: &str, e: String| ApplyError::Transient(format!("{what}: {e}"));
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (mut record, revision, stored_size) = match written.take(&key) {
             Some((record, revision, size)) => (record, Some(revision), size),
@@ -491,7 +495,6 @@ async fn read(
     key: &str,
     deadline: Duration,
 ) -> Result<(PrincipalRecord, Option<u64>, usize), ApplyError> {
-    let transient = |what: &str, e: String| ApplyError::Transient(format!("{what}: {e}"));
     let entry = tokio::time::timeout(deadline, kv.entry(key))
         .await
         .map_err(|_| transient("KV read", format!("no answer within {deadline:?}")))?

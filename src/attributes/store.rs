@@ -27,6 +27,23 @@ pub struct Snapshot {
     pub record: Option<Arc<PrincipalRecord>>,
 }
 
+impl Snapshot {
+    /// Merges the stored attributes into `attributes` (a token's claims): the stored facts are
+    /// newer, so they win on a name clash. Returns whether there was a stored document.
+    pub fn merge_into(&self, attributes: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+        let Some(record) = &self.record else {
+            return false;
+        };
+        attributes.extend(
+            record
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        true
+    }
+}
+
 /// Why a principal could not be looked up. The decision path fails closed on every variant.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LookupError {

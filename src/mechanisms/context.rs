@@ -87,7 +87,7 @@ impl PrincipalAttributes {
             .get(&principal.id)
             .await
             .map_err(|e| StepError::new(ErrorKind::Communication, &self.id, e.to_string()))?;
-        let Some(record) = snapshot.record else {
+        if snapshot.record.is_none() {
             if self.required {
                 return Err(StepError::new(
                     ErrorKind::Authorization,
@@ -96,14 +96,9 @@ impl PrincipalAttributes {
                 ));
             }
             return Ok(());
-        };
+        }
         let mut enriched = (**principal).clone();
-        enriched.attributes.extend(
-            record
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        snapshot.merge_into(&mut enriched.attributes);
         enriched.attributes_revision = snapshot.revision;
         let name = Arc::clone(name);
         subject.insert(name, Arc::new(enriched));

@@ -9,7 +9,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -18,7 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{free_port, tools};
+use super::{fail, free_port, log_stdio, send_signal, tools, unique_id};
 
 /// How long Cerbos may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -113,14 +112,7 @@ impl Cerbos {
 
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         let log_path = self.log_path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| format!("clone {}: {e}", log_path.display()))?;
+        let (log, log_err) = log_stdio(&log_path)?;
         let child = Command::new(&self.binary)
             .arg("server")
             .arg(format!("--config={CONFIG}"))
@@ -197,15 +189,8 @@ impl Cerbos {
         let Some(pid) = self.pid() else {
             fail(&format!("cannot send {signal}: Cerbos is not running"));
         };
-        let status = std::process::Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .stdin(Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => {}
-            Ok(status) => fail(&format!("kill {signal} {pid}: {status}")),
-            Err(e) => fail(&format!("kill {signal} {pid}: {e}")),
+        if let Err(e) = send_signal(pid, signal) {
+            fail(&e);
         }
     }
 
@@ -275,20 +260,5 @@ async fn probe(grpc: SocketAddr) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("health status {status}"))
-    }
-}
-
-fn unique_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn fail(message: &str) -> ! {
-    #[allow(
-        clippy::panic,
-        reason = "an installed Cerbos that does not run as asked fails the test"
-    )]
-    {
-        panic!("{message}");
     }
 }

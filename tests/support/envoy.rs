@@ -11,12 +11,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use super::tools;
+use super::{tools, unique_id};
 
 /// The configuration template, `tests/fixtures/envoy-test.yaml.tmpl`.
 pub const TEMPLATE: &str = include_str!("../fixtures/envoy-test.yaml.tmpl");
@@ -168,11 +167,7 @@ impl Envoy {
         let log_path = dir.join("envoy.log");
         std::fs::write(&config_path, config)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("create {}: {e}", log_path.display()))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| format!("clone {}: {e}", log_path.display()))?;
+        let (log, log_err) = super::log_stdio(&log_path)?;
 
         let child = Command::new(binary)
             .arg("-c")
@@ -208,7 +203,7 @@ impl Envoy {
 
     /// Polls until Envoy's admin answers `/ready` with 200 and its listener has an address.
     async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
-        let client = http_client()?;
+        let client = super::http_client();
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no admin address yet");
         loop {
@@ -343,21 +338,6 @@ impl Drop for Envoy {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// An HTTP client for loopback test traffic: no proxy from the environment, bounded timeouts.
-pub fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("build HTTP client: {e}"))
-}
-
-fn unique_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A base id no other Envoy of this machine's test runs uses at the same time: hot restart is

@@ -9,12 +9,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use super::{free_port, tools};
+use super::{fail, free_port, log_stdio, terminate, tools, unique_id};
 
 /// How long NATS may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -107,14 +106,7 @@ impl NatsServer {
 
     async fn spawn_and_wait(&mut self) -> Result<(), StartError> {
         let log_path = self.log_path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| StartError::Other(format!("open {}: {e}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| StartError::Other(format!("clone {}: {e}", log_path.display())))?;
+        let (log, log_err) = log_stdio(&log_path).map_err(StartError::Other)?;
         let child = Command::new(&self.binary)
             .arg("-js")
             .arg("-sd")
@@ -184,23 +176,8 @@ impl NatsServer {
     /// Stops NATS gracefully (SIGTERM) and waits for it to exit; kills it if it is still running
     /// after 10 s. Does nothing if it is not running.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            // No libc in the tests (and no unsafe code): the `kill` command sends the signal.
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .stdin(Stdio::null())
-                .status();
-        }
-        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        if let Some(child) = self.child.take() {
+            terminate(child, STOP_TIMEOUT).await;
         }
     }
 
@@ -307,19 +284,4 @@ async fn probe(http: &reqwest::Client, health: &str, client: SocketAddr) -> Resu
         .map_err(|_| format!("connect {client}: timed out"))?
         .map(drop)
         .map_err(|e| format!("connect {client}: {e}"))
-}
-
-fn unique_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn fail(message: &str) -> ! {
-    #[allow(
-        clippy::panic,
-        reason = "an installed nats-server that does not run as asked fails the test"
-    )]
-    {
-        panic!("{message}");
-    }
 }

@@ -9,13 +9,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use super::free_port;
+use super::{fail, free_port, log_stdio, unique_id};
 
 /// How often readiness and health are polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -70,11 +69,7 @@ impl HeimdallProcess {
             fail(&format!("write {}: {e}", config.display()));
         }
         let log_path = dir.join("heimdall.log");
-        let (log, log_err) =
-            match std::fs::File::create(&log_path).and_then(|log| Ok((log.try_clone()?, log))) {
-                Ok(files) => files,
-                Err(e) => fail(&format!("create {}: {e}", log_path.display())),
-            };
+        let (log, log_err) = log_stdio(&log_path).unwrap_or_else(|e| fail(&e));
         let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_heimdall"));
@@ -212,22 +207,8 @@ impl HeimdallProcess {
     /// Stops heimdall gracefully (SIGTERM) and waits at most 10 s for it to exit, then kills it.
     /// Returns the exit status, `None` if it was not running.
     pub async fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut child = self.take_child()?;
-        if let Some(pid) = child.id() {
-            // No libc in the tests (and no unsafe code): the `kill` command sends the signal.
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .stdin(Stdio::null())
-                .status();
-        }
-        match tokio::time::timeout(TERMINATE_TIMEOUT, child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.ok()
-            }
-        }
+        let child = self.take_child()?;
+        super::terminate(child, TERMINATE_TIMEOUT).await
     }
 
     /// Whether the process is still running (not exited, killed or terminated).
@@ -288,19 +269,4 @@ pub fn sample_value(text: &str, name_with_labels: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name_with_labels)?.strip_prefix(' '))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())
-}
-
-fn unique_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn fail(message: &str) -> ! {
-    #[allow(
-        clippy::panic,
-        reason = "a heimdall process that cannot be run as asked fails the test"
-    )]
-    {
-        panic!("{message}");
-    }
 }
