@@ -1,7 +1,22 @@
 //! Logging: `tracing` with an `EnvFilter` (`RUST_LOG` overrides the configured level), plain or
-//! JSON output on stderr.
+//! JSON output on stderr, and the helpers that keep untrusted text and secrets out of it.
+//!
+//! Log lines must be trustworthy: a value that came from a request (a token footer, a header,
+//! a path) must not be able to end a line and start a forged one, move the cursor or reorder
+//! text. So escaping happens at the root, for every field of every event and span, not at the
+//! call sites: the plain format writes fields through [`EscapingFields`], the JSON format
+//! through [`JsonSafeWriter`] (serde already escapes what JSON requires; the writer adds the
+//! rest). URLs that may carry credentials go through [`redact_url`] before they are shown.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::io;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -10,12 +25,342 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(config.format, filter, ansi, std::io::stderr).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`; tests capture its output.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match config.format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Plain => Box::new(
+            builder
+                .fmt_fields(EscapingFields::default())
+                .with_writer(writer)
+                .finish(),
+        ),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_writer(JsonSafeWriter(writer))
+                .finish(),
+        ),
+    }
+}
+
+/// Whether `c` must not reach a log as is: control characters (C0 including CR, LF and ESC,
+/// DEL and C1 including NEL), the Unicode line and paragraph separators, and the invisible
+/// format characters that reorder or hide text (bidi overrides and isolates, zero-width marks,
+/// the BOM).
+pub fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// `text` with every character of [`needs_escape`] written as a Rust-style escape (`\n`, `\r`,
+/// `\t`, `\u{1b}`); other text, backslashes included, is unchanged. Borrowed when nothing
+/// needs escaping, which is the common case.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    // Writing into a String cannot fail.
+    let _ = write_escaped(&mut out, text);
+    Cow::Owned(out)
+}
+
+fn write_escaped(out: &mut dyn fmt::Write, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some((at, c)) = rest.char_indices().find(|&(_, c)| needs_escape(c)) {
+        let (clean, tail) = rest.split_at(at);
+        out.write_str(clean)?;
+        match c {
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            other => write!(out, "\\u{{{:x}}}", u32::from(other))?,
+        }
+        rest = tail.get(c.len_utf8()..).unwrap_or_default();
+    }
+    out.write_str(rest)
+}
+
+/// Untrusted text for an error message: escaped, and cut to `max` characters (with `…`) so a
+/// 1 KiB footer cannot flood a log line.
+pub fn untrusted(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(max).collect();
+    let _ = write_escaped(&mut out, &head);
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `url` with the credentials of its userinfo hidden: `nats://user:pass@host` shows as
+/// `nats://user:***@host`, `nats://token@host` as `nats://***@host`. Comma-separated server
+/// lists (NATS) are handled server by server; a URL without `@` is returned as is.
+pub fn redact_url(url: &str) -> Cow<'_, str> {
+    if !url.contains('@') {
+        return Cow::Borrowed(url);
+    }
+    let servers: Vec<&str> = url.split(',').collect();
+    let mut out = Vec::with_capacity(servers.len());
+    for (i, server) in servers.iter().enumerate() {
+        // A `,` inside a password splits one server in two: the part before it is userinfo too.
+        let continued = servers
+            .get(i + 1)
+            .is_some_and(|next| next.contains('@') && !next.contains("://"));
+        if continued && !server.contains('@') {
+            let scheme = server.split_once("://").map_or("", |(scheme, _)| scheme);
+            out.push(if scheme.is_empty() {
+                "***".to_owned()
+            } else {
+                format!("{scheme}://***")
+            });
+        } else {
+            out.push(redact_server(server));
+        }
+    }
+    Cow::Owned(out.join(","))
+}
+
+fn redact_server(server: &str) -> String {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
     };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return server.to_owned();
+    };
+    // The user name stays (it says which account); a lone userinfo is a token, hidden whole.
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) if !user.contains('/') => format!("{user}:***"),
+        _ => "***".to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{shown}@{host}"),
+        None => format!("{shown}@{host}"),
+    }
+}
+
+/// Serializes a URL field through [`redact_url`] (`#[serde(serialize_with = …)]`): the
+/// configuration dump never shows credentials.
+pub fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// The plain format's field formatter: tracing-subscriber's own layout (`name=value`, the
+/// message first), with every character of [`needs_escape`] escaped in names and values,
+/// whether recorded as a string, with `%` (Display), `?` (Debug) or as an error.
+#[derive(Debug, Default)]
+pub struct EscapingFields {
+    inner: DefaultFields,
+}
+
+impl<'writer> FormatFields<'writer> for EscapingFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut escaper = Escaper(&mut writer);
+        self.inner.format_fields(Writer::new(&mut escaper), fields)
+    }
+}
+
+/// A `fmt::Write` that escapes what passes through it.
+struct Escaper<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaper<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_escaped(self.0, s)
+    }
+}
+
+/// The JSON format's writer. serde_json escapes quotes, backslashes and C0 controls; it writes
+/// DEL, C1 controls, U+2028/U+2029 and the invisible format characters raw. In a JSON line
+/// these can only occur inside strings, so each is rewritten as the equivalent `\uXXXX`
+/// escape: the document means the same, and no raw character can mislead a terminal or a
+/// JavaScript log viewer.
+#[derive(Debug, Clone)]
+pub struct JsonSafeWriter<W>(pub W);
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for JsonSafeWriter<W> {
+    type Writer = JsonSafe<W::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        JsonSafe(self.0.make_writer())
+    }
+}
+
+/// One event's writer of [`JsonSafeWriter`].
+#[derive(Debug)]
+pub struct JsonSafe<W>(W);
+
+impl<W: io::Write> io::Write for JsonSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // The formatter hands over whole events (a String), so `buf` is UTF-8; anything else
+        // is passed on untouched rather than lost.
+        match std::str::from_utf8(buf) {
+            Ok(text) if text.chars().any(|c| c >= '\u{7f}' && needs_escape(c)) => {
+                let mut out = String::with_capacity(text.len() + 12);
+                for c in text.chars() {
+                    if c >= '\u{7f}' && needs_escape(c) {
+                        // Every such character is in the BMP: one \uXXXX escape.
+                        let _ = write!(out, "\\u{:04x}", u32::from(c));
+                    } else {
+                        out.push(c);
+                    }
+                }
+                self.0.write_all(out.as_bytes())?;
+            }
+            _ => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    const HOSTILE: &str = "kid\n2025-01-01T00:00:00Z  INFO heimdall: forged\r\u{1b}[31m\u{7f}\u{85}\u{2028}\u{2029}\u{202e}x";
+
+    fn log_with(format: LogFormat) -> String {
+        let capture = Capture::default();
+        let subscriber = subscriber(format, EnvFilter::new("info"), false, capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", path = HOSTILE);
+            let _entered = span.enter();
+            let error = std::io::Error::other(HOSTILE.to_owned());
+            tracing::info!(
+                reason = %HOSTILE,
+                debug = ?HOSTILE,
+                plain = HOSTILE,
+                error = &error as &(dyn std::error::Error + 'static),
+                "message {HOSTILE}"
+            );
+        });
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn assert_clean(out: &str) {
+        assert_eq!(out.matches('\n').count(), 1, "one line: {out:?}");
+        assert!(out.ends_with('\n'), "{out:?}");
+        let body = out.trim_end_matches('\n');
+        assert!(
+            !body.chars().any(needs_escape),
+            "raw control or format character in {body:?}"
+        );
+    }
+
+    #[test]
+    fn plain_lines_cannot_be_forged() {
+        let out = log_with(LogFormat::Plain);
+        assert_clean(&out);
+        // The layout is tracing-subscriber's, with the escapes in place of the characters.
+        assert!(out.contains("INFO request{path=\"kid\\n2025"), "{out}");
+        // tracing-subscriber itself writes ESC and DEL in messages as `\x1b`, `\x7f`.
+        assert!(
+            out.contains("message kid\\n2025-01-01T00:00:00Z  INFO heimdall: forged\\r\\x1b[31m\\x7f\\u{85}\\u{2028}\\u{2029}\\u{202e}x reason="),
+            "{out}"
+        );
+        assert!(out.contains(" reason=kid\\n2025"), "{out}");
+        assert!(out.contains(" debug=\"kid\\n2025"), "{out}");
+        assert!(out.contains(" error=kid\\n2025"), "{out}");
+    }
+
+    #[test]
+    fn json_lines_cannot_be_forged_and_still_parse() {
+        let out = log_with(LogFormat::Json);
+        assert_clean(&out);
+        let parsed: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        // The escapes are JSON's own: the value reads back exactly.
+        assert_eq!(parsed["reason"], HOSTILE);
+        assert_eq!(parsed["plain"], HOSTILE);
+        assert_eq!(parsed["message"], format!("message {HOSTILE}"));
+        assert!(out.contains("\\u007f") && out.contains("\\u2028"), "{out}");
+    }
+
+    #[test]
+    fn escape_leaves_ordinary_text_alone() {
+        assert!(matches!(
+            escape("GET /päth?q=1 ✓ \\n"),
+            Cow::Borrowed("GET /päth?q=1 ✓ \\n")
+        ));
+        assert_eq!(
+            escape("a\nb\tc\u{1b}d\u{2028}"),
+            "a\\nb\\tc\\u{1b}d\\u{2028}"
+        );
+        assert_eq!(untrusted("abc\ndef", 4), "abc\\n…");
+        assert_eq!(untrusted("abc", 4), "abc");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        for (url, shown) in [
+            ("nats://nats:4222", "nats://nats:4222"),
+            ("nats://user:s3cret@nats:4222", "nats://user:***@nats:4222"),
+            ("nats://t0ken@nats:4222", "nats://***@nats:4222"),
+            ("tls://u:p@a:1,nats://b:2", "tls://u:***@a:1,nats://b:2"),
+            ("nats://a:1,nats://u:p@b:2", "nats://a:1,nats://u:***@b:2"),
+            (
+                "http://u:p%40ss@cerbos:3593/x",
+                "http://u:***@cerbos:3593/x",
+            ),
+            ("u:pw@cerbos:3593", "u:***@cerbos:3593"),
+            ("nats://u:p@ss@h:1", "nats://u:***@h:1"),
+            ("nats://u:pa,ss@h:1", "nats://***,***@h:1"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

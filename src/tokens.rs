@@ -49,7 +49,9 @@ impl fmt::Display for Purpose {
     }
 }
 
-/// Why a token was refused. The messages name the problem, never the token or a key.
+/// Why a token was refused. The messages name the problem, never the token or a key. Text
+/// taken from the token (a `kid`, a version, a claim) is escaped and cut short where the
+/// error is made, so the message is safe to print and to log as is.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token is {size} bytes, over the limit of {limit}")]
@@ -88,17 +90,55 @@ pub enum TokenError {
     NoExpiry,
 }
 
-/// Errors building or using the key ring.
+/// Errors building or using the key ring. Messages say which key (its position in
+/// `tokens.keys`) and what is wrong with it, never the key text.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got {0}")]
     SymmetricKeyLength(usize),
+    #[error("PASETO_SYMMETRIC_KEY must not be all zero bytes")]
+    SymmetricKeyZero,
     #[error(
         "key {index} is not a PASERK v4 key (expected `k4.local.`, `k4.secret.` or `k4.public.`)"
     )]
     UnknownPaserk { index: usize },
-    #[error("key {index}: invalid {kind} PASERK")]
-    InvalidPaserk { index: usize, kind: &'static str },
+    #[error(
+        "key {index} is a version {version} PASERK (`k{version}.`): heimdall accepts only version 4 (`k4.`) keys"
+    )]
+    PaserkVersion { index: usize, version: char },
+    #[error("key {index}: invalid {kind} PASERK: {reason}")]
+    InvalidPaserk {
+        index: usize,
+        kind: &'static str,
+        reason: &'static str,
+    },
+    #[error("key {index}: a {kind} PASERK holds {expected} bytes, this one holds {got}")]
+    PaserkLength {
+        index: usize,
+        kind: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("key {index}: the k4.local key is all zero bytes")]
+    ZeroKey { index: usize },
+    #[error("key {index}: the k4.secret key has an all-zero Ed25519 seed")]
+    ZeroSeed { index: usize },
+    #[error(
+        "key {index}: the public half of the k4.secret key does not match its seed (a corrupted or spliced key)"
+    )]
+    KeyPairMismatch { index: usize },
+    #[error(
+        "key {index}: the {kind} key is not a usable Ed25519 public key (not a curve point, or of small order)"
+    )]
+    WeakPublicKey { index: usize, kind: &'static str },
+    #[error(
+        "key {index}: the {kind} key is published in the {vector} test vectors, so anyone can forge tokens with it; generate a key with `heimdall keys generate`"
+    )]
+    PublishedTestKey {
+        index: usize,
+        kind: &'static str,
+        vector: &'static str,
+    },
     #[error(
         "no signing key for v4.{0} tokens is configured: set PASETO_SYMMETRIC_KEY for local tokens or add a `k4.secret.` key under `tokens.keys`"
     )]
@@ -166,11 +206,146 @@ fn key_id(id: Id) -> Arc<str> {
     Arc::from(paserk_string(&id))
 }
 
+/// Decoded key bytes, wiped when dropped (pasetors keeps and wipes its own copy).
+struct KeyBytes(Vec<u8>);
+
+impl Drop for KeyBytes {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// The bytes of a PASERK body (the part after `k4.<type>.`): canonical unpadded base64url of
+/// exactly `expected` bytes.
+fn decode_paserk(
+    body: &str,
+    index: usize,
+    kind: &'static str,
+    expected: usize,
+) -> Result<KeyBytes, KeyError> {
+    use base64::Engine as _;
+    if body.is_empty() {
+        return Err(KeyError::InvalidPaserk {
+            index,
+            kind,
+            reason: "the key data is missing",
+        });
+    }
+    if body.contains('.') {
+        return Err(KeyError::InvalidPaserk {
+            index,
+            kind,
+            reason: "a PASERK has exactly three `.`-separated parts",
+        });
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .map(KeyBytes)
+        .map_err(|_| KeyError::InvalidPaserk {
+            index,
+            kind,
+            reason: "the key data is not canonical unpadded base64url",
+        })?;
+    if bytes.0.len() != expected {
+        return Err(KeyError::PaserkLength {
+            index,
+            kind,
+            expected,
+            got: bytes.0.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// An Ed25519 verifying key that is a valid curve point and not of small order.
+fn verifying_key(
+    bytes: &[u8],
+    index: usize,
+    kind: &'static str,
+) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    let weak = || KeyError::WeakPublicKey { index, kind };
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| weak())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| weak())?;
+    if key.is_weak() {
+        return Err(weak());
+    }
+    Ok(key)
+}
+
+/// Key material published in the PASETO v4 and PASERK k4 test vectors (hex): symmetric keys,
+/// Ed25519 seeds and public keys. Anyone can mint tokens with these, so they are refused
+/// whatever their role; the all-zero keys are refused separately.
+const PUBLISHED_KEYS: [(&str, &str); 6] = [
+    (
+        "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f",
+        "PASERK (k4.local-2, k4.secret-2, k4.public-2) and PASETO v4 (4-E)",
+    ),
+    (
+        "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e90",
+        "PASERK (k4.local-3, k4.secret-3, k4.public-3)",
+    ),
+    (
+        "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29",
+        "PASERK (k4.secret-1)",
+    ),
+    (
+        "1ce56a48c82ff99162a14bc544612674e5d61fb9317e65d4055780fdbcb4dc35",
+        "PASERK (k4.secret-2)",
+    ),
+    (
+        "60fe37571a5d6e7d30b15154ce4a9fb92c70c870848f4ccdf1626588097f73f7",
+        "PASERK (k4.secret-3)",
+    ),
+    (
+        "b4cbfb43df4ce210727d953e4a713307fa19bb7d9f85041438d9e11b942a3774",
+        "PASETO v4 (4-S)",
+    ),
+];
+
+/// The public key of the PASETO v4 `4-S` vectors (its seed is in [`PUBLISHED_KEYS`]).
+const PUBLISHED_4S_PUBLIC: &str =
+    "1eb9dbbbbc047c03fd70604e0071f0987e16b28b757225c11f00415d0e20b1a2";
+
+fn refuse_published(bytes: &[u8], index: usize, kind: &'static str) -> Result<(), KeyError> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if hex == PUBLISHED_4S_PUBLIC {
+        return Err(KeyError::PublishedTestKey {
+            index,
+            kind,
+            vector: "PASETO v4 (4-S)",
+        });
+    }
+    match PUBLISHED_KEYS
+        .iter()
+        .find(|(published, _)| *published == hex)
+    {
+        Some((_, vector)) => Err(KeyError::PublishedTestKey {
+            index,
+            kind,
+            vector,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The version digit of a PASERK of another version (`k3.local.…`), to name it in the error.
+fn other_paserk_version(text: &str) -> Option<char> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next(), chars.next()) {
+        (Some('k'), Some(version @ '0'..='9'), Some('.')) if version != '4' => Some(version),
+        _ => None,
+    }
+}
+
 impl Keyring {
     /// Adds a raw 32-byte symmetric key (the `PASETO_SYMMETRIC_KEY` contract).
     pub fn add_raw_symmetric(&mut self, raw: &[u8]) -> Result<(), KeyError> {
         if raw.len() != 32 {
             return Err(KeyError::SymmetricKeyLength(raw.len()));
+        }
+        if raw.iter().all(|&b| b == 0) {
+            return Err(KeyError::SymmetricKeyZero);
         }
         let key =
             SymmetricKey::<V4>::from(raw).map_err(|_| KeyError::SymmetricKeyLength(raw.len()))?;
@@ -188,19 +363,7 @@ impl Keyring {
     fn push_public(&mut self, key: AsymmetricPublicKey<V4>, index: usize) -> Result<(), KeyError> {
         let id = key_id(Id::from(&key));
         if !self.public.iter().any(|k| k.id == id) {
-            let bytes: [u8; 32] =
-                key.as_bytes()
-                    .try_into()
-                    .map_err(|_| KeyError::InvalidPaserk {
-                        index,
-                        kind: "k4.public",
-                    })?;
-            let verifier = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
-                KeyError::InvalidPaserk {
-                    index,
-                    kind: "k4.public",
-                }
-            })?;
+            let verifier = verifying_key(key.as_bytes(), index, "k4.public")?;
             let paserk = paserk_string(&key);
             self.public.push(PublicKey {
                 id,
@@ -213,41 +376,72 @@ impl Keyring {
 
     /// Adds a key given as PASERK: `k4.local.` (encrypt + decrypt), `k4.secret.` (sign, and
     /// verify through its public half) or `k4.public.` (verify only). `index` locates it in errors.
+    ///
+    /// The PASERK is decoded and checked here before pasetors sees it: pasetors panics on an
+    /// all-zero Ed25519 seed (the official `k4.secret-1` vector), and a key published in the
+    /// PASETO/PASERK test vectors, a secret key whose halves disagree or a small-order public
+    /// key must be refused by name, not discovered later.
     pub fn add_paserk(&mut self, paserk: &str, index: usize) -> Result<(), KeyError> {
         let paserk = paserk.trim();
-        if paserk.starts_with("k4.local.") {
-            let key =
-                SymmetricKey::<V4>::try_from(paserk).map_err(|_| KeyError::InvalidPaserk {
-                    index,
-                    kind: "k4.local",
-                })?;
+        if let Some(body) = paserk.strip_prefix("k4.local.") {
+            let bytes = decode_paserk(body, index, "k4.local", 32)?;
+            if bytes.0.iter().all(|&b| b == 0) {
+                return Err(KeyError::ZeroKey { index });
+            }
+            refuse_published(&bytes.0, index, "k4.local")?;
+            let key = SymmetricKey::<V4>::from(&bytes.0).map_err(|_| KeyError::PaserkLength {
+                index,
+                kind: "k4.local",
+                expected: 32,
+                got: bytes.0.len(),
+            })?;
             self.push_local(key);
-        } else if paserk.starts_with("k4.secret.") {
-            let secret = AsymmetricSecretKey::<V4>::try_from(paserk).map_err(|_| {
-                KeyError::InvalidPaserk {
+        } else if let Some(body) = paserk.strip_prefix("k4.secret.") {
+            let bytes = decode_paserk(body, index, "k4.secret", 64)?;
+            let (seed, public_half) = bytes.0.split_at(32);
+            if seed.iter().all(|&b| b == 0) {
+                return Err(KeyError::ZeroSeed { index });
+            }
+            refuse_published(seed, index, "k4.secret")?;
+            refuse_published(public_half, index, "k4.secret")?;
+            let seed: [u8; 32] = seed.try_into().map_err(|_| KeyError::PaserkLength {
+                index,
+                kind: "k4.secret",
+                expected: 64,
+                got: bytes.0.len(),
+            })?;
+            let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+            if derived.as_bytes() != public_half {
+                return Err(KeyError::KeyPairMismatch { index });
+            }
+            // Checked above: the seed is non-zero and matches the public half, the two
+            // conditions under which pasetors would panic or refuse.
+            let secret = AsymmetricSecretKey::<V4>::from(&bytes.0)
+                .map_err(|_| KeyError::KeyPairMismatch { index })?;
+            let public = AsymmetricPublicKey::<V4>::from(public_half).map_err(|_| {
+                KeyError::WeakPublicKey {
                     index,
                     kind: "k4.secret",
                 }
             })?;
-            let public = AsymmetricPublicKey::<V4>::try_from(&secret).map_err(|_| {
-                KeyError::InvalidPaserk {
-                    index,
-                    kind: "k4.secret",
-                }
-            })?;
+            verifying_key(public_half, index, "k4.secret")?;
             let id = key_id(Id::from(&public));
             self.push_public(public, index)?;
             if self.signing.is_none() {
                 self.signing = Some(SigningKey { id, secret });
             }
-        } else if paserk.starts_with("k4.public.") {
-            let key = AsymmetricPublicKey::<V4>::try_from(paserk).map_err(|_| {
-                KeyError::InvalidPaserk {
+        } else if let Some(body) = paserk.strip_prefix("k4.public.") {
+            let bytes = decode_paserk(body, index, "k4.public", 32)?;
+            refuse_published(&bytes.0, index, "k4.public")?;
+            verifying_key(&bytes.0, index, "k4.public")?;
+            let key =
+                AsymmetricPublicKey::<V4>::from(&bytes.0).map_err(|_| KeyError::WeakPublicKey {
                     index,
                     kind: "k4.public",
-                }
-            })?;
+                })?;
             self.push_public(key, index)?;
+        } else if let Some(version) = other_paserk_version(paserk) {
+            return Err(KeyError::PaserkVersion { index, version });
         } else {
             // The text is not echoed: a mistyped secret must not reach the log.
             return Err(KeyError::UnknownPaserk { index });
@@ -351,7 +545,8 @@ impl Keyring {
             Purpose::Local => self.open_local(token)?,
             Purpose::Public => self.open_public(token)?,
         };
-        serde_json::from_str::<Claims>(&payload).map_err(|e| TokenError::BadClaims(e.to_string()))
+        serde_json::from_str::<Claims>(&payload)
+            .map_err(|e| TokenError::BadClaims(shown(&e.to_string())))
     }
 
     fn open_local(&self, token: &str) -> Result<String, TokenError> {
@@ -373,7 +568,7 @@ impl Keyring {
             }
         }
         match (tried, kid) {
-            (false, Some(kid)) => Err(TokenError::UnknownKey(kid)),
+            (false, Some(kid)) => Err(TokenError::UnknownKey(shown(&kid))),
             _ => Err(TokenError::BadSignature),
         }
     }
@@ -397,7 +592,7 @@ impl Keyring {
             }
         }
         match (tried, kid) {
-            (false, Some(kid)) => Err(TokenError::UnknownKey(kid)),
+            (false, Some(kid)) => Err(TokenError::UnknownKey(shown(&kid))),
             _ => Err(TokenError::BadSignature),
         }
     }
@@ -495,6 +690,13 @@ fn footer_kid(footer: &[u8]) -> Result<Option<String>, TokenError> {
     Ok(parsed.kid)
 }
 
+/// Token text for an error message: escaped and at most 64 characters. The token is
+/// untrusted (a footer `kid` is read before anything is verified), and the message reaches
+/// logs and terminals.
+fn shown(text: &str) -> String {
+    crate::telemetry::untrusted(text, 64)
+}
+
 /// The purpose of a token from its header, refusing other versions by name.
 pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
     if token.starts_with(LocalToken::HEADER) {
@@ -506,7 +708,7 @@ pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
             Some((version @ ("v1" | "v2" | "v3" | "v4"), _)) => {
                 Err(TokenError::UnsupportedVersion(format!(
                     "{version}.{}",
-                    token.split('.').nth(1).unwrap_or("")
+                    crate::telemetry::untrusted(token.split('.').nth(1).unwrap_or(""), 16)
                 )))
             }
             _ => Err(TokenError::Malformed),
@@ -666,7 +868,9 @@ impl Validation {
         let iat = parse_time(claims.iat.as_deref(), "iat")?;
         match exp {
             Some(exp) if now - leeway >= exp => {
-                return Err(TokenError::Expired(claims.exp.clone().unwrap_or_default()));
+                return Err(TokenError::Expired(shown(
+                    claims.exp.as_deref().unwrap_or_default(),
+                )));
             }
             None if !self.allow_non_expiring => return Err(TokenError::NoExpiry),
             _ => {}
@@ -674,16 +878,16 @@ impl Validation {
         if let Some(nbf) = nbf
             && now + leeway < nbf
         {
-            return Err(TokenError::NotYetValid(
-                claims.nbf.clone().unwrap_or_default(),
-            ));
+            return Err(TokenError::NotYetValid(shown(
+                claims.nbf.as_deref().unwrap_or_default(),
+            )));
         }
         if let Some(iat) = iat
             && now + leeway < iat
         {
-            return Err(TokenError::IssuedInFuture(
-                claims.iat.clone().unwrap_or_default(),
-            ));
+            return Err(TokenError::IssuedInFuture(shown(
+                claims.iat.as_deref().unwrap_or_default(),
+            )));
         }
         if !self.issuers.is_empty() {
             let iss = claims
@@ -691,7 +895,7 @@ impl Validation {
                 .as_deref()
                 .ok_or(TokenError::MissingClaim("iss"))?;
             if !self.issuers.iter().any(|i| i == iss) {
-                return Err(TokenError::WrongIssuer(iss.to_owned()));
+                return Err(TokenError::WrongIssuer(shown(iss)));
             }
         }
         if let Some(aud) = &self.audience
@@ -931,5 +1135,211 @@ mod tests {
             other.open(&token, Accept::Any, 8192),
             Err(TokenError::UnknownKey(_))
         ));
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Every official PASERK k4.local / k4.secret / k4.public vector (paseto-standard/
+    /// test-vectors, PASERK/k4.*.json), the expect-fail ones included, is refused by name and
+    /// without a panic: the valid ones because their keys are public knowledge. Vectors without
+    /// a PASERK string are given as `k4.<type>.` + base64url of their key bytes.
+    pub(crate) fn official_vectors() -> Vec<(&'static str, String)> {
+        let s = |text: &str| text.to_owned();
+        vec![
+            (
+                "k4.local-1",
+                s("k4.local.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            ),
+            (
+                "k4.local-2",
+                s("k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
+            ),
+            (
+                "k4.local-3",
+                s("k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpA"),
+            ),
+            (
+                "k4.local-fail-1",
+                s("k4.local.HFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
+            ),
+            (
+                "k4.local-fail-2",
+                s("k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8").replacen("k4", "k3", 1),
+            ),
+            (
+                "k4.secret-1",
+                s(
+                    "k4.secret.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA7aie8zrakLWKjqNAqbw1zZTIVdx3iQ6Y6wEihi1naKQ",
+                ),
+            ),
+            (
+                "k4.secret-2",
+                s(
+                    "k4.secret.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8c5WpIyC_5kWKhS8VEYSZ05dYfuTF-ZdQFV4D9vLTcNQ",
+                ),
+            ),
+            (
+                "k4.secret-3",
+                s(
+                    "k4.secret.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpBg_jdXGl1ufTCxUVTOSp-5LHDIcISPTM3xYmWICX9z9w",
+                ),
+            ),
+            (
+                "k4.secret-fail-1",
+                format!(
+                    "k4.secret.{}",
+                    b64(&unhex(
+                        "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e"
+                    ))
+                ),
+            ),
+            (
+                "k4.secret-fail-2",
+                format!(
+                    "k4.secret.{}",
+                    b64(&unhex(
+                        "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9ea0"
+                    ))
+                ),
+            ),
+            (
+                "k4.public-1",
+                s("k4.public.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            ),
+            (
+                "k4.public-2",
+                s("k4.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
+            ),
+            (
+                "k4.public-3",
+                s("k4.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpA"),
+            ),
+            (
+                "k4.public-fail-1",
+                format!(
+                    "k4.public.{}",
+                    b64(&unhex(
+                        "02707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+                    ))
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn official_paserk_vectors_are_refused_by_name_without_panicking() {
+        for (name, paserk) in official_vectors() {
+            let mut ring = Keyring::default();
+            let err = ring.add_paserk(&paserk, 3).unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("key 3"), "{name}: {message}");
+            // The key text is never part of the message.
+            let body = paserk.rsplit('.').next().unwrap();
+            assert!(!message.contains(body), "{name}: {message}");
+            let expected = match name {
+                "k4.local-1" => matches!(err, KeyError::ZeroKey { .. }),
+                "k4.secret-1" => matches!(err, KeyError::ZeroSeed { .. }),
+                "k4.public-1" => matches!(err, KeyError::WeakPublicKey { .. }),
+                "k4.local-fail-2" => matches!(err, KeyError::PaserkVersion { version: '3', .. }),
+                n if n.contains("fail") => matches!(
+                    err,
+                    KeyError::PaserkLength { .. } | KeyError::InvalidPaserk { .. }
+                ),
+                _ => matches!(err, KeyError::PublishedTestKey { .. }),
+            };
+            assert!(expected, "{name}: {err:?}");
+            assert!(!ring.can_verify(Purpose::Local) && !ring.can_verify(Purpose::Public));
+        }
+    }
+
+    #[test]
+    fn generated_keys_load_and_malformed_ones_do_not() {
+        let (local, _, local_id) = generate_key(Purpose::Local).unwrap();
+        let (secret, public, public_id) = generate_key(Purpose::Public).unwrap();
+        let public = public.unwrap();
+        let mut ring = Keyring::default();
+        ring.add_paserk(&local, 0).unwrap();
+        ring.add_paserk(&secret, 1).unwrap();
+        ring.add_paserk(&public, 2).unwrap();
+        assert_eq!(ring.local.first().map(|k| &*k.id), Some(local_id.as_str()));
+        assert_eq!(
+            ring.public_keys().map(|(id, _)| id).collect::<Vec<_>>(),
+            [public_id.as_str()]
+        );
+        assert!(ring.can_mint(Purpose::Public) && ring.can_mint(Purpose::Local));
+
+        // A secret key whose public half belongs to another key.
+        let (other, _, _) = generate_key(Purpose::Public).unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mine = b64.decode(secret.trim_start_matches("k4.secret.")).unwrap();
+        let theirs = b64.decode(other.trim_start_matches("k4.secret.")).unwrap();
+        let spliced = [&mine[..32], &theirs[32..]].concat();
+        let err = Keyring::default()
+            .add_paserk(&format!("k4.secret.{}", b64.encode(spliced)), 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, KeyError::KeyPairMismatch { index: 0 }),
+            "{err:?}"
+        );
+
+        for bad in [
+            "k4.local.",
+            "k4.local.a.b",
+            "k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8=",
+            "k4.local.cHFyc3R1dnd4eXp7fH1+f4CBgoOEhYaHiImKi4yNjo8",
+            "k4.public.!!!!",
+            "k2.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8",
+            "v4.local.x",
+            "",
+        ] {
+            let err = Keyring::default().add_paserk(bad, 0).unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("key 0"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn all_zero_symmetric_key_is_refused() {
+        let err = Keyring::default()
+            .add_raw_symmetric(&[0u8; 32])
+            .unwrap_err();
+        assert!(matches!(err, KeyError::SymmetricKeyZero));
+    }
+
+    /// A footer `kid` is read before anything is verified: whatever it holds, the error that
+    /// quotes it is one escaped line of bounded length.
+    #[test]
+    fn untrusted_kid_is_escaped_and_bounded_in_errors() {
+        let ring = ring();
+        let kid = format!(
+            "x\n2025-01-01T00:00:00Z  INFO forged\r\u{1b}[2J{}",
+            "a".repeat(500)
+        );
+        let footer = serde_json::json!({ "kid": kid }).to_string();
+        let token = format!("v4.public.{}.{}", b64(&[7u8; 100]), b64(footer.as_bytes()));
+        let err = ring.open(&token, Accept::Any, 8192).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, TokenError::UnknownKey(_)), "{err:?}");
+        assert!(
+            !message.chars().any(crate::telemetry::needs_escape),
+            "{message:?}"
+        );
+        assert!(
+            message.contains("x\\n2025-01-01T00:00:00Z  INFO forged\\r\\u{1b}[2J"),
+            "{message}"
+        );
+        assert!(message.len() < 120, "{message}");
+        let err = token_purpose("v3.\nforged").unwrap_err().to_string();
+        assert!(!err.contains('\n'), "{err}");
     }
 }
