@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::Instrument as _;
 
+use crate::canonical::PathPolicy;
 use crate::metrics::{Metrics, RuleMetrics};
 use crate::pipeline::{Decision, ErrorKind, Outcome, StepError};
 use crate::request::RequestView;
@@ -24,6 +25,7 @@ pub struct Engine {
     rule_extension: Box<str>,
     log_allows: bool,
     router_id: Arc<str>,
+    paths: PathPolicy,
 }
 
 /// Counts one decision in progress for as long as it lives.
@@ -48,6 +50,7 @@ impl Engine {
         check_timeout: Duration,
         rule_extension: &str,
         log_allows: bool,
+        paths: PathPolicy,
     ) -> Self {
         let no_rule = metrics.for_rule(NO_RULE_LABEL);
         Self {
@@ -58,12 +61,18 @@ impl Engine {
             rule_extension: rule_extension.into(),
             log_allows,
             router_id: Arc::from("router"),
+            paths,
         }
     }
 
     /// The metrics handle (for entry points that count their own rejections).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// How both entry points canonicalize request paths (`server.paths`).
+    pub fn path_policy(&self) -> &PathPolicy {
+        &self.paths
     }
 
     /// Replaces the rule set; requests in flight finish on the old one.

@@ -873,6 +873,7 @@ pub fn json_val(value: &serde_json::Value) -> Box<dyn Val + '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::RequestLine;
     use crate::pipeline::Principal;
     use crate::request::Headers;
 
@@ -921,13 +922,14 @@ mod tests {
             ("accept".to_string(), "text/html".to_string()),
             ("x-tenant".to_string(), "acme".to_string()),
         ]);
-        let req = RequestView::new(
+        let line = RequestLine::parse(
             "PUT",
-            "https",
             "api.example.com:8443",
             "/documents/42?x=1",
-            Headers::Map(&headers),
-        );
+            &Default::default(),
+        )
+        .unwrap();
+        let req = RequestView::new(&line, "https", Headers::Map(&headers));
         let captures = vec![("id", Cow::Borrowed("42"))];
         let mut attributes = serde_json::Map::new();
         attributes.insert("plan".into(), "pro".into());
@@ -1015,7 +1017,8 @@ mod tests {
     #[test]
     fn binds_only_what_is_read() {
         let headers = HashMap::from([("accept".to_string(), "text/html".to_string())]);
-        let req = RequestView::new("GET", "https", "h", "/p", Headers::Map(&headers));
+        let line = RequestLine::parse("GET", "h", "/p", &Default::default()).unwrap();
+        let req = RequestView::new(&line, "https", Headers::Map(&headers));
         let expr = Expr::compile(r#"request.method == "GET""#).unwrap();
         let mut vars = Vars::default();
         vars.bind_request(&req, &[], expr.uses());
@@ -1039,13 +1042,14 @@ mod tests {
     #[test]
     fn evaluates_over_request_and_subject() {
         let headers = HashMap::from([("accept".to_string(), "text/html".to_string())]);
-        let req = RequestView::new(
+        let line = RequestLine::parse(
             "PUT",
-            "https",
             "api.example.com",
             "/documents/42?x=1&y=a%20b",
-            Headers::Map(&headers),
-        );
+            &Default::default(),
+        )
+        .unwrap();
+        let req = RequestView::new(&line, "https", Headers::Map(&headers));
         let captures = vec![("id", Cow::Borrowed("42"))];
         let subject = subject();
         let mut vars = Vars::default();

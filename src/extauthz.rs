@@ -12,13 +12,14 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-    check_response::HttpResponse as EnvoyHttpResponse,
+    attribute_context::HttpRequest, check_response::HttpResponse as EnvoyHttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
+use crate::canonical::{PathPolicy, Refusal, RequestLine};
 use crate::engine::Engine;
 use crate::metrics::EntryLabels;
 use crate::pipeline::{Allowed, Decision, HttpResponse};
@@ -43,35 +44,69 @@ impl ExtAuthz {
     }
 }
 
-/// Builds the request view, or says what is missing.
-pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
-    let attributes = check
+/// Why a `CheckRequest` is not judged: not shaped as Envoy sends it, or a request line with no
+/// canonical form. Either way the answer is a 400 denial, never "cannot decide".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    Missing(&'static str),
+    Refused(Refusal),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing(what) => f.write_str(what),
+            Self::Refused(refusal) => refusal.fmt(f),
+        }
+    }
+}
+
+fn http_request(check: &CheckRequest) -> Result<&HttpRequest, Unreadable> {
+    check
         .attributes
         .as_ref()
-        .ok_or("CheckRequest has no `attributes`")?;
-    let http = attributes
+        .ok_or(Unreadable::Missing("CheckRequest has no `attributes`"))?
         .request
         .as_ref()
         .and_then(|r| r.http.as_ref())
-        .ok_or("CheckRequest has no `attributes.request.http`")?;
-    if http.method.is_empty() {
-        return Err("CheckRequest has no HTTP method");
-    }
-    let headers = match &http.header_map {
-        Some(map) if !map.headers.is_empty() => Headers::List(&map.headers),
-        _ => Headers::Map(&http.headers),
-    };
+        .ok_or(Unreadable::Missing(
+            "CheckRequest has no `attributes.request.http`",
+        ))
+}
+
+/// The canonical request line of a `CheckRequest` (see [`crate::canonical`]).
+pub fn request_line<'a>(
+    check: &'a CheckRequest,
+    policy: &PathPolicy,
+) -> Result<RequestLine<'a>, Unreadable> {
+    let http = http_request(check)?;
     let path = if http.path.is_empty() {
         "/"
     } else {
         http.path.as_str()
     };
-    let mut view = RequestView::new(&http.method, &http.scheme, &http.host, path, headers);
-    if view.query.is_empty() && !http.query.is_empty() {
-        view.query = &http.query;
+    let mut line =
+        RequestLine::parse(&http.method, &http.host, path, policy).map_err(Unreadable::Refused)?;
+    if line.query.is_empty() && !http.query.is_empty() {
+        line.query = &http.query;
     }
+    Ok(line)
+}
+
+/// The request view over a `CheckRequest` and its canonical line.
+pub fn view<'a>(check: &'a CheckRequest, line: &'a RequestLine<'_>) -> RequestView<'a> {
+    let Ok(http) = http_request(check) else {
+        // `request_line` succeeded on the same message, so this is unreachable; an empty view
+        // still decides (no credential, no header) rather than panicking.
+        return RequestView::new(line, "", Headers::None);
+    };
+    let headers = match &http.header_map {
+        Some(map) if !map.headers.is_empty() => Headers::List(&map.headers),
+        _ => Headers::Map(&http.headers),
+    };
+    let mut view = RequestView::new(line, &http.scheme, headers);
     view.id = &http.id;
-    if let Some(source) = &attributes.source {
+    if let Some(source) = check.attributes.as_ref().and_then(|a| a.source.as_ref()) {
         let address = source
             .address
             .as_ref()
@@ -87,8 +122,8 @@ pub fn view(check: &CheckRequest) -> Result<RequestView<'_>, &'static str> {
             principal: &source.principal,
         };
     }
-    view.context_extensions = Some(&attributes.context_extensions);
-    Ok(view)
+    view.context_extensions = check.attributes.as_ref().map(|a| &a.context_extensions);
+    view
 }
 
 fn header(name: &str, value: String, action: HeaderAppendAction) -> HeaderValueOption {
@@ -184,16 +219,17 @@ impl Authorization for ExtAuthz {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
-        let view = match view(&check) {
-            Ok(view) => view,
-            Err(message) => {
-                // Not Envoy-shaped: deny with 400 rather than erroring, and say why in the log.
+        let line = match request_line(&check, self.engine.path_policy()) {
+            Ok(line) => line,
+            Err(unreadable) => {
+                // Deny with 400 rather than erroring (an error is "cannot decide", which
+                // `failure_mode_allow` would turn into an allow), and say why in the log.
                 self.engine
                     .metrics()
                     .rejected
                     .get_or_create(&EntryLabels { entry: "ext_authz" })
                     .inc();
-                tracing::warn!(reason = message, "malformed CheckRequest denied");
+                tracing::info!(reason = %unreadable, "CheckRequest refused");
                 let response = HttpResponse::from_kind(crate::pipeline::ErrorKind::BadRequest);
                 return Ok(Response::new(check_response(
                     Decision::Deny(response),
@@ -201,6 +237,7 @@ impl Authorization for ExtAuthz {
                 )));
             }
         };
+        let view = view(&check, &line);
         let decided = self.engine.decide(&view).await;
         Ok(Response::new(check_response(
             decided.outcome.decision,

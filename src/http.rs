@@ -13,6 +13,7 @@ use axum::routing::{any, get, post};
 use ipnet::IpNet;
 use prometheus_client::registry::Registry;
 
+use crate::canonical::RequestLine;
 use crate::engine::Engine;
 use crate::metrics::EntryLabels;
 use crate::pipeline::{Decision, ErrorKind, HttpResponse};
@@ -178,25 +179,16 @@ async fn decision(
         );
     };
     let uri = uri.unwrap_or("/");
-    if !uri.starts_with('/') {
-        return deny(
-            &state,
-            ErrorKind::BadRequest,
-            "X-Forwarded-Uri must be an absolute path",
-        );
-    }
+    let line = match RequestLine::parse(method, host, uri, state.engine.path_policy()) {
+        Ok(line) => line,
+        Err(refusal) => return deny(&state, ErrorKind::BadRequest, &refusal.to_string()),
+    };
     let peer_address = peer_ip.to_string();
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut view = RequestView::new(
-        method,
-        proto.unwrap_or("http"),
-        host,
-        uri,
-        Headers::Http(&headers),
-    );
+    let mut view = RequestView::new(&line, proto.unwrap_or("http"), Headers::Http(&headers));
     view.id = request_id;
     view.peer = Peer {
         address: &peer_address,

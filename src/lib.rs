@@ -7,12 +7,14 @@
 pub mod api;
 pub mod app;
 pub mod attributes;
+pub mod canonical;
 pub mod cerbos;
 pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod extauthz;
 pub mod http;
+pub mod listener;
 pub mod mechanisms;
 pub mod metrics;
 pub mod pipeline;

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 
+use crate::canonical::RequestLine;
+
 /// The request headers, in whichever shape they arrived. Names are matched case-insensitively;
 /// Envoy already sends them lower-cased.
 #[derive(Clone, Copy)]
@@ -117,13 +119,14 @@ pub struct Peer<'a> {
 #[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     pub id: &'a str,
+    /// Upper-case.
     pub method: &'a str,
     pub scheme: &'a str,
-    /// The authority as sent (may carry a port).
+    /// The authority as sent (may carry a port), for URLs only.
     pub authority: &'a str,
-    /// The host without port, for matching.
+    /// The canonical host: lower-case, without port or trailing dot.
     pub host: &'a str,
-    /// The path without the query, as sent (percent-encoded).
+    /// The canonical path without the query (see [`crate::canonical`]).
     pub path: &'a str,
     /// The raw query string without `?` (may be empty).
     pub query: &'a str,
@@ -134,27 +137,17 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    /// Builds a view from the parts every entry point has. `path_and_query` is split at `?`.
-    pub fn new(
-        method: &'a str,
-        scheme: &'a str,
-        authority: &'a str,
-        path_and_query: &'a str,
-        headers: Headers<'a>,
-    ) -> Self {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        // A fragment never reaches a server, but a hand-written `/decision` URI might carry one.
-        let query = query.split_once('#').map_or(query, |(q, _)| q);
+    /// Builds a view over a canonical request line (see [`crate::canonical`]): the only way in, so
+    /// no entry point can judge a request as it was spelled.
+    pub fn new(line: &'a RequestLine<'_>, scheme: &'a str, headers: Headers<'a>) -> Self {
         Self {
             id: "",
-            method,
+            method: &line.method,
             scheme,
-            authority,
-            host: strip_port(authority),
-            path: if path.is_empty() { "/" } else { path },
-            query,
+            authority: line.authority,
+            host: &line.host,
+            path: &line.path,
+            query: line.query,
             headers,
             peer: Peer::default(),
             context_extensions: None,
@@ -192,40 +185,15 @@ impl<'a> RequestView<'a> {
     }
 }
 
-/// `host:port`, `[v6]:port` or `host` → host, lower-case is left to the matcher.
-pub fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        // IPv6 literal: keep the brackets off.
-        return rest.split_once(']').map_or(authority, |(h, _)| h);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use test_case::test_case;
-
-    #[test_case("example.com:8080", "example.com")]
-    #[test_case("example.com", "example.com")]
-    #[test_case("[::1]:443", "::1")]
-    #[test_case("127.0.0.1:10000", "127.0.0.1")]
-    fn strips_ports(authority: &str, host: &str) {
-        assert_eq!(strip_port(authority), host);
-    }
 
     #[test]
     fn splits_path_and_query() {
-        let view = RequestView::new(
-            "GET",
-            "https",
-            "a.example:443",
-            "/x/y?a=1&b=2",
-            Headers::None,
-        );
+        let line = RequestLine::parse("GET", "a.example:443", "/x/y?a=1&b=2", &Default::default())
+            .unwrap();
+        let view = RequestView::new(&line, "https", Headers::None);
         assert_eq!(
             (view.path, view.query, view.host),
             ("/x/y", "a=1&b=2", "a.example")
@@ -262,7 +230,8 @@ mod tests {
             "cookie".to_string(),
             "a=1; heimdall_token=v4.x; b=2".to_string(),
         )]);
-        let view = RequestView::new("GET", "http", "h", "/", Headers::Map(&map));
+        let line = RequestLine::parse("GET", "h", "/", &Default::default()).unwrap();
+        let view = RequestView::new(&line, "http", Headers::Map(&map));
         assert_eq!(view.cookie("heimdall_token"), Some("v4.x"));
         assert_eq!(view.cookie("missing"), None);
     }

@@ -15,7 +15,7 @@ use crate::expr::Expr;
 use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
 use crate::pipeline::{AuthnChain, DEFAULT_PRINCIPAL, Pipeline, Step};
-use matcher::{Found, Matcher, PathPattern};
+use matcher::{Found, Matcher, PathPattern, RuleMatch};
 use spec::{MechanismSpec, PipelineSpec, StepSpec};
 
 /// The id of the rule that takes unmatched requests.
@@ -94,7 +94,7 @@ impl RuleSet {
             if let Some(m) = &spec.matcher {
                 // No paths means every path: the root and everything under it.
                 let patterns: Vec<&str> = if m.paths.is_empty() {
-                    vec!["/", "/*path"]
+                    vec!["/*path"]
                 } else {
                     m.paths.iter().map(String::as_str).collect()
                 };
@@ -118,7 +118,16 @@ impl RuleSet {
                     methods.push(method.to_ascii_uppercase());
                 }
                 if errors.len() == before
-                    && let Err(e) = matcher.add(index, &spec.id, &m.hosts, &paths, &methods)
+                    && let Err(e) = matcher.add(
+                        index,
+                        &spec.id,
+                        &RuleMatch {
+                            hosts: &m.hosts,
+                            paths: &paths,
+                            methods: &methods,
+                            case_insensitive: m.case_insensitive,
+                        },
+                    )
                 {
                     errors.push(e);
                 }
@@ -126,6 +135,7 @@ impl RuleSet {
             by_id.insert(Box::from(spec.id.as_str()), index);
             rules.push(rule);
         }
+        matcher.finish();
         let default = config
             .default_rule
             .as_ref()

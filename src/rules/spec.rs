@@ -46,8 +46,11 @@ pub struct MatchSpec {
     pub hosts: Vec<String>,
     /// `/documents/:id` (one segment), `/files/*rest` (the rest of the path), literals.
     pub paths: Vec<String>,
-    /// `GET`, `POST`, …
+    /// `GET`, `POST`, … (requests' methods are upper-cased before matching).
     pub methods: Vec<String>,
+    /// Match the paths' literal parts in any letter case, for upstreams that read `/Admin` as
+    /// `/admin` (IIS, Windows file systems, case-insensitive routers).
+    pub case_insensitive: bool,
 }
 
 /// The steps of a rule.
