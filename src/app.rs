@@ -16,6 +16,7 @@ use crate::config::{Config, Env};
 use crate::engine::Engine;
 use crate::extauthz::{AuthorizationServer, ExtAuthz};
 use crate::http::{SideState, router};
+use crate::listener;
 use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -126,23 +127,25 @@ impl Built {
         let http_addr = http_listener.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
 
+        warn_if_caps_exceed_open_files(server);
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
-        let ext_authz = AuthorizationServer::new(ExtAuthz::new(Arc::clone(&self.engine)));
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let mut grpc_signal = signal.clone();
-        let grpc = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-                .add_service(health_service)
-                .add_service(ext_authz)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = grpc_signal.wait_for(|stop| *stop).await;
-                })
-                .await
-                .context("ext_authz gRPC server failed")
-        });
+        // tonic reserves a message's announced length before reading it: the limit is what
+        // one stream can make the process allocate.
+        let max_message = server.grpc.max_message_bytes;
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(Arc::clone(&self.engine)))
+            .max_decoding_message_size(max_message);
+        let health_service = health_service.max_decoding_message_size(max_message);
+        let routes = tonic::service::Routes::new(health_service).add_service(ext_authz);
+        let grpc = tokio::spawn(listener::serve(
+            "grpc",
+            grpc_listener,
+            listener::grpc_builder(&server.grpc),
+            listener::GrpcHandler::new(routes),
+            listener::Limits::grpc(&server.grpc),
+            signal.clone(),
+        ));
 
         let state = SideState {
             engine: Arc::clone(&self.engine),
@@ -155,16 +158,14 @@ impl Built {
             attributes: self.attributes.clone(),
             api: self.config.api.clone(),
         };
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let mut http_signal = signal.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_signal.wait_for(|stop| *stop).await;
-                })
-                .await
-                .context("HTTP side port failed")
-        });
+        let http = tokio::spawn(listener::serve(
+            "http",
+            http_listener,
+            listener::http_builder(&server.http),
+            listener::HttpHandler::new(router(state), server.http.max_body_bytes),
+            listener::Limits::http(&server.http),
+            signal.clone(),
+        ));
         let health = match (&self.cerbos, &self.config.cerbos) {
             (Some(cerbos), Some(cfg)) => Some(tokio::spawn(crate::cerbos::watch_health(
                 cerbos.channel(),
@@ -225,6 +226,33 @@ impl Running {
             Ok(Err(e)) => e,
             Err(e) => anyhow::anyhow!("server task failed: {e}"),
         }
+    }
+}
+
+/// Descriptors the process needs besides connections: listeners, the runtime, Cerbos and NATS
+/// clients, files.
+const OTHER_OPEN_FILES: u64 = 64;
+
+/// The connection caps only protect the process if it can open that many descriptors; past the
+/// limit `accept` fails (EMFILE) and `/health` cannot answer either.
+fn warn_if_caps_exceed_open_files(server: &crate::config::ServerConfig) {
+    let caps = u64::try_from(
+        server
+            .grpc
+            .max_connections
+            .saturating_add(server.http.max_connections),
+    )
+    .unwrap_or(u64::MAX);
+    if let Some(limit) = listener::open_files_limit()
+        && caps.saturating_add(OTHER_OPEN_FILES) > limit
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            grpc_max_connections = server.grpc.max_connections,
+            http_max_connections = server.http.max_connections,
+            "the connection caps exceed the open-files limit (RLIMIT_NOFILE); raise the limit \
+             or lower server.grpc.max_connections / server.http.max_connections"
+        );
     }
 }
 

@@ -128,6 +128,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Limits of the ext_authz gRPC listener (docs/security.md, "Listener limits").
+    pub grpc: GrpcListenerConfig,
+    /// Limits of the HTTP side-port listener (docs/security.md, "Listener limits").
+    pub http: HttpListenerConfig,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +147,90 @@ impl Default for ServerConfig {
             ],
             rule_extension: "heimdall_rule".into(),
             shutdown_grace: Duration::from_secs(10),
+            grpc: GrpcListenerConfig::default(),
+            http: HttpListenerConfig::default(),
+        }
+    }
+}
+
+/// Limits of the ext_authz gRPC port. Every setting bounds what one peer can hold: memory
+/// (message size × streams × connections), file descriptors (connections) or time (timeouts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcListenerConfig {
+    /// Largest gRPC message accepted. An ext_authz `CheckRequest` carries the request headers
+    /// (Envoy's `max_request_headers_kb` defaults to 60 KiB) plus at most
+    /// `with_request_body.max_request_bytes` of body; 256 KiB holds both with room to spare.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams (concurrent checks) one connection may have open; Envoy opens another
+    /// connection when it needs more.
+    pub max_concurrent_streams: u32,
+    /// Open connections; further connections wait in the kernel's listen backlog.
+    pub max_connections: usize,
+    /// Time from accept until the first request's headers have arrived (HTTP/2 preface,
+    /// settings and a HEADERS frame); a connection that takes longer is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Interval of HTTP/2 PINGs that detect a dead peer.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Deadline of one call, reading its message included; must exceed `server.check_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for GrpcListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 256 * 1024,
+            max_concurrent_streams: 100,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Limits of the HTTP side port (health, readiness, metrics, `/decision`, `/check`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpListenerConfig {
+    /// Open connections; further connections wait in the kernel's listen backlog.
+    pub max_connections: usize,
+    /// Time a request's headers may take to arrive, counted from accept for the first request
+    /// and from the end of the previous one for the next; a connection that takes longer is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Deadline of one request, reading its body included; must exceed `server.check_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed. Keep it above the
+    /// idle timeout of the proxies' connection pools, so they close first.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request body on any route; `api.max_body_bytes` limits `/check` and
+    /// `/plan/resources` further and may not exceed it.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -354,6 +442,7 @@ impl Config {
                 message: "must be positive".into(),
             });
         }
+        self.validate_listeners()?;
         if self.tokens.ttl.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "tokens.ttl",
@@ -369,6 +458,116 @@ impl Config {
         if let Some(nats) = &self.nats {
             nats.validate()
                 .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        }
+        Ok(())
+    }
+
+    /// The listener limits: nothing zero, and request deadlines longer than a decision's.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        let invalid =
+            |field: &'static str, message: String| ConfigError::Invalid { field, message };
+        let positive: [(&'static str, bool); 13] = [
+            (
+                "server.grpc.max_message_bytes",
+                server.grpc.max_message_bytes == 0,
+            ),
+            (
+                "server.grpc.max_concurrent_streams",
+                server.grpc.max_concurrent_streams == 0,
+            ),
+            (
+                "server.grpc.max_connections",
+                server.grpc.max_connections == 0,
+            ),
+            (
+                "server.grpc.header_read_timeout",
+                server.grpc.header_read_timeout.is_zero(),
+            ),
+            (
+                "server.grpc.keepalive_interval",
+                server.grpc.keepalive_interval.is_zero(),
+            ),
+            (
+                "server.grpc.keepalive_timeout",
+                server.grpc.keepalive_timeout.is_zero(),
+            ),
+            (
+                "server.grpc.idle_timeout",
+                server.grpc.idle_timeout.is_zero(),
+            ),
+            (
+                "server.grpc.request_timeout",
+                server.grpc.request_timeout.is_zero(),
+            ),
+            (
+                "server.http.max_connections",
+                server.http.max_connections == 0,
+            ),
+            (
+                "server.http.header_read_timeout",
+                server.http.header_read_timeout.is_zero(),
+            ),
+            (
+                "server.http.request_timeout",
+                server.http.request_timeout.is_zero(),
+            ),
+            (
+                "server.http.idle_timeout",
+                server.http.idle_timeout.is_zero(),
+            ),
+            (
+                "server.http.max_body_bytes",
+                server.http.max_body_bytes == 0,
+            ),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, zero)| *zero) {
+            return Err(invalid(field, "must be positive".into()));
+        }
+        // The semaphore that enforces the caps holds at most this many permits.
+        let most = tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        for (field, value) in [
+            ("server.grpc.max_connections", server.grpc.max_connections),
+            ("server.http.max_connections", server.http.max_connections),
+        ] {
+            if value > most {
+                return Err(invalid(field, format!("{value} is more than {most}")));
+            }
+        }
+        for (field, value) in [
+            ("server.grpc.request_timeout", server.grpc.request_timeout),
+            ("server.http.request_timeout", server.http.request_timeout),
+        ] {
+            if value <= server.check_timeout {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} must be longer than server.check_timeout ({}), or decisions are cut off",
+                        humantime::format_duration(value),
+                        humantime::format_duration(server.check_timeout)
+                    ),
+                ));
+            }
+        }
+        // HTTP/2 settings values are 31-bit; hyper would clamp larger ones silently.
+        if server.grpc.max_concurrent_streams > i32::MAX as u32 {
+            return Err(invalid(
+                "server.grpc.max_concurrent_streams",
+                format!(
+                    "{} is more than {}",
+                    server.grpc.max_concurrent_streams,
+                    i32::MAX
+                ),
+            ));
+        }
+        if self.api.max_body_bytes > server.http.max_body_bytes {
+            return Err(invalid(
+                "api.max_body_bytes",
+                format!(
+                    "{} is more than server.http.max_body_bytes ({}), which caps every side-port body",
+                    self.api.max_body_bytes, server.http.max_body_bytes
+                ),
+            ));
         }
         Ok(())
     }
