@@ -5,6 +5,9 @@
 //!
 //! The principal is the bearer token's, not the body's: a body principal is only believed when
 //! `api.trust_body_principal` is on, for callers trusted to ask about anyone.
+//!
+//! A question the policy engine refuses as invalid (an empty resource id, an action asked twice,
+//! too many resources) is the caller's error, `400`; only an engine that cannot answer is `503`.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,6 +18,7 @@ use serde::Deserialize;
 use crate::cerbos::{Plan, PrincipalInput, ResourceCheck, ResourceInput};
 use crate::http::SideState;
 use crate::mechanisms::AuthnError;
+use crate::pipeline::ErrorKind;
 use crate::request::{Headers, RequestView};
 
 #[derive(Deserialize)]
@@ -100,6 +104,46 @@ async fn parse<T: serde::de::DeserializeOwned>(
             &format!("invalid request body: {e}"),
         )
     })
+}
+
+/// The answer when the policy engine gave no decision: a question it (or heimdall, before
+/// asking) refuses as invalid is the caller's error; anything else is an outage.
+fn no_decision(call: &str, error: &crate::cerbos::CerbosError) -> Box<Response> {
+    if error.is_refusal() {
+        tracing::info!(error = %error, "{call}: invalid policy question refused");
+        refuse(
+            status(ErrorKind::BadRequest),
+            &format!("invalid policy request: {error}"),
+        )
+    } else {
+        tracing::warn!(error = %error, "{call}: no decision from Cerbos");
+        refuse(status(ErrorKind::Communication), &error.to_string())
+    }
+}
+
+/// The status of an error kind, from the one table of [`ErrorKind::default_status`].
+fn status(kind: ErrorKind) -> StatusCode {
+    StatusCode::from_u16(kind.default_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Checks a list of actions as Cerbos would, naming the field: `what` is its path.
+fn require_actions(actions: &[String], what: &str) -> Result<(), Box<Response>> {
+    require(!actions.is_empty(), &format!("`{what}` must not be empty"))?;
+    let mut seen = std::collections::HashSet::with_capacity(actions.len());
+    for (j, action) in actions.iter().enumerate() {
+        require(
+            !action.is_empty(),
+            &format!("`{what}[{j}]` must not be empty"),
+        )?;
+        require(
+            seen.insert(action.as_str()),
+            &format!(
+                "`{what}[{j}]` repeats the action `{}`",
+                crate::telemetry::untrusted(action, 64)
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn require(ok: bool, message: &str) -> Result<(), Box<Response>> {
@@ -222,9 +266,10 @@ async fn check_inner(
             &format!("`resources[{i}].kind` must not be empty"),
         )?;
         require(
-            !r.actions.is_empty(),
-            &format!("`resources[{i}].actions` must not be empty"),
+            !r.id.is_empty(),
+            &format!("`resources[{i}].id` must not be empty"),
         )?;
+        require_actions(&r.actions, &format!("resources[{i}].actions"))?;
     }
     let principal = principal(state, headers, body.principal).await?;
     let checks: Vec<ResourceCheck> = body
@@ -242,10 +287,7 @@ async fn check_inner(
     let results = cerbos
         .check(&request_id(headers), &principal, &checks)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "/check: no decision from Cerbos");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        })?;
+        .map_err(|e| no_decision("/check", &e))?;
     let all_allowed = results.iter().all(|r| r.all_allowed());
     let mut answers: Vec<serde_json::Value> = results
         .iter()
@@ -289,7 +331,7 @@ async fn plan_inner(
         !body.resource.kind.is_empty(),
         "`resource.kind` must not be empty",
     )?;
-    require(!body.actions.is_empty(), "`actions` must not be empty")?;
+    require_actions(&body.actions, "actions")?;
     let principal = principal(state, headers, body.principal).await?;
     let resource = ResourceInput {
         kind: body.resource.kind,
@@ -299,10 +341,7 @@ async fn plan_inner(
     let plan = cerbos
         .plan(&request_id(headers), &principal, &resource, &body.actions)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "/plan/resources: no plan from Cerbos");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        })?;
+        .map_err(|e| no_decision("/plan/resources", &e))?;
     let filter = match plan {
         Plan::AlwaysAllowed => serde_json::json!({ "kind": "KIND_ALWAYS_ALLOWED" }),
         Plan::AlwaysDenied => serde_json::json!({ "kind": "KIND_ALWAYS_DENIED" }),

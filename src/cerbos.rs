@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use pb::cerbos::effect::v1::Effect;
 use pb::cerbos::engine::v1 as engine;
 use pb::cerbos::request::v1 as request;
+use pb::cerbos::schema::v1::{ValidationError, validation_error::Source};
 use pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 
 /// How heimdall reaches Cerbos.
@@ -29,6 +30,8 @@ use pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 #[serde(deny_unknown_fields, default)]
 pub struct CerbosConfig {
     /// `host:port` or `http(s)://host:port` of the PDP's gRPC API (`CERBOS_GRPC_URL`).
+    /// Credentials in the URL are shown as `user:***` in the configuration dump and in logs.
+    #[serde(serialize_with = "crate::telemetry::serialize_redacted_url")]
     pub url: String,
     /// Deadline of one call; keep it below Envoy's ext_authz timeout.
     #[serde(with = "humantime_serde")]
@@ -49,6 +52,13 @@ pub struct CerbosConfig {
     /// a private CA, a client certificate (mTLS) or the name to verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<CerbosTls>,
+    /// The role a principal without roles is asked about as (Cerbos refuses a principal with
+    /// none). Empty: such a principal is denied without asking Cerbos.
+    pub default_role: String,
+    /// Most resources in one `CheckResources` call, and most actions per resource: the PDP's
+    /// `server.requestLimits` (both 50 by default). More is refused before it reaches Cerbos.
+    pub max_resources: usize,
+    pub max_actions: usize,
 }
 
 /// TLS settings for the connection to Cerbos.
@@ -75,13 +85,24 @@ impl Default for CerbosConfig {
             cache_ttl: Duration::from_secs(30),
             health_interval: Duration::from_secs(2),
             tls: None,
+            default_role: DEFAULT_ROLE.into(),
+            max_resources: 50,
+            max_actions: 50,
         }
     }
 }
 
-/// Why a call to Cerbos produced no decision. Every variant denies.
+/// The role of a principal without roles unless `cerbos.default_role` says otherwise.
+pub const DEFAULT_ROLE: &str = "anonymous";
+
+/// Why a call to Cerbos produced no decision. Every variant denies; [`CerbosError::is_refusal`]
+/// tells a question that is invalid (a denial) from a PDP that could not answer (an outage).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CerbosError {
+    /// heimdall would not send the question: Cerbos would refuse it (no roles, an empty
+    /// resource id, duplicate actions, too many resources).
+    #[error("invalid policy question: {0}")]
+    Invalid(String),
     #[error("invalid Cerbos address `{0}`")]
     Address(String),
     #[error("Cerbos TLS: {0}")]
@@ -97,8 +118,16 @@ pub enum CerbosError {
 }
 
 impl CerbosError {
+    /// Whether the question itself was refused (by heimdall or by Cerbos), as opposed to
+    /// Cerbos being unreachable, late or broken. A refusal is a denial: retrying, or letting
+    /// the request through because "the PDP failed", would be wrong.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Rejected(_))
+    }
+
     fn label(&self) -> &'static str {
         match self {
+            Self::Invalid(_) => "invalid",
             Self::Address(_) => "address",
             Self::Tls(_) => "tls",
             Self::Timeout(_) => "timeout",
@@ -181,6 +210,12 @@ struct ErrorLabels {
     kind: ErrorKindLabel,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValidationLabels {
+    call: &'static str,
+    source: ErrorKindLabel,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ErrorKindLabel(&'static str);
 
@@ -191,11 +226,13 @@ impl EncodeLabelValue for ErrorKindLabel {
     }
 }
 
-/// Cerbos metrics: call latency, errors by kind, decision cache hits and misses.
+/// Cerbos metrics: call latency, errors by kind, schema validation errors, decision cache hits
+/// and misses.
 #[derive(Clone)]
 pub struct CerbosMetrics {
     latency: Family<CallLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
+    validation_errors: Family<ValidationLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
 }
@@ -212,6 +249,7 @@ impl CerbosMetrics {
         let metrics = Self {
             latency: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
+            validation_errors: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
         };
@@ -225,6 +263,11 @@ impl CerbosMetrics {
             "errors",
             "Failed Cerbos calls by call and kind",
             metrics.errors.clone(),
+        );
+        r.register(
+            "validation_errors",
+            "Schema validation errors Cerbos reported in its answers, by call and source",
+            metrics.validation_errors.clone(),
         );
         r.register(
             "decision_cache_hits",
@@ -248,7 +291,19 @@ pub struct Cerbos {
     timeout: Duration,
     cache: Option<moka::sync::Cache<[u8; 32], Arc<[ResourceResult]>>>,
     metrics: CerbosMetrics,
+    /// `cerbos.default_role`, `None` when empty.
+    default_role: Option<String>,
+    max_resources: usize,
+    max_actions: usize,
 }
+
+/// Most validation errors logged for one answer; the metric counts them all.
+const LOGGED_VALIDATION_ERRORS: usize = 10;
+/// The largest request Cerbos receives by default (`server.advanced.grpc.maxRecvMsgSizeBytes`):
+/// a bigger one is refused here, as Cerbos would refuse it with a status that reads like an outage.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most characters of an untrusted value (an id, an action, a Cerbos message) in a message.
+const SHOWN_CHARS: usize = 64;
 
 impl Cerbos {
     /// Builds the client; nothing is sent until the first call.
@@ -263,8 +318,9 @@ impl Cerbos {
         } else {
             format!("{scheme}://{}", config.url)
         };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| CerbosError::Address(config.url.clone()))?;
+        let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
+            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+        })?;
         if url.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(tls_config(config.tls.as_ref())?)
@@ -279,10 +335,9 @@ impl Cerbos {
         let channels: Vec<Channel> = (0..config.connections.max(1))
             .map(|_| endpoint.connect_lazy())
             .collect();
-        let channel = channels
-            .first()
-            .cloned()
-            .ok_or_else(|| CerbosError::Address(config.url.clone()))?;
+        let channel = channels.first().cloned().ok_or_else(|| {
+            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+        })?;
         let cache = (config.cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_entries)
@@ -296,6 +351,9 @@ impl Cerbos {
             timeout: config.timeout,
             cache,
             metrics,
+            default_role: Some(config.default_role.trim().to_owned()).filter(|r| !r.is_empty()),
+            max_resources: config.max_resources,
+            max_actions: config.max_actions,
         })
     }
 
@@ -340,9 +398,15 @@ impl Cerbos {
             Err(_) => Err(self.failed(call, CerbosError::Timeout(self.timeout))),
             Ok(Err(status)) => {
                 let error = match status.code() {
+                    // The PDP answered that this question is invalid (Cerbos validates every
+                    // request and answers `InvalidArgument`): a refusal, not an outage.
                     tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
                     | tonic::Code::FailedPrecondition
-                    | tonic::Code::NotFound => CerbosError::Rejected(status.message().to_owned()),
+                    | tonic::Code::NotFound => CerbosError::Rejected(crate::telemetry::untrusted(
+                        status.message(),
+                        4 * SHOWN_CHARS,
+                    )),
                     tonic::Code::DeadlineExceeded => CerbosError::Timeout(self.timeout),
                     _ => {
                         CerbosError::Unavailable(format!("{}: {}", status.code(), status.message()))
@@ -363,6 +427,11 @@ impl Cerbos {
         principal: &PrincipalInput,
         resources: &[ResourceCheck],
     ) -> Result<Arc<[ResourceResult]>, CerbosError> {
+        let principal = self
+            .principal(principal)
+            .and_then(|p| self.validate_checks(resources).map(|()| p))
+            .map_err(|e| self.failed("check_resources", e))?;
+        let principal = principal.as_ref();
         let key = self.cache.as_ref().map(|_| cache_key(principal, resources));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(hit) = cache.get(key) {
@@ -383,6 +452,7 @@ impl Cerbos {
                 .collect(),
             ..Default::default()
         };
+        self.check_size("check_resources", &message)?;
         let mut client = self.client();
         let response = self
             .call("check_resources", client.check_resources(message))
@@ -437,7 +507,20 @@ impl Cerbos {
                 )),
             ));
         }
-        if let (Some(cache), Some(key)) = (&self.cache, key) {
+        let invalid = response
+            .results
+            .iter()
+            .zip(results.iter())
+            .flat_map(|(result, decided)| {
+                result
+                    .validation_errors
+                    .iter()
+                    .map(move |error| (decided, error))
+            });
+        let reported = self.report_validation("check_resources", request_id, invalid);
+        // An answer with validation errors is not cached: each such request is logged and
+        // counted, so operators see how often it happens.
+        if let (Some(cache), Some(key), 0) = (&self.cache, key, reported) {
             cache.insert(key, Arc::clone(&results));
         }
         Ok(results)
@@ -451,9 +534,18 @@ impl Cerbos {
         resource: &ResourceInput,
         actions: &[String],
     ) -> Result<Plan, CerbosError> {
+        let principal = self
+            .principal(principal)
+            .and_then(|p| {
+                if resource.kind.is_empty() {
+                    return Err(CerbosError::Invalid("the resource kind is empty".into()));
+                }
+                self.validate_actions(actions, "the plan").map(|()| p)
+            })
+            .map_err(|e| self.failed("plan_resources", e))?;
         let message = request::PlanResourcesRequest {
             request_id: request_id.to_owned(),
-            principal: Some(principal_pb(principal)),
+            principal: Some(principal_pb(&principal)),
             resource: Some(engine::plan_resources_input::Resource {
                 kind: resource.kind.clone(),
                 attr: json_map_to_pb(&resource.attr),
@@ -462,10 +554,20 @@ impl Cerbos {
             actions: actions.to_vec(),
             ..Default::default()
         };
+        self.check_size("plan_resources", &message)?;
         let mut client = self.client();
         let response = self
             .call("plan_resources", client.plan_resources(message))
             .await?;
+        if !response.validation_errors.is_empty() {
+            let plan = ResourceResult {
+                id: String::new(),
+                kind: resource.kind.clone(),
+                actions: BTreeMap::new(),
+            };
+            let invalid = response.validation_errors.iter().map(|e| (&plan, e));
+            self.report_validation("plan_resources", request_id, invalid);
+        }
         let filter = response.filter.ok_or_else(|| {
             self.failed("plan_resources", CerbosError::Malformed("no filter".into()))
         })?;
@@ -491,6 +593,178 @@ impl Cerbos {
             )),
         }
     }
+}
+
+impl Cerbos {
+    /// The principal as Cerbos accepts it: each role once, in its first position, empty names
+    /// dropped; [`CerbosConfig::default_role`] for a principal left without any. Borrowed when
+    /// nothing changes, which is the common case.
+    fn principal<'p>(
+        &self,
+        principal: &'p PrincipalInput,
+    ) -> Result<std::borrow::Cow<'p, PrincipalInput>, CerbosError> {
+        use std::borrow::Cow;
+        if principal.id.is_empty() {
+            return Err(CerbosError::Invalid("the principal's id is empty".into()));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(principal.roles.len());
+        let clean = principal
+            .roles
+            .iter()
+            .all(|role| !role.is_empty() && seen.insert(role.as_str()));
+        if clean && !principal.roles.is_empty() {
+            return Ok(Cow::Borrowed(principal));
+        }
+        let mut roles = dedup_roles(&principal.roles);
+        if roles.is_empty() {
+            let role = self.default_role.clone().ok_or_else(|| {
+                CerbosError::Invalid(format!(
+                    "principal `{}` has no roles and `cerbos.default_role` is empty",
+                    crate::telemetry::untrusted(&principal.id, SHOWN_CHARS)
+                ))
+            })?;
+            roles.push(role);
+        }
+        Ok(Cow::Owned(PrincipalInput {
+            roles,
+            ..principal.clone()
+        }))
+    }
+
+    /// Refuses a message larger than Cerbos receives (attributes copied from a large request).
+    fn check_size(
+        &self,
+        call: &'static str,
+        message: &impl prost::Message,
+    ) -> Result<(), CerbosError> {
+        let size = message.encoded_len();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(self.failed(
+                call,
+                CerbosError::Invalid(format!(
+                    "the question is {size} bytes, more than the {MAX_MESSAGE_BYTES} Cerbos receives"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What Cerbos would refuse in a `CheckResources` question, found before sending it.
+    fn validate_checks(&self, resources: &[ResourceCheck]) -> Result<(), CerbosError> {
+        if resources.is_empty() {
+            return Err(CerbosError::Invalid("no resource to check".into()));
+        }
+        if resources.len() > self.max_resources {
+            return Err(CerbosError::Invalid(format!(
+                "{} resources in one check, more than `cerbos.max_resources` ({})",
+                resources.len(),
+                self.max_resources
+            )));
+        }
+        for (i, check) in resources.iter().enumerate() {
+            let kind = crate::telemetry::untrusted(&check.resource.kind, SHOWN_CHARS);
+            if check.resource.kind.is_empty() {
+                return Err(CerbosError::Invalid(format!(
+                    "resource {i}: the kind is empty"
+                )));
+            }
+            if check.resource.id.is_empty() {
+                return Err(CerbosError::Invalid(format!(
+                    "resource {i} (`{kind}`): the id is empty"
+                )));
+            }
+            self.validate_actions(&check.actions, &format!("resource {i} (`{kind}`)"))?;
+        }
+        Ok(())
+    }
+
+    /// Actions Cerbos accepts: at least one, at most `cerbos.max_actions`, none empty, none twice.
+    fn validate_actions(&self, actions: &[String], place: &str) -> Result<(), CerbosError> {
+        if actions.is_empty() {
+            return Err(CerbosError::Invalid(format!("{place}: no action")));
+        }
+        if actions.len() > self.max_actions {
+            return Err(CerbosError::Invalid(format!(
+                "{place}: {} actions, more than `cerbos.max_actions` ({})",
+                actions.len(),
+                self.max_actions
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(actions.len());
+        for (j, action) in actions.iter().enumerate() {
+            if action.is_empty() {
+                return Err(CerbosError::Invalid(format!(
+                    "{place}: action {j} is empty"
+                )));
+            }
+            if !seen.insert(action.as_str()) {
+                return Err(CerbosError::Invalid(format!(
+                    "{place}: action `{}` is asked twice",
+                    crate::telemetry::untrusted(action, SHOWN_CHARS)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs and counts the schema validation errors of an answer. With schema enforcement
+    /// `warn` Cerbos decided anyway; with `reject` it denied every action, and this log is the
+    /// only place that says why. Returns how many there were.
+    fn report_validation<'a>(
+        &self,
+        call: &'static str,
+        request_id: &str,
+        errors: impl Iterator<Item = (&'a ResourceResult, &'a ValidationError)>,
+    ) -> usize {
+        let mut count = 0;
+        for (result, error) in errors {
+            let source = match Source::try_from(error.source) {
+                Ok(Source::Principal) => "principal",
+                Ok(Source::Resource) => "resource",
+                _ => "unspecified",
+            };
+            self.metrics
+                .validation_errors
+                .get_or_create(&ValidationLabels {
+                    call,
+                    source: ErrorKindLabel(source),
+                })
+                .inc();
+            if count < LOGGED_VALIDATION_ERRORS {
+                // With `reject`, every action is denied; with `warn`, the policies decided.
+                let decision = if result.actions.is_empty() {
+                    "plan"
+                } else if result.actions.values().any(|allowed| *allowed) {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                tracing::warn!(
+                    call,
+                    request_id = %crate::telemetry::untrusted(request_id, SHOWN_CHARS),
+                    resource.kind = %crate::telemetry::untrusted(&result.kind, SHOWN_CHARS),
+                    resource.id = %crate::telemetry::untrusted(&result.id, SHOWN_CHARS),
+                    source,
+                    path = %crate::telemetry::untrusted(&error.path, 4 * SHOWN_CHARS),
+                    reason = %crate::telemetry::untrusted(&error.message, 4 * SHOWN_CHARS),
+                    decision,
+                    "Cerbos schema validation failed"
+                );
+            }
+            count += 1;
+        }
+        count
+    }
+}
+
+/// `roles` without empty names and repeats, in first-seen order.
+pub fn dedup_roles(roles: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(roles.len());
+    roles
+        .iter()
+        .filter(|role| !role.is_empty() && seen.insert(role.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// The client TLS settings: system roots unless a CA file is given, optional client identity.

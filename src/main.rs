@@ -152,7 +152,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut claims =
                 Claims::new(sub, &config.tokens.issuer, ttl.unwrap_or(config.tokens.ttl));
-            claims.roles = roles.iter().filter(|r| !r.is_empty()).cloned().collect();
+            // Each role once (`--roles user,user` is one role), blanks dropped: Cerbos refuses a
+            // principal whose roles repeat.
+            let roles: Vec<String> = roles.iter().map(|r| r.trim().to_owned()).collect();
+            claims.roles = heimdall::cerbos::dedup_roles(&roles);
             if let Some(aud) = audience.clone().or_else(|| config.tokens.audience.clone()) {
                 claims.aud = Audience::One(aud);
             }

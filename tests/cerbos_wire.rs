@@ -502,3 +502,100 @@ async fn harness_stop_start_again_pause_resume() {
     .await;
     assert_eq!(response.request_id, "req-resumed");
 }
+
+/// What Cerbos refuses outright, before any policy runs: each of these is `InvalidArgument`
+/// (heimdall checks the common ones itself and treats the code as a denial, never an outage).
+#[tokio::test]
+async fn invalid_requests_are_refused_with_invalid_argument() {
+    let Some(cerbos) = Cerbos::start().await else {
+        return;
+    };
+    let mut client = client(&cerbos).await;
+    let user = principal("alice", &["user"], None);
+    let entry = |id: &str, actions: &[&str]| ResourceEntry {
+        actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+        resource: Some(document(id, "alice", "draft", false, "sales")),
+    };
+    let many: Vec<ResourceEntry> = (0..51)
+        .map(|i| entry(&format!("d{i}"), &["view"]))
+        .collect();
+    let cases: Vec<(&str, Principal, Vec<ResourceEntry>)> = vec![
+        (
+            "empty resource id",
+            user.clone(),
+            vec![entry("", &["view"])],
+        ),
+        (
+            "duplicate actions",
+            user.clone(),
+            vec![entry("d", &["view", "view"])],
+        ),
+        ("no actions", user.clone(), vec![entry("d", &[])]),
+        ("empty action", user.clone(), vec![entry("d", &[""])]),
+        (
+            "no roles",
+            principal("alice", &[], None),
+            vec![entry("d", &["view"])],
+        ),
+        (
+            "duplicate roles",
+            principal("alice", &["user", "user"], None),
+            vec![entry("d", &["view"])],
+        ),
+        (
+            "empty principal id",
+            principal("", &["user"], None),
+            vec![entry("d", &["view"])],
+        ),
+        ("51 resources", user.clone(), many),
+    ];
+    for (name, principal, resources) in cases {
+        let status = client
+            .check_resources(CheckResourcesRequest {
+                request_id: "req-invalid".to_owned(),
+                include_meta: false,
+                principal: Some(principal),
+                resources,
+            })
+            .await
+            .expect_err(name);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{name}: {status:?}"
+        );
+    }
+    let plan_cases: Vec<(&str, Principal, Vec<&str>)> = vec![
+        (
+            "plan without roles",
+            principal("alice", &[], None),
+            vec!["view"],
+        ),
+        (
+            "plan with duplicate actions",
+            user.clone(),
+            vec!["view", "view"],
+        ),
+        ("plan without actions", user.clone(), vec![]),
+    ];
+    for (name, principal, actions) in plan_cases {
+        let status = client
+            .plan_resources(PlanResourcesRequest {
+                request_id: "req-invalid-plan".to_owned(),
+                principal: Some(principal),
+                resource: Some(plan_resources_input::Resource {
+                    kind: "document".to_owned(),
+                    ..plan_resources_input::Resource::default()
+                }),
+                include_meta: false,
+                actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            })
+            .await
+            .expect_err(name);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{name}: {status:?}"
+        );
+    }
+}

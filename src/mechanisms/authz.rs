@@ -36,7 +36,10 @@ struct CerbosAuthorizerConfig {
 }
 
 /// Asks Cerbos `CheckResources` about the request's resource; allows only when every action is
-/// `EFFECT_ALLOW`. Cerbos failing, slow or answering garbage is a communication error (503).
+/// `EFFECT_ALLOW`. Cerbos failing, slow or answering garbage is a communication error (503); a
+/// question Cerbos (or heimdall, before asking) refuses as invalid — an empty resource id,
+/// duplicate actions, a principal without roles and no `cerbos.default_role` — is a denial
+/// (`invalid_policy_request`, 403), so `failure_mode_allow` cannot turn it into an allow.
 pub struct CerbosAuthorizer {
     id: Arc<str>,
     cerbos: Arc<crate::cerbos::Cerbos>,
@@ -84,6 +87,7 @@ impl CerbosAuthorizer {
         if actions.is_empty() {
             return Err(fail(ErrorKind::BadRequest, "no action to check".into()));
         }
+        // `Cerbos::check` removes repeated roles and applies the default role.
         let principal = PrincipalInput {
             id: principal.id.to_string(),
             roles: principal.roles.iter().map(|r| r.to_string()).collect(),
@@ -103,7 +107,14 @@ impl CerbosAuthorizer {
             .cerbos
             .check(request_id, &principal, &check)
             .await
-            .map_err(|e| fail(ErrorKind::Communication, e.to_string()))?;
+            .map_err(|e| {
+                let kind = if e.is_refusal() {
+                    ErrorKind::InvalidPolicyRequest
+                } else {
+                    ErrorKind::Communication
+                };
+                fail(kind, e.to_string())
+            })?;
         match results.first() {
             Some(result) if result.all_allowed() => Ok(()),
             Some(result) => {

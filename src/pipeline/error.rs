@@ -15,6 +15,11 @@ pub enum ErrorKind {
     BadRequest,
     /// No rule matches the request: 403.
     NoRule,
+    /// The policy engine refused the question as invalid (no roles, an empty resource id,
+    /// duplicate actions, too many resources), or heimdall did before asking: 403. A denial,
+    /// never "could not decide": a proxy that lets requests through when its authorizer fails
+    /// (`failure_mode_allow`) must not let these through.
+    InvalidPolicyRequest,
     /// heimdall could not decide (a broken expression, a bug): an error response.
     Internal,
 }
@@ -28,6 +33,7 @@ impl ErrorKind {
             Self::Communication => "communication",
             Self::BadRequest => "bad_request",
             Self::NoRule => "no_rule",
+            Self::InvalidPolicyRequest => "invalid_policy_request",
             Self::Internal => "internal",
         }
     }
@@ -36,7 +42,7 @@ impl ErrorKind {
     pub const fn default_status(self) -> u16 {
         match self {
             Self::Authentication => 401,
-            Self::Authorization | Self::NoRule => 403,
+            Self::Authorization | Self::NoRule | Self::InvalidPolicyRequest => 403,
             Self::BadRequest => 400,
             Self::Communication => 503,
             Self::Internal => 500,
@@ -61,5 +67,31 @@ impl StepError {
             mechanism: Arc::clone(mechanism),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    /// Only `communication` and `internal` are "could not decide"; every other kind, the policy
+    /// engine's refusals included, is a denial with a 4xx status.
+    #[test]
+    fn a_policy_refusal_is_a_denial() {
+        assert_eq!(ErrorKind::InvalidPolicyRequest.default_status(), 403);
+        assert_eq!(
+            ErrorKind::InvalidPolicyRequest.as_str(),
+            "invalid_policy_request"
+        );
+        let outcome = crate::pipeline::Outcome::from_error(crate::pipeline::StepError::new(
+            ErrorKind::InvalidPolicyRequest,
+            &std::sync::Arc::from("documents"),
+            "resource 0 (`document`): the id is empty",
+        ));
+        assert!(
+            matches!(outcome.decision, crate::pipeline::Decision::Deny(ref r) if r.status == 403),
+            "{:?}",
+            outcome.decision
+        );
     }
 }

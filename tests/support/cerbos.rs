@@ -4,7 +4,8 @@
 //! example policies in `infra/cerbos/policies`, with its gRPC and HTTP listeners moved to free
 //! loopback ports (`--set=server.grpcListenAddr=...`). It is ready once its gRPC health service
 //! answers `SERVING`. Tests can stop it and start it again on the same ports, and pause it
-//! (SIGSTOP) to make calls hang until their deadline.
+//! (SIGSTOP) to make calls hang until their deadline. [`Cerbos::start_with`] serves another
+//! policy directory (with `_schemas`) and extra settings, e.g. schema enforcement.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -43,8 +44,13 @@ pub struct Cerbos {
     grpc: SocketAddr,
     http: SocketAddr,
     dir: PathBuf,
-    /// Extra `--set` arguments (TLS); when set, readiness is a TCP connect (health needs TLS).
+    /// The policy directory (relative to the repository root, or absolute).
+    policies: PathBuf,
+    /// Extra `--set` arguments (TLS, schema enforcement).
     extra_args: Vec<String>,
+    /// Whether it serves TLS: readiness is then a TCP connect (the health probe speaks plain
+    /// HTTP/2).
+    tls: bool,
 }
 
 impl Cerbos {
@@ -53,6 +59,12 @@ impl Cerbos {
     /// Returns `None` when Cerbos is not installed and the tests do not run in CI (see
     /// [`tools::require`]); panics if Cerbos is installed but does not start, with its log.
     pub async fn start() -> Option<Cerbos> {
+        Self::start_with(Path::new(POLICIES), &[]).await
+    }
+
+    /// Starts Cerbos with the policies (and `_schemas`) of `policies` and extra `--set=KEY=VALUE`
+    /// settings, e.g. `schema.enforcement=reject`; otherwise as [`Cerbos::start`].
+    pub async fn start_with(policies: &Path, settings: &[&str]) -> Option<Cerbos> {
         let binary = tools::require("cerbos")?;
         let id = unique_id();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -66,7 +78,9 @@ impl Cerbos {
             grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             dir,
-            extra_args: Vec::new(),
+            policies: policies.to_path_buf(),
+            extra_args: settings.iter().map(|s| format!("--set={s}")).collect(),
+            tls: false,
         };
         cerbos.start_again().await;
         Some(cerbos)
@@ -85,10 +99,12 @@ impl Cerbos {
                 std::process::id(),
                 unique_id()
             )),
+            policies: PathBuf::from(POLICIES),
             extra_args: vec![
                 format!("--set=server.tls.cert={}", cert.display()),
                 format!("--set=server.tls.key={}", key.display()),
             ],
+            tls: true,
         };
         let _ = std::fs::create_dir_all(&cerbos.dir);
         cerbos.start_again().await;
@@ -118,7 +134,10 @@ impl Cerbos {
             .arg(format!("--config={CONFIG}"))
             .arg(format!("--set=server.grpcListenAddr={}", self.grpc))
             .arg(format!("--set=server.httpListenAddr={}", self.http))
-            .arg(format!("--set=storage.disk.directory={POLICIES}"))
+            .arg(format!(
+                "--set=storage.disk.directory={}",
+                self.policies.display()
+            ))
             .args(&self.extra_args)
             .arg("--log-level=warn")
             .current_dir(repo_root())
@@ -150,7 +169,7 @@ impl Cerbos {
                     READY_TIMEOUT.as_secs()
                 ));
             }
-            let probed = if self.extra_args.is_empty() {
+            let probed = if !self.tls {
                 probe(self.grpc).await
             } else {
                 tokio::net::TcpStream::connect(self.grpc)

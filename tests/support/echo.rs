@@ -5,6 +5,8 @@
 //! header received more than once is joined with ", ".
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::Request;
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 pub struct EchoUpstream {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    received: Arc<AtomicUsize>,
 }
 
 impl EchoUpstream {
@@ -36,13 +39,27 @@ impl EchoUpstream {
         let addr = listener
             .local_addr()
             .expect("local address of the echo upstream");
-        let app = Router::new().fallback(echo);
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
+        let app = Router::new().fallback(move |request: Request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            echo(request)
+        });
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
                 eprintln!("echo upstream stopped: {err}");
             }
         });
-        EchoUpstream { addr, task }
+        EchoUpstream {
+            addr,
+            task,
+            received,
+        }
+    }
+
+    /// How many requests reached the upstream so far.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT{path}`.

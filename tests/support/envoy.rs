@@ -127,8 +127,20 @@ impl Envoy {
     /// Returns `None` when Envoy is not installed and the tests do not run in CI (see
     /// [`tools::require`]); panics if Envoy is installed but does not start, with its log.
     pub async fn start(options: EnvoyOptions) -> Option<Envoy> {
+        Self::start_configured(options, false).await
+    }
+
+    /// As [`Envoy::start`], but with `failure_mode_allow: true`: Envoy lets a request through
+    /// when the ext_authz call fails or heimdall answers "cannot decide" (an `error_response`).
+    /// Deployments set this for availability; tests use it to prove that what heimdall means as
+    /// a denial is never sent as "cannot decide".
+    pub async fn start_failure_mode_allow(options: EnvoyOptions) -> Option<Envoy> {
+        Self::start_configured(options, true).await
+    }
+
+    async fn start_configured(options: EnvoyOptions, failure_mode_allow: bool) -> Option<Envoy> {
         let binary = tools::require("envoy")?;
-        match Self::try_start(&binary, options).await {
+        match Self::try_start(&binary, options, failure_mode_allow).await {
             Ok(envoy) => Some(envoy),
             Err(message) => {
                 #[allow(
@@ -142,7 +154,11 @@ impl Envoy {
         }
     }
 
-    async fn try_start(binary: &Path, options: EnvoyOptions) -> Result<Envoy, String> {
+    async fn try_start(
+        binary: &Path,
+        options: EnvoyOptions,
+        failure_mode_allow: bool,
+    ) -> Result<Envoy, String> {
         for addr in [options.ext_authz_grpc, options.upstream] {
             if !addr.ip().is_loopback() {
                 return Err(format!(
@@ -157,6 +173,17 @@ impl Envoy {
             upstream: options.upstream,
             timeout_ms: options.timeout_ms,
         })?;
+        let config = if failure_mode_allow {
+            const SHIPPED: &str = "failure_mode_allow: false";
+            if config.matches(SHIPPED).count() != 1 {
+                return Err(format!(
+                    "the Envoy template must hold `{SHIPPED}` exactly once"
+                ));
+            }
+            config.replace(SHIPPED, "failure_mode_allow: true")
+        } else {
+            config
+        };
 
         let id = unique_id();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
