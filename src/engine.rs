@@ -9,7 +9,7 @@ use tracing::Instrument as _;
 
 use crate::canonical::PathPolicy;
 use crate::metrics::{Metrics, RuleMetrics};
-use crate::pipeline::{Decision, ErrorKind, Outcome, StepError};
+use crate::pipeline::{Allowed, Decision, ErrorKind, Outcome, StepError};
 use crate::request::RequestView;
 use crate::rules::{NoRule, RuleSet};
 
@@ -26,6 +26,8 @@ pub struct Engine {
     log_allows: bool,
     router_id: Arc<str>,
     paths: PathPolicy,
+    /// `server.remove_client_headers`, lower-case.
+    remove_client_headers: Box<[Arc<str>]>,
 }
 
 /// Counts one decision in progress for as long as it lives.
@@ -51,6 +53,7 @@ impl Engine {
         rule_extension: &str,
         log_allows: bool,
         paths: PathPolicy,
+        remove_client_headers: &[String],
     ) -> Self {
         let no_rule = metrics.for_rule(NO_RULE_LABEL);
         Self {
@@ -62,6 +65,10 @@ impl Engine {
             log_allows,
             router_id: Arc::from("router"),
             paths,
+            remove_client_headers: remove_client_headers
+                .iter()
+                .map(|h| Arc::from(h.to_ascii_lowercase()))
+                .collect(),
         }
     }
 
@@ -78,6 +85,25 @@ impl Engine {
     /// Replaces the rule set; requests in flight finish on the old one.
     pub fn swap_rules(&self, rules: RuleSet) {
         self.rules.store(Arc::new(rules));
+    }
+
+    /// Adds `server.remove_client_headers` to an allow's removals, except those the rule's
+    /// finalizers set (whatever order Envoy applies sets and removals in).
+    fn remove_client_headers(&self, allowed: &mut Allowed) {
+        for name in &self.remove_client_headers {
+            let set = allowed
+                .upstream_headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if !set
+                && !allowed
+                    .remove_headers
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name))
+            {
+                allowed.remove_headers.push(Arc::clone(name));
+            }
+        }
     }
 
     /// Decides on one request.
@@ -146,6 +172,10 @@ impl Engine {
                     )
                 }
             };
+        let mut outcome = outcome;
+        if let Decision::Allow(allowed) = &mut outcome.decision {
+            self.remove_client_headers(allowed);
+        }
         let elapsed = started.elapsed();
         rule_metrics.duration.observe(elapsed.as_secs_f64());
         let rule_id = rule.as_deref().unwrap_or(NO_RULE_LABEL);

@@ -33,6 +33,8 @@ pub struct Rule {
     pub metrics: RuleMetrics,
     /// Whether an anonymous authenticator can satisfy it (reported at load).
     pub allows_anonymous: bool,
+    /// Whether an authorizer that can refuse (not `allow`) always runs.
+    pub authorizes: bool,
 }
 
 /// All rules, ready to match.
@@ -191,10 +193,130 @@ impl RuleSet {
         }
     }
 
+    /// What is legal but probably not meant, the way a policy linter reports it: a default
+    /// rule that allows without authorization, a rule that lets anonymous requests write, and a
+    /// rule for any host that a host-scoped rule takes over on that host. `heimdall validate`
+    /// prints these; `serve` logs them.
+    pub fn lint(&self, config: &Config) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(default) = &self.default
+            && !default.authorizes
+        {
+            warnings.push(format!(
+                "default_rule allows every request no rule matches{} without an authorizer that can refuse; remove it to deny them (403)",
+                if default.allows_anonymous { ", even anonymous ones," } else { "" }
+            ));
+        }
+        const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+        for spec in &config.rules {
+            let Some(rule) = self
+                .by_id
+                .get(spec.id.as_str())
+                .and_then(|&i| self.rules.get(i))
+            else {
+                continue;
+            };
+            let methods = spec
+                .matcher
+                .as_ref()
+                .map(|m| m.methods.as_slice())
+                .unwrap_or(&[]);
+            let writes = methods.is_empty()
+                || methods
+                    .iter()
+                    .any(|m| WRITES.contains(&m.to_ascii_uppercase().as_str()));
+            if rule.allows_anonymous && !rule.authorizes && writes {
+                warnings.push(format!(
+                    "rule `{}` lets anonymous requests write ({}) without an authorizer that can refuse",
+                    spec.id,
+                    if methods.is_empty() { "any method".to_owned() } else { methods.join(", ") }
+                ));
+            }
+        }
+        warnings.extend(self.shadowed(config));
+        warnings
+    }
+
+    /// Rules for any host whose paths a host-scoped rule takes on that host (a more specific
+    /// host beats a more specific path, so `/admin/*rest` for any host loses to `/*rest` for
+    /// `api.example.com` there).
+    fn shadowed(&self, config: &Config) -> Vec<String> {
+        let mut hosts: Vec<String> = Vec::new();
+        for spec in &config.rules {
+            for host in spec.matcher.iter().flat_map(|m| &m.hosts) {
+                let sample = match host.strip_prefix("*.") {
+                    Some(suffix) => format!("sample.{suffix}"),
+                    None if host == "*" => continue,
+                    None => host.clone(),
+                };
+                let sample = sample.trim_end_matches('.').to_ascii_lowercase();
+                if !hosts.contains(&sample) {
+                    hosts.push(sample);
+                }
+            }
+        }
+        let host_scoped = |id: &str| {
+            config.rules.iter().any(|r| {
+                r.id == id
+                    && r.matcher
+                        .as_ref()
+                        .is_some_and(|m| !m.hosts.is_empty() && !m.hosts.iter().any(|h| h == "*"))
+            })
+        };
+        let mut warnings = Vec::new();
+        for spec in &config.rules {
+            let Some(m) = &spec.matcher else { continue };
+            if !m.hosts.is_empty() && !m.hosts.iter().any(|h| h == "*") {
+                continue;
+            }
+            let methods: Vec<String> = if m.methods.is_empty() {
+                vec!["GET".to_owned()]
+            } else {
+                m.methods.iter().map(|m| m.to_ascii_uppercase()).collect()
+            };
+            for path in &m.paths {
+                let sample = sample_path(path);
+                for host in &hosts {
+                    for method in &methods {
+                        let Some(found) = self.matcher.find(method, host, &sample) else {
+                            continue;
+                        };
+                        let Some(winner) = self.rules.get(found.rule) else {
+                            continue;
+                        };
+                        if *winner.id != *spec.id && host_scoped(&winner.id) {
+                            warnings.push(format!(
+                                "rule `{}` ({method} {path}, any host) is shadowed on host `{host}` by rule `{}`",
+                                spec.id, winner.id
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        warnings.dedup();
+        warnings
+    }
+
     /// Every rule (the default one last).
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().chain(self.default.as_ref())
     }
+}
+
+/// A concrete path a pattern matches: parameters filled with `x`.
+fn sample_path(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with([':', '*']) {
+                "x"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Built mechanisms by kind and id, with their specs for per-rule overrides.
@@ -386,6 +508,7 @@ fn compile_rule(
     let mut finalizers = Vec::new();
     let mut stage = Stage::Authenticate;
     let mut allows_anonymous = false;
+    let mut authorizes = false;
     for (index, step) in spec.execute.iter().enumerate() {
         let (step_stage, id) = match step_kind(step, rule_id, index) {
             Ok(k) => k,
@@ -464,11 +587,14 @@ fn compile_rule(
             Mechanism::Finalizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
                 errors.push(format!("rule `{rule_id}`: finalizer `{id}` reads `error`, which exists only in `on_error`"));
             }
-            Mechanism::Authorizer(m) => authorizers.push(Step {
-                id: step_id,
-                when,
-                mechanism: m,
-            }),
+            Mechanism::Authorizer(m) => {
+                authorizes |= when.is_none() && !matches!(*m, mechanisms::Authorizer::Allow);
+                authorizers.push(Step {
+                    id: step_id,
+                    when,
+                    mechanism: m,
+                });
+            }
             Mechanism::Finalizer(m) => finalizers.push(Step {
                 id: step_id,
                 when,
@@ -522,6 +648,7 @@ fn compile_rule(
         ),
         metrics: metrics.for_rule(rule_id),
         allows_anonymous,
+        authorizes,
     })
 }
 
@@ -595,7 +722,7 @@ mod tests {
 version: "1"
 mechanisms:
   authenticators: [ { id: bearer, type: paseto }, { id: anon, type: anonymous } ]
-  authorizers: [ { id: allow, type: allow } ]
+  authorizers: [ { id: allow, type: allow }, { id: admins, type: cel, config: { expression: '"admin" in subject.roles' } } ]
   finalizers: [ { id: hdr, type: header, config: { headers: { X-User-ID: subject.id } } } ]
   error_handlers: [ { id: challenge, type: www_authenticate } ]
 "#;
@@ -717,6 +844,50 @@ rules: []
                 .iter()
                 .any(|e| e.contains("uses unknown variable `secret`")),
             "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn lint_warns_like_a_policy_linter() {
+        let rules = r#"
+  - id: admin
+    match: { paths: [/admin/*rest] }
+    execute: [ { authenticator: bearer }, { authorizer: admins } ]
+  - id: api_host
+    match: { hosts: [api.example.com], paths: [/*rest] }
+    execute: [ { authenticator: bearer }, { authorizer: allow } ]
+  - id: open_writes
+    match: { paths: [/guestbook], methods: [GET, post] }
+    execute: [ { authenticator: anon }, { authorizer: allow } ]
+  - id: open_reads
+    match: { paths: [/public/*rest], methods: [GET] }
+    execute: [ { authenticator: anon }, { authorizer: allow } ]
+default_rule:
+  execute: [ { authenticator: bearer }, { authorizer: allow } ]
+"#;
+        let config = Config::parse(&with_rules(rules), &Origin::Embedded).unwrap();
+        let set = compile(&with_rules(rules)).unwrap();
+        let warnings = set.lint(&config);
+        let expected = [
+            "default_rule allows every request no rule matches without an authorizer that can refuse",
+            "rule `open_writes` lets anonymous requests write (GET, post)",
+            "rule `admin` (GET /admin/*rest, any host) is shadowed on host `api.example.com` by rule `api_host`",
+            "rule `open_reads` (GET /public/*rest, any host) is shadowed on host `api.example.com` by rule `api_host`",
+            "rule `open_writes` (GET /guestbook, any host) is shadowed on host `api.example.com` by rule `api_host`",
+            "rule `open_writes` (POST /guestbook, any host) is shadowed on host `api.example.com` by rule `api_host`",
+        ];
+        for want in expected {
+            assert!(
+                warnings.iter().any(|w| w.contains(want)),
+                "missing `{want}` in {warnings:#?}"
+            );
+        }
+        assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
+        // The shipped configuration is clean.
+        let embedded = Config::parse(crate::config::EMBEDDED, &Origin::Embedded).unwrap();
+        assert_eq!(
+            compile(crate::config::EMBEDDED).unwrap().lint(&embedded),
+            Vec::<String>::new()
         );
     }
 
