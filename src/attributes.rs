@@ -33,7 +33,10 @@ pub use store::{LookupError, PrincipalStore, Snapshot};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// `nats://host:port`; several servers separated by commas (`NATS_URL`).
+    /// `nats://host:port`; several servers separated by commas (`NATS_URL`). Credentials in
+    /// the URL (`nats://user:pass@host`) work but are shown as `user:***` in the
+    /// configuration dump and in logs.
+    #[serde(serialize_with = "crate::telemetry::serialize_redacted_url")]
     pub url: String,
     /// The connection name the server shows.
     pub name: String,
@@ -208,9 +211,10 @@ pub struct NatsAuth {
     pub password: Option<Secret>,
 }
 
-/// A secret value: `{env: NAME}` or `{file: /path}`. Only the name or path is ever shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(try_from = "SecretSpec", into = "SecretSpec")]
+/// A secret value: `{env: NAME}` or `{file: /path}`. Only the name or path is ever shown; an
+/// inline value is refused without being quoted.
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "SecretSpec")]
 pub enum Secret {
     Env(String),
     File(PathBuf),
@@ -238,6 +242,16 @@ impl TryFrom<SecretSpec> for Secret {
     }
 }
 
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec: SecretSpec = crate::config::deserialize_map_only(
+            d,
+            "a secret as `{env: NAME}` or `{file: PATH}`: inline secrets are not accepted, they would sit in the configuration",
+        )?;
+        Self::try_from(spec).map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<Secret> for SecretSpec {
     fn from(secret: Secret) -> Self {
         match secret {
@@ -256,9 +270,13 @@ impl From<Secret> for SecretSpec {
 impl Secret {
     fn read(&self) -> anyhow::Result<String> {
         match self {
-            Self::Env(name) => {
-                std::env::var(name).with_context(|| format!("environment variable `{name}`"))
-            }
+            // `std::env::VarError`'s message quotes a non-UTF-8 value: it is not used.
+            Self::Env(name) => match std::env::var_os(name) {
+                None => anyhow::bail!("environment variable `{name}` is not set"),
+                Some(value) => value.into_string().map_err(|_| {
+                    anyhow::anyhow!("environment variable `{name}` is not valid UTF-8 text")
+                }),
+            },
             Self::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim().to_owned())
                 .with_context(|| format!("file `{}`", path.display())),
@@ -293,6 +311,16 @@ impl NatsConfig {
                 && !s.contains("..")
                 && !s.contains(char::is_whitespace)
         };
+        match crate::telemetry::split_credentials(&self.url) {
+            Err(message) => return Err(("nats.url", message.to_owned())),
+            Ok((_, Some(_))) if self.auth.is_some() => {
+                return Err((
+                    "nats.url",
+                    "carries credentials while `nats.auth` is set: give them in one place".into(),
+                ));
+            }
+            Ok(_) => {}
+        }
         let checks: [(&'static str, bool, &str); 10] = [
             ("nats.url", !self.url.trim().is_empty(), "must not be empty"),
             (
@@ -523,6 +551,20 @@ async fn connect(
                 }
             }
         });
+    // Credentials in the URL go to the client as options, never inside the URL it logs.
+    let (servers, url_credentials) = crate::telemetry::split_credentials(&config.url)
+        .map_err(|message| anyhow::anyhow!("nats.url: {message}"))?;
+    if let Some(credentials) = url_credentials {
+        if config.auth.is_some() {
+            anyhow::bail!(
+                "nats.url carries credentials and nats.auth is set: give them in one place"
+            );
+        }
+        options = match credentials.password {
+            Some(password) => options.user_and_password(credentials.user, password),
+            None => options.token(credentials.user),
+        };
+    }
     if let Some(auth) = &config.auth {
         if let Some(path) = &auth.credentials_file {
             options = options
@@ -559,9 +601,9 @@ async fn connect(
         }
     }
     options
-        .connect(config.url.as_str())
+        .connect(servers.as_str())
         .await
-        .with_context(|| format!("NATS at `{}`", config.url))
+        .with_context(|| format!("NATS at `{}`", crate::telemetry::redact_url(&config.url)))
 }
 
 /// Runs the attribute pipeline until the process stops: connect, set up the stream, bucket and

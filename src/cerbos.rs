@@ -313,10 +313,15 @@ impl Cerbos {
         } else {
             "http"
         };
-        let url = if config.url.contains("://") {
-            config.url.clone()
+        // Cerbos's gRPC API takes no credentials in its URL: userinfo is dropped rather than
+        // sent in `:authority` or kept where a transport error could show it.
+        let (bare, _) = crate::telemetry::split_credentials(&config.url).map_err(|_| {
+            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+        })?;
+        let url = if bare.contains("://") {
+            bare
         } else {
-            format!("{scheme}://{}", config.url)
+            format!("{scheme}://{bare}")
         };
         let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
             CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())

@@ -6,6 +6,7 @@
 //! (`config/heimdall.yaml`) is used.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,23 +26,57 @@ pub const VERSION: &str = "1";
 
 /// Reads environment variables; tests pass a map instead of touching the process environment.
 pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
+    /// The raw value of `name`, `None` when it is not set.
+    fn var_os(&self, name: &str) -> Option<OsString>;
+
+    /// The value of `name` as text: `Ok(None)` when it is not set, an error naming the
+    /// variable when its value is not UTF-8. A value heimdall cannot read is refused, never
+    /// taken as "not set" (which would, for `PASETO_SYMMETRIC_KEY`, silently swap the key for
+    /// a throw-away one); the value itself is never echoed, it may be a secret.
+    fn var(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        self.var_os(name)
+            .map(|value| {
+                value.into_string().map_err(|_| ConfigError::EnvNotUnicode {
+                    name: name.to_owned(),
+                })
+            })
+            .transpose()
+    }
 }
 
 /// The real process environment.
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+    fn var_os(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
     }
 }
 
 impl Env for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
+    fn var_os(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(OsString::from)
+    }
+}
+
+impl Env for HashMap<String, OsString> {
+    fn var_os(&self, name: &str) -> Option<OsString> {
         self.get(name).cloned()
     }
 }
+
+/// The environment variables heimdall reads besides those named in the configuration
+/// (`tokens.keys[].env`, `nats.auth.*.env`). `Config::load` checks each is readable text.
+pub const ENV_VARS: [&str; 8] = [
+    "PASETO_SYMMETRIC_KEY",
+    "PORT",
+    "GRPC_PORT",
+    "HEIMDALL_BIND",
+    "CERBOS_GRPC_URL",
+    "NATS_URL",
+    "HEIMDALL_CONFIG",
+    "RUST_LOG",
+];
 
 /// A configuration that cannot be used, with what and where.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +92,10 @@ pub enum ConfigError {
     Version(String),
     #[error("invalid environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
+    #[error(
+        "environment variable {name} is set but its value is not valid UTF-8 text; heimdall refuses it rather than ignore it"
+    )]
+    EnvNotUnicode { name: String },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot read key file `{path}`: {source}")]
@@ -311,9 +350,11 @@ impl Default for TokensConfig {
     }
 }
 
-/// Where a PASERK key comes from: `{paserk: "k4.…"}`, `{file: /path}` or `{env: NAME}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "KeySourceSpec")]
+/// Where a PASERK key comes from: `{env: NAME}`, `{file: /path}` or, for a public key only,
+/// `{paserk: "k4.public.…"}`. Secret keys (`k4.local`, `k4.secret`) are refused inline: a
+/// configuration file is not a secret store (it is in a ConfigMap, a repository, a support
+/// bundle), and a parse error must not be able to quote the key.
+#[derive(Debug, Clone)]
 pub enum KeySource {
     Paserk(String),
     File(PathBuf),
@@ -334,12 +375,105 @@ impl TryFrom<KeySourceSpec> for KeySource {
 
     fn try_from(spec: KeySourceSpec) -> Result<Self, Self::Error> {
         match (spec.paserk, spec.file, spec.env) {
-            (Some(p), None, None) => Ok(Self::Paserk(p)),
+            (Some(p), None, None) if p.trim().starts_with("k4.public.") => Ok(Self::Paserk(p)),
+            // Whatever it is, it is not shown: it may be a secret key.
+            (Some(_), None, None) => Err(INLINE_KEY_REFUSED),
             (None, Some(f), None) => Ok(Self::File(f)),
             (None, None, Some(e)) => Ok(Self::Env(e)),
             _ => Err("a key needs exactly one of `paserk`, `file` or `env`"),
         }
     }
+}
+
+const INLINE_KEY_REFUSED: &str = "an inline `paserk` must be a public key (`k4.public.…`); give a secret key (`k4.local.…`, `k4.secret.…`) as `{env: NAME}` or `{file: PATH}` so it stays out of the configuration";
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec: KeySourceSpec = deserialize_map_only(
+            d,
+            "a key: a map with one of `env: NAME`, `file: PATH` or `paserk: k4.public.…`; give a secret key as `{env: NAME}` or `{file: PATH}`",
+        )?;
+        Self::try_from(spec).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Deserializes a `T` that must be written as a map, for settings that hold or point at
+/// secrets. serde's own errors quote a wrongly typed value (`invalid type: string
+/// "k4.secret.…"`); here any other shape is refused with `expecting` alone, so a secret pasted
+/// in the wrong place never reaches an error message or a log.
+pub(crate) fn deserialize_map_only<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct MapOnly<T> {
+        expecting: &'static str,
+        target: std::marker::PhantomData<T>,
+    }
+
+    impl<T> MapOnly<T> {
+        fn refuse<E: serde::de::Error>(&self) -> Result<T, E> {
+            Err(E::custom(format_args!(
+                "expected {} (the value given is not shown)",
+                self.expecting
+            )))
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for MapOnly<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+
+        // Every visitor method whose default error would quote the value.
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_char<E: serde::de::Error>(self, _: char) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<T, E> {
+            self.refuse()
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+            self.refuse()
+        }
+    }
+
+    deserializer.deserialize_any(MapOnly {
+        expecting,
+        target: std::marker::PhantomData,
+    })
 }
 
 impl Serialize for KeySource {
@@ -411,24 +545,31 @@ impl Config {
         Ok((config, origin))
     }
 
-    /// Applies `PORT`, `GRPC_PORT`, `HEIMDALL_BIND`, `CERBOS_GRPC_URL` and `NATS_URL`.
+    /// Applies `PORT`, `GRPC_PORT`, `HEIMDALL_BIND`, `CERBOS_GRPC_URL` and `NATS_URL`, after
+    /// checking that every variable of [`ENV_VARS`] that is set holds UTF-8 text.
     pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
-        if let Some(bind) = env.var("HEIMDALL_BIND") {
+        for name in ENV_VARS {
+            // `HEIMDALL_CONFIG` is a path, which need not be UTF-8.
+            if name != "HEIMDALL_CONFIG" {
+                env.var(name)?;
+            }
+        }
+        if let Some(bind) = env.var("HEIMDALL_BIND")? {
             self.server.bind = bind.trim().parse().map_err(|_| ConfigError::Env {
                 name: "HEIMDALL_BIND",
                 message: format!("`{bind}` is not an IP address"),
             })?;
         }
-        if let Some(port) = env.var("PORT") {
+        if let Some(port) = env.var("PORT")? {
             self.server.http_port = parse_port("PORT", &port)?;
         }
-        if let Some(url) = env.var("CERBOS_GRPC_URL").filter(|u| !u.trim().is_empty()) {
+        if let Some(url) = env.var("CERBOS_GRPC_URL")?.filter(|u| !u.trim().is_empty()) {
             self.cerbos.get_or_insert_with(Default::default).url = url.trim().to_owned();
         }
-        if let Some(url) = env.var("NATS_URL").filter(|u| !u.trim().is_empty()) {
+        if let Some(url) = env.var("NATS_URL")?.filter(|u| !u.trim().is_empty()) {
             self.nats.get_or_insert_with(Default::default).url = url.trim().to_owned();
         }
-        if let Some(port) = env.var("GRPC_PORT") {
+        if let Some(port) = env.var("GRPC_PORT")? {
             self.server.grpc_port = parse_port("GRPC_PORT", &port)?;
         }
         Ok(())
@@ -575,7 +716,7 @@ impl Config {
     /// Builds the key ring: `PASETO_SYMMETRIC_KEY` (exactly 32 bytes) first, then `tokens.keys`.
     pub fn keyring(&self, env: &dyn Env) -> Result<Keyring, ConfigError> {
         let mut ring = Keyring::default();
-        if let Some(raw) = env.var("PASETO_SYMMETRIC_KEY") {
+        if let Some(raw) = env.var("PASETO_SYMMETRIC_KEY")? {
             ring.add_raw_symmetric(raw.as_bytes())?;
         }
         for (index, source) in self.tokens.keys.iter().enumerate() {
@@ -587,7 +728,7 @@ impl Config {
                         source,
                     })?
                 }
-                KeySource::Env(name) => env.var(name).ok_or_else(|| ConfigError::KeyEnv {
+                KeySource::Env(name) => env.var(name)?.ok_or_else(|| ConfigError::KeyEnv {
                     index,
                     name: name.clone(),
                 })?,
@@ -705,5 +846,98 @@ mod tests {
         let yaml = config.redacted_yaml();
         assert!(yaml.contains("k4.local.<redacted>"), "{yaml}");
         assert!(!yaml.contains("c2VjcmV0"), "{yaml}");
+    }
+
+    /// A secret written where heimdall does not take one is refused without being quoted.
+    #[test]
+    fn inline_secrets_are_refused_and_never_echoed() {
+        const SECRET: &str = "k4.secret.c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI";
+        for yaml in [
+            format!("version: \"1\"\ntokens:\n  keys:\n    - paserk: {SECRET}\n"),
+            format!("version: \"1\"\ntokens:\n  keys:\n    - {SECRET}\n"),
+            "version: \"1\"\ntokens:\n  keys:\n    - paserk: k4.local.c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI\n".into(),
+            "version: \"1\"\ntokens:\n  keys:\n    - 12345678901234567890\n".into(),
+            "version: \"1\"\nnats:\n  auth:\n    token: c2VjcmV0c2VjcmV0\n".into(),
+            "version: \"1\"\nnats:\n  auth:\n    user: heimdall\n    password: c2VjcmV0c2VjcmV0\n".into(),
+            "version: \"1\"\nnats:\n  auth:\n    nkey_seed: SUc2VjcmV0c2VjcmV0\n".into(),
+            "version: \"1\"\nnats:\n  auth:\n    password: 12345678901234567890\n".into(),
+            "version: \"1\"\nnats:\n  auth:\n    token: [c2VjcmV0c2VjcmV0]\n".into(),
+        ] {
+            let err = Config::parse(&yaml, &Origin::Embedded)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("c2VjcmV0"), "{err}");
+            assert!(!err.contains("1234567890"), "{err}");
+            assert!(
+                err.contains("`{env: NAME}` or `{file: PATH}`") || err.contains("`env`"),
+                "{err}"
+            );
+            assert!(err.contains("line"), "{err}");
+        }
+        // A public key inline is fine.
+        let config = Config::parse(
+            "version: \"1\"\ntokens:\n  keys:\n    - paserk: k4.public.x\n",
+            &Origin::Embedded,
+        )
+        .unwrap();
+        assert_eq!(config.tokens.keys.len(), 1);
+    }
+
+    #[test]
+    fn non_utf8_environment_values_are_refused_by_name() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let (config, _) = Config::load(None, &env(&[])).unwrap();
+        for name in [
+            "PASETO_SYMMETRIC_KEY",
+            "PORT",
+            "NATS_URL",
+            "CERBOS_GRPC_URL",
+            "RUST_LOG",
+        ] {
+            let bad: HashMap<String, OsString> = [(
+                name.to_owned(),
+                OsString::from_vec(b"0123456789abcdef0123456789abcde\xff".to_vec()),
+            )]
+            .into();
+            let err = match Config::load(None, &bad) {
+                Err(e) => e,
+                // PASETO_SYMMETRIC_KEY is read when the key ring is built.
+                Ok((config, _)) => config.keyring(&bad).unwrap_err(),
+            };
+            assert!(matches!(err, ConfigError::EnvNotUnicode { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(message.contains(name), "{message}");
+            assert!(!message.contains("0123456789"), "{message}");
+        }
+        let key_env: HashMap<String, OsString> =
+            [("MY_KEY".to_owned(), OsString::from_vec(vec![0x80]))].into();
+        let mut config = config;
+        config.tokens.keys = vec![KeySource::Env("MY_KEY".into())];
+        let err = config.keyring(&key_env).unwrap_err().to_string();
+        assert!(err.contains("MY_KEY"), "{err}");
+    }
+
+    #[test]
+    fn the_dump_hides_url_credentials() {
+        let (config, _) = Config::load(
+            None,
+            &env(&[
+                ("NATS_URL", "nats://heimdall:n4ts-pass@127.0.0.1:4222"),
+                ("CERBOS_GRPC_URL", "http://pdp:c3rbos-pass@127.0.0.1:3593"),
+            ]),
+        )
+        .unwrap();
+        let yaml = config.redacted_yaml();
+        assert!(
+            !yaml.contains("n4ts-pass") && !yaml.contains("c3rbos-pass"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("nats://heimdall:***@127.0.0.1:4222"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("http://pdp:***@127.0.0.1:3593"), "{yaml}");
+        // The configuration itself keeps the credentials: NATS needs them.
+        assert!(config.nats.unwrap().url.contains("n4ts-pass"));
     }
 }

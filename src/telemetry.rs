@@ -165,6 +165,81 @@ fn redact_server(server: &str) -> String {
     }
 }
 
+/// Credentials taken out of a URL's userinfo (percent-decoded). `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlCredentials {
+    /// The user, or the token when the userinfo has no `:` (`nats://token@host`).
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |present: bool| if present { "***" } else { "-" };
+        f.debug_struct("UrlCredentials")
+            .field("user", &shown(true))
+            .field("password", &shown(self.password.is_some()))
+            .finish()
+    }
+}
+
+/// `url` without its userinfo, and the credentials it carried. Client libraries then get the
+/// bare URL plus the credentials through their authentication options, so a library that logs
+/// or reports its server address (async-nats logs the parsed URL, password included, at
+/// debug) never holds a secret to show. Every server of a comma-separated list must carry the
+/// same credentials or none. Errors never quote the URL.
+pub fn split_credentials(url: &str) -> Result<(String, Option<UrlCredentials>), &'static str> {
+    if !url.contains('@') {
+        return Ok((url.to_owned(), None));
+    }
+    let servers: Vec<&str> = url.split(',').collect();
+    let mut bare = Vec::with_capacity(servers.len());
+    let mut found: Option<UrlCredentials> = None;
+    for (i, server) in servers.iter().enumerate() {
+        let continued = servers
+            .get(i + 1)
+            .is_some_and(|next| next.contains('@') && !next.contains("://"));
+        if continued && !server.contains('@') {
+            return Err("the credentials in the URL contain `,`: percent-encode it as `%2C`");
+        }
+        let (scheme, rest) = match server.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, *server),
+        };
+        let Some((userinfo, host)) = rest.rsplit_once('@') else {
+            bare.push((*server).to_owned());
+            continue;
+        };
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .map(|t| t.into_owned())
+                .map_err(|_| "the credentials in the URL are not valid percent-encoded UTF-8")
+        };
+        let credentials = match userinfo.split_once(':') {
+            Some((user, password)) => UrlCredentials {
+                user: decode(user)?,
+                password: Some(decode(password)?),
+            },
+            None => UrlCredentials {
+                user: decode(userinfo)?,
+                password: None,
+            },
+        };
+        match &found {
+            Some(previous) if *previous != credentials => {
+                return Err("the servers of the URL carry different credentials");
+            }
+            _ => found = Some(credentials),
+        }
+        bare.push(match scheme {
+            Some(scheme) => format!("{scheme}://{host}"),
+            None => host.to_owned(),
+        });
+    }
+    Ok((bare.join(","), found))
+}
+
 /// Serializes a URL field through [`redact_url`] (`#[serde(serialize_with = …)]`): the
 /// configuration dump never shows credentials.
 pub fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -362,5 +437,42 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+    }
+
+    #[test]
+    fn credentials_come_out_of_urls() {
+        let creds = |user: &str, password: Option<&str>| UrlCredentials {
+            user: user.into(),
+            password: password.map(Into::into),
+        };
+        assert_eq!(
+            split_credentials("nats://a:4222,nats://b:4222").unwrap(),
+            ("nats://a:4222,nats://b:4222".into(), None)
+        );
+        assert_eq!(
+            split_credentials("nats://u:p%40ss@a:1,nats://u:p%40ss@b:2").unwrap(),
+            (
+                "nats://a:1,nats://b:2".into(),
+                Some(creds("u", Some("p@ss")))
+            )
+        );
+        assert_eq!(
+            split_credentials("tls://t0ken@a:1").unwrap(),
+            ("tls://a:1".into(), Some(creds("t0ken", None)))
+        );
+        assert_eq!(
+            split_credentials("u:p@cerbos:3593").unwrap(),
+            ("cerbos:3593".into(), Some(creds("u", Some("p"))))
+        );
+        for bad in [
+            "nats://u:p@a:1,nats://v:q@b:2",
+            "nats://u:pa,ss@h:1",
+            "nats://u:%ff@h:1",
+        ] {
+            let err = split_credentials(bad).unwrap_err();
+            assert!(!err.contains('@'), "{err}");
+        }
+        let shown = format!("{:?}", creds("u", Some("s3cret")));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }
