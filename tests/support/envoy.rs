@@ -138,6 +138,24 @@ impl Envoy {
         Self::start_configured(options, true).await
     }
 
+    /// Starts Envoy with a fully rendered configuration (see [`render_shipped`]) and waits (at
+    /// most 20 s) until it is ready; `None` and panics as [`Envoy::start`].
+    pub async fn start_rendered(config: String) -> Option<Envoy> {
+        let binary = tools::require("envoy")?;
+        match Self::spawn(&binary, config).await {
+            Ok(envoy) => Some(envoy),
+            Err(message) => {
+                #[allow(
+                    clippy::panic,
+                    reason = "an installed Envoy that does not start fails the test"
+                )]
+                {
+                    panic!("{message}");
+                }
+            }
+        }
+    }
+
     async fn start_configured(options: EnvoyOptions, failure_mode_allow: bool) -> Option<Envoy> {
         let binary = tools::require("envoy")?;
         match Self::try_start(&binary, options, failure_mode_allow).await {
@@ -184,7 +202,10 @@ impl Envoy {
         } else {
             config
         };
+        Self::spawn(binary, config).await
+    }
 
+    async fn spawn(binary: &Path, config: String) -> Result<Envoy, String> {
         let id = unique_id();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("envoy-{}-{id}", std::process::id()));
@@ -278,8 +299,11 @@ impl Envoy {
             .get("listener_statuses")
             .and_then(|l| l.as_array())
             .and_then(|l| {
+                // The test template's listener is `ingress`; a rendered shipped configuration
+                // may name its one listener otherwise (the sidecar's is `inbound`).
                 l.iter()
                     .find(|s| s.get("name").and_then(|n| n.as_str()) == Some("ingress"))
+                    .or_else(|| if l.len() == 1 { l.first() } else { None })
             })
             .and_then(|s| s.get("local_address"))
             .and_then(|a| a.get("socket_address"))
@@ -365,6 +389,102 @@ impl Drop for Envoy {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Renders a shipped Envoy configuration (`envoy/*.yaml`) for a test on loopback: the admin
+/// interface and every listener on 127.0.0.1 port 0, the `heimdall` cluster's endpoints at
+/// `ext_authz_grpc` and every other cluster's at `upstream`. Everything else (the ext_authz
+/// filter, path normalization, routes) stays exactly as shipped.
+pub fn render_shipped(
+    text: &str,
+    ext_authz_grpc: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<String, String> {
+    use serde_yaml_ng::Value;
+    for addr in [ext_authz_grpc, upstream] {
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "test Envoy only talks to loopback addresses, not {addr}"
+            ));
+        }
+    }
+    fn at<'v>(value: &'v mut Value, keys: &[&str]) -> Result<&'v mut Value, String> {
+        let mut here = value;
+        for key in keys {
+            here = here
+                .get_mut(*key)
+                .ok_or_else(|| format!("the Envoy configuration has no `{}`", keys.join(".")))?;
+        }
+        Ok(here)
+    }
+    fn set(socket: &mut Value, addr: SocketAddr) -> Result<(), String> {
+        let map = socket
+            .as_mapping_mut()
+            .ok_or("a socket_address that is not a mapping")?;
+        map.insert("address".into(), Value::from(addr.ip().to_string()));
+        map.insert("port_value".into(), Value::from(addr.port()));
+        Ok(())
+    }
+    let mut doc: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("the Envoy configuration: {e}"))?;
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    set(
+        at(&mut doc, &["admin", "address", "socket_address"])?,
+        any_port,
+    )?;
+    let listeners = at(&mut doc, &["static_resources", "listeners"])?
+        .as_sequence_mut()
+        .ok_or("static_resources.listeners is not a list")?;
+    if listeners.is_empty() {
+        return Err("the Envoy configuration has no listener".into());
+    }
+    for listener in listeners {
+        set(at(listener, &["address", "socket_address"])?, any_port)?;
+    }
+    let clusters = at(&mut doc, &["static_resources", "clusters"])?
+        .as_sequence_mut()
+        .ok_or("static_resources.clusters is not a list")?;
+    let mut heimdall_endpoints = 0;
+    for cluster in clusters {
+        let target = if cluster.get("name").and_then(Value::as_str) == Some("heimdall") {
+            heimdall_endpoints += 1;
+            ext_authz_grpc
+        } else {
+            upstream
+        };
+        let groups = at(cluster, &["load_assignment", "endpoints"])?
+            .as_sequence_mut()
+            .ok_or("a cluster's endpoints are not a list")?;
+        for group in groups {
+            let endpoints = at(group, &["lb_endpoints"])?
+                .as_sequence_mut()
+                .ok_or("lb_endpoints is not a list")?;
+            for endpoint in endpoints {
+                set(
+                    at(endpoint, &["endpoint", "address", "socket_address"])?,
+                    target,
+                )?;
+            }
+        }
+    }
+    if heimdall_endpoints != 1 {
+        return Err(format!(
+            "expected one `heimdall` cluster in the Envoy configuration, found {heimdall_endpoints}"
+        ));
+    }
+    serde_yaml_ng::to_string(&doc).map_err(|e| format!("render the Envoy configuration: {e}"))
+}
+
+/// Replaces `from` by `to` in a rendered configuration, which must hold `from` exactly `count`
+/// times (so a variant cannot silently stop differing from what it is a variant of).
+pub fn replace_exactly(config: &str, from: &str, to: &str, count: usize) -> Result<String, String> {
+    let found = config.matches(from).count();
+    if found != count {
+        return Err(format!(
+            "expected `{from}` {count} time(s) in the Envoy configuration, found {found}"
+        ));
+    }
+    Ok(config.replace(from, to))
 }
 
 /// A base id no other Envoy of this machine's test runs uses at the same time: hot restart is

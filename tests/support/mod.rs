@@ -1,5 +1,6 @@
 //! Shared helpers for heimdall's integration tests: finding the real components installed by
-//! `make tools`, free loopback ports, an echo upstream, and a real Envoy in front of heimdall.
+//! `make tools`, free loopback ports, an echo upstream, and a real Envoy or nginx in front of
+//! heimdall.
 //!
 //! A test crate uses it with `mod support;`. Every address here is on loopback.
 #![allow(
@@ -11,6 +12,7 @@ pub mod cerbos;
 pub mod echo;
 pub mod envoy;
 pub mod nats;
+pub mod nginx;
 pub mod process;
 pub mod tools;
 

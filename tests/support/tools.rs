@@ -1,6 +1,8 @@
 //! Finding the real components (Envoy, NATS, Cerbos, ...) that `make tools` installs.
 //!
-//! Lookup order: the directory in `$HEIMDALL_TOOLS`, then `<repo>/.tools/bin`, then `$PATH`.
+//! Lookup order: the directory in `$HEIMDALL_TOOLS`, then `<repo>/.tools/bin`, then `$PATH`, then
+//! the system directories Debian packages install daemons into (`nginx` is `/usr/sbin/nginx`,
+//! and `/usr/sbin` is not on every user's `$PATH`).
 //! In CI (`CI=true` or `CI=1`) a missing tool is a test failure, never a silent skip.
 
 use std::ffi::OsStr;
@@ -22,7 +24,8 @@ pub fn npm_dir() -> PathBuf {
         .join("npm")
 }
 
-/// Where `name` is installed, if anywhere: `$HEIMDALL_TOOLS`, `<repo>/.tools/bin`, then `$PATH`.
+/// Where `name` is installed, if anywhere: `$HEIMDALL_TOOLS`, `<repo>/.tools/bin`, `$PATH`, then
+/// [`SYSTEM_DIRS`].
 pub fn find(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(tools) = std::env::var_os("HEIMDALL_TOOLS").filter(|v| !v.is_empty()) {
@@ -32,10 +35,14 @@ pub fn find(name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
+    dirs.extend(SYSTEM_DIRS.iter().map(PathBuf::from));
     dirs.into_iter()
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
 }
+
+/// Where Debian's packages put daemons such as nginx (`scripts/install-tools.sh nginx`).
+pub const SYSTEM_DIRS: &[&str] = &["/usr/sbin", "/usr/local/sbin"];
 
 /// Like [`find`], for a test that needs the tool.
 ///
