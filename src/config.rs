@@ -848,6 +848,55 @@ mod tests {
         assert!(!yaml.contains("c2VjcmV0"), "{yaml}");
     }
 
+    #[test]
+    fn listener_limits_default_and_are_validated_by_name() {
+        let load = |server: &str| {
+            Config::parse(
+                &format!("version: \"1\"\nserver:\n{server}"),
+                &Origin::Embedded,
+            )
+            .and_then(|c| c.validate().map(|()| c))
+        };
+        let config = load("  grpc: { max_message_bytes: 65536, idle_timeout: 1m }\n").unwrap();
+        assert_eq!(config.server.grpc.max_message_bytes, 65536);
+        assert_eq!(config.server.grpc.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.grpc.max_connections, 1024);
+        assert_eq!(config.server.http.max_body_bytes, 1024 * 1024);
+        for (server, expected) in [
+            (
+                "  grpc: { max_connections: 0 }\n",
+                "`server.grpc.max_connections`: must be positive",
+            ),
+            (
+                "  http: { idle_timeout: 0s }\n",
+                "`server.http.idle_timeout`: must be positive",
+            ),
+            (
+                "  grpc: { request_timeout: 180ms }\n",
+                "`server.grpc.request_timeout`: 180ms must be longer than server.check_timeout (180ms)",
+            ),
+            (
+                "  http: { request_timeout: 100ms }\n",
+                "`server.http.request_timeout`",
+            ),
+            (
+                "  http: { max_body_bytes: 1000 }\n",
+                "`api.max_body_bytes`: 65536 is more than server.http.max_body_bytes (1000)",
+            ),
+            (
+                "  grpc: { max_concurrent_streams: 4294967295 }\n",
+                "`server.grpc.max_concurrent_streams`",
+            ),
+            (
+                "  grpc: { max_mesage_bytes: 1 }\n",
+                "unknown field `max_mesage_bytes`",
+            ),
+        ] {
+            let err = load(server).unwrap_err().to_string();
+            assert!(err.contains(expected), "{server}: {err}");
+        }
+    }
+
     /// A secret written where heimdall does not take one is refused without being quoted.
     #[test]
     fn inline_secrets_are_refused_and_never_echoed() {

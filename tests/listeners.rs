@@ -28,6 +28,10 @@ use tokio::net::TcpStream;
 const RULES: &str = include_str!("fixtures/rules.yaml");
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
+/// Process-wide measurements (RSS, CPU time, descriptors) would see each other's load: the
+/// tests of this file run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The bound a well-behaved request must be answered within while the ports are under attack.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
@@ -41,7 +45,7 @@ fn raise_open_files(needed: u64) {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit.clone()).unwrap();
+        setrlimit(Resource::Nofile, limit).unwrap();
     }
     let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     assert!(
@@ -119,6 +123,7 @@ async fn closed_by_server(mut stream: TcpStream, deadline: tokio::time::Instant)
 /// the server once the header read timeout passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_idle_connections_do_not_starve_clients_and_are_closed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     const STALLED_PER_PORT: usize = 1000;
     const IDLE_PER_PORT: usize = 50;
     // Client and server ends of every connection, plus headroom.
@@ -244,6 +249,7 @@ async fn unfinished_messages(
 /// without bound: over-limit ones are refused at once, the others end at the request timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_unfinished_messages_are_bounded() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let request_timeout = Duration::from_secs(3);
     let mut config = config();
     config.server.grpc.request_timeout = request_timeout;
@@ -363,6 +369,7 @@ async fn cpu_share(pid: &str, window: Duration) -> f64 {
 /// once the stalled ones are closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_cap_does_not_spin() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut config = config();
     for cap in [
         &mut config.server.grpc.max_connections,
@@ -414,6 +421,7 @@ async fn a_saturated_cap_does_not_spin() {
 /// `accept` in a busy loop, and serves again once descriptors free up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_backs_off() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (grpc_port, http_port) = (support::free_port(), support::free_port());
     // A small open-files limit for heimdall only, set by the shell it is exec'ed from.
     let mut child = tokio::process::Command::new("sh")
