@@ -647,3 +647,315 @@ async fn cerbos_over_tls_with_a_private_ca() {
     assert_eq!(ask(None).await, StatusCode::SERVICE_UNAVAILABLE);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What Cerbos refuses as invalid is the caller's error on the API: `400` with a message that
+/// names the field (or repeats Cerbos's reason, escaped), never the `503` of an outage.
+#[tokio::test]
+async fn invalid_policy_questions_are_400_not_503() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let alice = stack.bearer("alice", &["user"], &[]);
+    let check = |resource: &str| format!(r#"{{"resources": [{resource}]}}"#);
+    let many = format!(
+        r#"{{"resources": [{}]}}"#,
+        (0..51)
+            .map(|i| format!(r#"{{"kind": "document", "id": "d{i}", "actions": ["view"]}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let plan = |actions: &str, attr: &str| {
+        format!(r#"{{"resource": {{"kind": "document", "attr": {attr}}}, "actions": {actions}}}"#)
+    };
+    let cases = [
+        (
+            "/check",
+            check(r#"{"kind": "document", "id": "", "actions": ["view"]}"#),
+            "`resources[0].id` must not be empty",
+        ),
+        (
+            "/check",
+            check(r#"{"kind": "document", "id": "a", "actions": ["view", "view"]}"#),
+            "`resources[0].actions[1]` repeats the action `view`",
+        ),
+        (
+            "/check",
+            check(r#"{"kind": "document", "id": "a", "actions": [""]}"#),
+            "`resources[0].actions[0]` must not be empty",
+        ),
+        ("/check", many, "`cerbos.max_resources` (50)"),
+        // Not checked by heimdall: Cerbos refuses an attribute without a name.
+        (
+            "/check",
+            check(r#"{"kind": "document", "id": "a", "attr": {"": 1}, "actions": ["view"]}"#),
+            "Cerbos refused the request",
+        ),
+        (
+            "/plan/resources",
+            plan(r#"["view", "view"]"#, "{}"),
+            "`actions[1]` repeats the action `view`",
+        ),
+        (
+            "/plan/resources",
+            plan(r#"["view", ""]"#, "{}"),
+            "`actions[1]` must not be empty",
+        ),
+    ];
+    for (path, body, named) in cases {
+        let (status, answer) = stack.api(path, Some(&alice), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+        let object = answer.as_object().unwrap();
+        assert_eq!(object.len(), 1, "only `error`: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(named), "want `{named}` in {answer}");
+    }
+    // Not checked by heimdall: Cerbos refuses a principal attribute without a name.
+    let unnamed = stack.bearer("alice", &["user"], &[("", "x")]);
+    let (status, answer) = stack
+        .api(
+            "/plan/resources",
+            Some(&unnamed),
+            &plan(r#"["view"]"#, "{}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Cerbos refused the request"),
+        "{answer}"
+    );
+    // An untrusted action name comes back escaped, never with a raw control character.
+    let (status, answer) = stack
+        .api(
+            "/plan/resources",
+            Some(&alice),
+            &plan(r#"["a\u001b[2Jb", "a\u001b[2Jb"]"#, "{}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.contains(r"a\u{1b}[2Jb") && !message.contains('\u{1b}'),
+        "{answer}"
+    );
+}
+
+/// Roles as Cerbos accepts them: a repeated role once, and a principal without roles asked
+/// about as `cerbos.default_role` (`anonymous`), on the API and through Envoy.
+#[tokio::test]
+async fn repeated_and_missing_roles_get_a_decision() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let twice = stack.bearer("alice", &["user", "user"], &[]);
+    let roleless = stack.bearer("carol", &[], &[]);
+    let own = r#"{"resources": [{"kind": "document", "id": "a", "attr": {"owner": "alice"}, "actions": ["view"]}]}"#;
+    assert_eq!(
+        stack.api("/check", Some(&twice), own).await.0,
+        StatusCode::OK
+    );
+    let public = r#"{"resources": [{"kind": "document", "id": "p", "attr": {"owner": "alice", "public": true}, "actions": ["view"]}]}"#;
+    assert_eq!(
+        stack.api("/check", Some(&roleless), public).await.0,
+        StatusCode::OK,
+        "`*` rules apply to the default role"
+    );
+    let private = r#"{"resources": [{"kind": "document", "id": "c", "attr": {"owner": "carol"}, "actions": ["view"]}]}"#;
+    assert_eq!(
+        stack.api("/check", Some(&roleless), private).await.0,
+        StatusCode::FORBIDDEN,
+        "the default role is not `user`"
+    );
+    let (status, answer) = stack
+        .api(
+            "/plan/resources",
+            Some(&twice),
+            r#"{"resource": {"kind": "document"}, "actions": ["view"]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["filter"]["kind"], "KIND_CONDITIONAL", "{answer}");
+    assert_eq!(
+        stack
+            .send(Method::GET, "/docs/alice/30", &twice, &[])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        stack
+            .send(Method::GET, "/docs/carol/31?public=true", &roleless, &[])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn without_a_default_role_the_api_refuses_a_principal_without_roles() {
+    let Some(cerbos) = Cerbos::start().await else {
+        return;
+    };
+    let mut config = test_config(RULES);
+    let cerbos_config = config.cerbos.as_mut().unwrap();
+    cerbos_config.url = cerbos.grpc_addr().to_string();
+    cerbos_config.default_role = String::new();
+    let built = heimdall::app::build(config, test_keys()).unwrap();
+    let token = format!(
+        "Bearer {}",
+        mint(&built.keys, Purpose::Public, &claims("carol", &[]))
+    );
+    let running = built.serve().await.unwrap();
+    let response = support::http_client()
+        .post(format!("http://{}/check", running.http_addr))
+        .header("authorization", token)
+        .body(r#"{"resources": [{"kind": "document", "id": "p", "attr": {"public": true}, "actions": ["view"]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("principal `carol` has no roles and `cerbos.default_role` is empty"),
+        "{answer}"
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A log sink for one test: heimdall's events at `info` and above, as the plain format writes
+/// them (escaped).
+#[derive(Clone, Default)]
+#[allow(
+    clippy::disallowed_types,
+    reason = "the lock is held for one write or one copy, never across .await"
+)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+    type Writer = Self;
+    fn make_writer(&'w self) -> Self {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Cerbos with schema enforcement `enforcement` and the `report` policy of
+/// `tests/fixtures/cerbos-schema` (a report must have a string `owner`); asks `/check` whether
+/// `alice` may view a report without an owner. Returns the status, the log, and the metrics.
+async fn schema_check(enforcement: &str) -> Option<(StatusCode, String, String)> {
+    let policies = support::cerbos::repo_root().join("tests/fixtures/cerbos-schema");
+    let cerbos =
+        Cerbos::start_with(&policies, &[&format!("schema.enforcement={enforcement}")]).await?;
+    let captured = Captured::default();
+    // This test's runtime is single-threaded, so heimdall's tasks log through this subscriber.
+    let _logs = tracing::subscriber::set_default(heimdall::telemetry::subscriber(
+        heimdall::config::LogFormat::Plain,
+        tracing_subscriber::EnvFilter::new("heimdall=info"),
+        false,
+        captured.clone(),
+    ));
+    let mut config = test_config(RULES);
+    config.cerbos.as_mut().unwrap().url = cerbos.grpc_addr().to_string();
+    let built = heimdall::app::build(config, test_keys()).unwrap();
+    let token = format!(
+        "Bearer {}",
+        mint(&built.keys, Purpose::Public, &claims("alice", &["user"]))
+    );
+    let running = built.serve().await.unwrap();
+    let client = support::http_client();
+    let ask = |body: &'static str| {
+        client
+            .post(format!("http://{}/check", running.http_addr))
+            .header("authorization", token.clone())
+            .body(body)
+            .send()
+    };
+    // A valid report: no validation error, allowed under either enforcement.
+    let valid = ask(r#"{"resources": [{"kind": "report", "id": "r1", "attr": {"owner": "alice"}, "actions": ["view"]}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(valid.status(), StatusCode::OK);
+    assert!(!captured.text().contains("schema validation failed"));
+    // The owner is a number, and the id carries an escape sequence a log must not replay.
+    let status = ask(r#"{"resources": [{"kind": "report", "id": "r2\u001b[2J", "attr": {"owner": 7}, "actions": ["view"]}]}"#)
+        .await
+        .unwrap()
+        .status();
+    let metrics = client
+        .get(format!("http://{}/metrics", running.http_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    running.shutdown(Duration::from_secs(2)).await;
+    Some((status, captured.text(), metrics))
+}
+
+#[tokio::test]
+async fn schema_warn_is_logged_and_counted() {
+    let Some((status, log, metrics)) = schema_check("warn").await else {
+        return;
+    };
+    assert_eq!(status, StatusCode::OK, "`warn` lets the policies decide");
+    let line = log
+        .lines()
+        .find(|l| l.contains("Cerbos schema validation failed"))
+        .unwrap_or_else(|| panic!("no validation log in:\n{log}"));
+    assert!(line.contains(r#"source="resource""#), "{line}");
+    assert!(line.contains("/owner"), "{line}");
+    assert!(line.contains(r#"decision="allowed""#), "{line}");
+    assert!(
+        line.contains(r"r2\u{1b}[2J") && !line.contains('\u{1b}'),
+        "escaped: {line}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"heimdall_cerbos_validation_errors_total{call="check_resources",source="resource"}"#
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn schema_reject_is_denied_with_the_reason_logged() {
+    let Some((status, log, metrics)) = schema_check("reject").await else {
+        return;
+    };
+    assert_eq!(status, StatusCode::FORBIDDEN, "`reject` denies");
+    let line = log
+        .lines()
+        .find(|l| l.contains("Cerbos schema validation failed"))
+        .unwrap_or_else(|| panic!("no validation log in:\n{log}"));
+    assert!(line.contains("/owner"), "{line}");
+    assert!(line.contains(r#"decision="denied""#), "{line}");
+    assert!(
+        metrics.contains(
+            r#"heimdall_cerbos_validation_errors_total{call="check_resources",source="resource"} 1"#
+        ),
+        "{metrics}"
+    );
+}

@@ -1,6 +1,11 @@
 //! The `heimdall` command line: validate, keys, tokens, and the refusal of bad keys.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::process::{Command, Output};
 
@@ -147,6 +152,42 @@ fn minted_tokens_inspect_and_keys_generate() {
         shown.contains("secret: k4.secret.")
             && shown.contains("public: k4.public.")
             && shown.contains("kid:    k4.pid."),
+        "{shown}"
+    );
+}
+
+/// `--roles user,user` is one role (Cerbos refuses a principal whose roles repeat), blanks and
+/// surrounding spaces dropped, first-seen order kept.
+#[test]
+fn minted_roles_are_each_written_once() {
+    let key = ("PASETO_SYMMETRIC_KEY", "heimdall-cli-test-key-0123456789");
+    let out = heimdall(
+        &[
+            "token",
+            "mint",
+            "--sub",
+            "alice",
+            "--roles",
+            "user,user, editor,,user",
+            "--purpose",
+            "local",
+        ],
+        &[key],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let out = heimdall(&["token", "inspect", &token], &[key]);
+    let shown = text(&out.stdout);
+    let claims: serde_json::Value = serde_json::from_str(
+        shown
+            .split_once("claims: ")
+            .map(|(_, json)| json)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_eq!(
+        claims["roles"],
+        serde_json::json!(["user", "editor"]),
         "{shown}"
     );
 }
