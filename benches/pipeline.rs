@@ -161,7 +161,9 @@ fn pipeline(c: &mut Criterion) {
     ] {
         let request = bearer_check_request(path, token, &CLIENT_HEADERS);
         // Warm the verified-token cache and prove the decision is an allow.
-        let view = heimdall::extauthz::view(&request).unwrap();
+        let policy = engine.path_policy();
+        let line = heimdall::extauthz::request_line(&request, policy).unwrap();
+        let view = heimdall::extauthz::view(&request, &line);
         let decided = runtime.block_on(engine.decide(&view));
         assert!(
             matches!(decided.outcome.decision, Decision::Allow(_)),
@@ -170,7 +172,9 @@ fn pipeline(c: &mut Criterion) {
         );
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let view = heimdall::extauthz::view(&request).unwrap();
+                // The whole entry point: canonical request line, view, decision.
+                let line = heimdall::extauthz::request_line(&request, policy).unwrap();
+                let view = heimdall::extauthz::view(&request, &line);
                 let decided = engine.decide(&view).await;
                 std::hint::black_box(heimdall::extauthz::check_response(
                     decided.outcome.decision,

@@ -335,6 +335,16 @@ enum HostKey {
     Any,
 }
 
+/// A prefix route a catch-all implies, waiting for [`Matcher::finish`].
+struct Implied {
+    host: HostKey,
+    method: Option<Box<str>>,
+    route: String,
+    value: Route,
+    folded: bool,
+    rule_id: String,
+}
+
 /// Finds the rule for a request.
 #[derive(Default)]
 pub struct Matcher {
@@ -345,7 +355,7 @@ pub struct Matcher {
     /// Catch-all names captured empty by implied prefix routes.
     names: Vec<Box<str>>,
     /// Implied prefix routes, inserted by [`Matcher::finish`] after every written route.
-    implied: Vec<(HostKey, Option<Box<str>>, String, Route, bool, String)>,
+    implied: Vec<Implied>,
     /// Whether any rule matches paths case-insensitively (else no lower-case copy is made).
     any_folded: bool,
 }
@@ -445,14 +455,14 @@ impl Matcher {
                             score: path.score.saturating_sub(1),
                             empty_capture: Some(self.names.len() - 1),
                         };
-                        self.implied.push((
-                            host.clone(),
-                            method.map(Box::from),
-                            prefix.clone(),
-                            implied,
-                            spec.case_insensitive,
-                            rule_id.to_owned(),
-                        ));
+                        self.implied.push(Implied {
+                            host: host.clone(),
+                            method: method.map(Box::from),
+                            route: prefix.clone(),
+                            value: implied,
+                            folded: spec.case_insensitive,
+                            rule_id: rule_id.to_owned(),
+                        });
                     }
                 }
             }
@@ -465,13 +475,13 @@ impl Matcher {
     pub fn finish(&mut self) {
         self.wildcard
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        for (host, method, route, value, folded, rule_id) in std::mem::take(&mut self.implied) {
-            self.table(&host).insert_implied(&Insert {
-                method: method.as_deref(),
-                route: &route,
-                value,
-                folded,
-                rule_id: &rule_id,
+        for implied in std::mem::take(&mut self.implied) {
+            self.table(&implied.host).insert_implied(&Insert {
+                method: implied.method.as_deref(),
+                route: &implied.route,
+                value: implied.value,
+                folded: implied.folded,
+                rule_id: &implied.rule_id,
             });
         }
     }
