@@ -1100,6 +1100,89 @@ mod tests {
         );
     }
 
+    fn client(default_role: &str) -> Cerbos {
+        let mut registry = Registry::default();
+        let config = CerbosConfig {
+            url: "127.0.0.1:1".into(),
+            default_role: default_role.into(),
+            ..CerbosConfig::default()
+        };
+        Cerbos::new(&config, CerbosMetrics::new(&mut registry)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn principal(roles: &[&str]) -> PrincipalInput {
+        PrincipalInput {
+            id: "alice".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..PrincipalInput::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_are_sent_once_and_a_roleless_principal_gets_the_default_role() {
+        let cerbos = client("anonymous");
+        let clean = principal(&["user", "editor"]);
+        assert!(matches!(
+            cerbos.principal(&clean),
+            Ok(std::borrow::Cow::Borrowed(_))
+        ));
+        let sent = |roles: &[&str]| cerbos.principal(&principal(roles)).map(|p| p.roles.clone());
+        assert_eq!(
+            sent(&["user", "", "user", "editor"]),
+            Ok(vec!["user".to_owned(), "editor".to_owned()])
+        );
+        assert_eq!(sent(&[]), Ok(vec!["anonymous".to_owned()]));
+        assert_eq!(sent(&[""]), Ok(vec!["anonymous".to_owned()]));
+        let strict = client(" ");
+        assert_eq!(
+            strict.principal(&principal(&[])).map(|p| p.roles.clone()),
+            Err(CerbosError::Invalid(
+                "principal `alice` has no roles and `cerbos.default_role` is empty".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn questions_cerbos_would_refuse_are_named() {
+        let cerbos = client("anonymous");
+        let check = |id: &str, actions: &[&str]| ResourceCheck {
+            resource: ResourceInput {
+                kind: "document".into(),
+                id: id.into(),
+                ..ResourceInput::default()
+            },
+            actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let refused = |checks: &[ResourceCheck]| match cerbos.validate_checks(checks) {
+            Err(CerbosError::Invalid(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(&[check("", &["view"])]),
+            "resource 0 (`document`): the id is empty"
+        );
+        assert_eq!(
+            refused(&[check("a", &["view", "view"])]),
+            "resource 0 (`document`): action `view` is asked twice"
+        );
+        assert_eq!(
+            refused(&[check("a", &["view", "\u{1b}[2J"]), check("b", &[])]),
+            "resource 1 (`document`): no action"
+        );
+        assert_eq!(
+            refused(&[check("a", &["x\u{1b}", "x\u{1b}"])]),
+            "resource 0 (`document`): action `x\\u{1b}` is asked twice"
+        );
+        let many: Vec<ResourceCheck> = (0..51).map(|i| check(&i.to_string(), &["view"])).collect();
+        assert!(refused(&many).contains("51 resources"));
+        assert!(cerbos.validate_checks(&many[..50]).is_ok());
+        let error = CerbosError::Invalid(String::new());
+        assert!(error.is_refusal());
+        assert!(CerbosError::Rejected(String::new()).is_refusal());
+        assert!(!CerbosError::Unavailable(String::new()).is_refusal());
+        assert!(!CerbosError::Timeout(Duration::from_millis(1)).is_refusal());
+    }
+
     #[test]
     fn values_round_trip_between_json_and_protobuf() {
         let value =
