@@ -324,14 +324,14 @@ impl<W: io::Write> io::Write for JsonSafe<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    /// Collects what the subscriber writes (a channel: std's Mutex is not used in this crate).
+    #[derive(Clone)]
+    struct Capture(std::sync::mpsc::Sender<Vec<u8>>);
 
     impl io::Write for Capture {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.send(buf.to_vec()).map_err(io::Error::other)?;
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -349,8 +349,8 @@ mod tests {
     const HOSTILE: &str = "kid\n2025-01-01T00:00:00Z  INFO heimdall: forged\r\u{1b}[31m\u{7f}\u{85}\u{2028}\u{2029}\u{202e}x";
 
     fn log_with(format: LogFormat) -> String {
-        let capture = Capture::default();
-        let subscriber = subscriber(format, EnvFilter::new("info"), false, capture.clone());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let subscriber = subscriber(format, EnvFilter::new("info"), false, Capture(sender));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("request", path = HOSTILE);
             let _entered = span.enter();
@@ -363,7 +363,7 @@ mod tests {
                 "message {HOSTILE}"
             );
         });
-        let bytes = capture.0.lock().unwrap().clone();
+        let bytes: Vec<u8> = receiver.try_iter().flatten().collect();
         String::from_utf8(bytes).unwrap()
     }
 

@@ -18,11 +18,12 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::sync::Mutex;
 
 const HEIMDALL: &str = env!("CARGO_BIN_EXE_heimdall");
 
@@ -111,7 +112,7 @@ impl Serving {
         let sink = Arc::clone(&lines);
         tokio::spawn(async move {
             while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
+                sink.lock().await.push(line);
             }
         });
         Self { child, lines, http }
@@ -121,23 +122,26 @@ impl Serving {
     async fn wait_for(&mut self, what: &str, found: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.lines.lock().unwrap().iter().any(|l| found(l)) {
+            if self.lines.lock().await.iter().any(|l| found(l)) {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("heimdall exited ({status}) before {what}:\n{}", self.log());
+                panic!(
+                    "heimdall exited ({status}) before {what}:\n{}",
+                    self.log().await
+                );
             }
             assert!(
                 Instant::now() < deadline,
                 "no {what} within 20 s:\n{}",
-                self.log()
+                self.log().await
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+    async fn log(&self) -> String {
+        self.lines.lock().await.join("\n")
     }
 
     /// Stops heimdall (SIGTERM) and returns every line it wrote.
@@ -146,7 +150,7 @@ impl Serving {
         assert!(status.is_some(), "heimdall did not stop");
         // The reader task sees EOF once the process is gone.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.lines.lock().unwrap().clone()
+        self.lines.lock().await.clone()
     }
 }
 
@@ -334,7 +338,7 @@ async fn url_credentials_stay_out_of_the_dump_and_the_connection_errors() {
     let token = heimdall
         .lines
         .lock()
-        .unwrap()
+        .await
         .iter()
         .find_map(|l| {
             l.split(|c: char| c.is_whitespace() || c == '"')
@@ -528,12 +532,12 @@ async fn a_symmetric_key_that_is_not_utf8_is_refused_by_name() {
         assert!(
             Instant::now() < deadline,
             "serve kept running:\n{}",
-            heimdall.log()
+            heimdall.log().await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = heimdall.log();
+    let log = heimdall.log().await;
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("PASETO_SYMMETRIC_KEY") && log.contains("not valid UTF-8"),
