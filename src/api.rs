@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::canonical::RequestLine;
 use crate::cerbos::{Plan, PrincipalInput, ResourceCheck, ResourceInput};
 use crate::http::SideState;
 use crate::mechanisms::AuthnError;
@@ -170,7 +171,8 @@ async fn principal(
         .api_authenticator
         .as_ref()
         .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no token key is configured"))?;
-    let view = RequestView::new("POST", "http", "", "/", Headers::Http(headers));
+    let line = RequestLine::internal("POST", "/");
+    let view = RequestView::new(&line, "http", Headers::Http(headers));
     match authenticator.authenticate(&view).await {
         Ok(p) => {
             let mut principal = PrincipalInput {

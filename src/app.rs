@@ -46,6 +46,8 @@ pub struct Built {
     pub attributes: Option<Arc<PrincipalStore>>,
     /// Verifies the bearer token of `/check` and `/plan/resources`.
     pub api_authenticator: Option<Arc<Authenticator>>,
+    /// What `heimdall validate` warns about ([`RuleSet::lint`]).
+    pub warnings: Vec<String>,
 }
 
 /// Compiles the rules against the keys.
@@ -82,14 +84,21 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
     }
+    let warnings = rules.lint(&config);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let engine = Arc::new(Engine::new(
         rules,
         metrics,
         config.server.check_timeout,
         &config.server.rule_extension,
         config.log.decisions,
+        config.server.paths,
+        &config.server.remove_client_headers,
     ));
     Ok(Built {
+        warnings,
         cerbos,
         attributes,
         api_authenticator,

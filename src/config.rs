@@ -147,6 +147,32 @@ fn default_version() -> String {
     VERSION.to_owned()
 }
 
+/// Client-sent headers an upstream could take for heimdall's word or the proxy's: identities
+/// (heimdall's own finalizer headers, attribute headers, common auth-proxy headers) and the
+/// routing overrides some frameworks honour (`X-Original-URL`, `X-HTTP-Method-Override`, …).
+pub const DEFAULT_REMOVED_CLIENT_HEADERS: &[&str] = &[
+    "x-user-id",
+    "x-user-roles",
+    "x-user-plan",
+    "x-tenant",
+    "x-tenant-id",
+    "x-user-email",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-host",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-remote-user",
+    "remote-user",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Listeners and request handling.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +197,11 @@ pub struct ServerConfig {
     pub grpc: GrpcListenerConfig,
     /// Limits of the HTTP side-port listener (docs/security.md, "Listener limits").
     pub http: HttpListenerConfig,
+    /// How request paths are canonicalized (docs/security.md); settings only make it stricter.
+    pub paths: crate::canonical::PathPolicy,
+    /// Request headers removed from every allowed request before it goes upstream, unless a
+    /// finalizer of the rule sets them: identity and routing headers a client may forge.
+    pub remove_client_headers: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +219,11 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             grpc: GrpcListenerConfig::default(),
             http: HttpListenerConfig::default(),
+            paths: crate::canonical::PathPolicy::default(),
+            remove_client_headers: DEFAULT_REMOVED_CLIENT_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
         }
     }
 }
@@ -577,6 +613,23 @@ impl Config {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.paths.max_length == 0 {
+            return Err(ConfigError::Invalid {
+                field: "server.paths.max_length",
+                message: "must be positive".into(),
+            });
+        }
+        if let Some(bad) = self
+            .server
+            .remove_client_headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(ConfigError::Invalid {
+                field: "server.remove_client_headers",
+                message: format!("{:?} is not a header name", bad),
+            });
+        }
         if self.server.check_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "server.check_timeout",

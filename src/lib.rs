@@ -15,7 +15,6 @@ pub mod expr;
 pub mod extauthz;
 pub mod http;
 pub mod listener;
-pub mod listener;
 pub mod mechanisms;
 pub mod metrics;
 pub mod pipeline;

@@ -112,7 +112,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("tokio runtime")?;
             let _entered = runtime.enter();
-            heimdall::app::build(config, keys)?;
+            let built = heimdall::app::build(config, keys)?;
+            for warning in &built.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{origin}: configuration and rules are valid{}",
                 if ephemeral {
