@@ -292,6 +292,8 @@ async fn decision_corpus() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // Bypass spellings with no expected answer: tests/adversarial.rs judges them by an oracle.
+        .filter(|p| p.file_name().is_none_or(|n| n != "adversarial.yaml"))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no corpus files");

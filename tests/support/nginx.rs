@@ -39,10 +39,16 @@ pub fn readme_recipe() -> Result<String, String> {
 
 /// The recipe with its placeholders pointed at loopback: `http://heimdall:8080` → heimdall's side
 /// port, `http://app` → the upstream. Each must occur in the recipe.
-pub fn render_recipe(recipe: &str, heimdall: SocketAddr, app: SocketAddr) -> Result<String, String> {
+pub fn render_recipe(
+    recipe: &str,
+    heimdall: SocketAddr,
+    app: SocketAddr,
+) -> Result<String, String> {
     for addr in [heimdall, app] {
         if !addr.ip().is_loopback() {
-            return Err(format!("test nginx only talks to loopback addresses, not {addr}"));
+            return Err(format!(
+                "test nginx only talks to loopback addresses, not {addr}"
+            ));
         }
     }
     let mut rendered = recipe.to_owned();
@@ -78,8 +84,11 @@ impl Nginx {
     }
 
     async fn try_start(binary: &Path, server_body: &str) -> Result<Nginx, String> {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("nginx-{}-{}", std::process::id(), unique_id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "nginx-{}-{}",
+            std::process::id(),
+            unique_id()
+        ));
         for sub in ["", "logs", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("create {}: {e}", dir.join(sub).display()))?;
