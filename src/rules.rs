@@ -807,6 +807,7 @@ mechanisms:
     - { id: bearer, type: paseto, config: { sources: [], leeway: 5s } }
     - { id: bearer, type: anonymous }
     - { id: odd, type: paseto, config: { acept: public } }
+    - { id: skew, type: paseto, config: { leeway: 1000000000d } }
   authorizers:
     - { id: expr, type: cel, config: { expression: 'secret == 1' } }
   error_handlers:
@@ -843,6 +844,12 @@ rules: []
             errors
                 .iter()
                 .any(|e| e.contains("uses unknown variable `secret`")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "authenticator `skew` (type `paseto`): `leeway` 2737850years 9months 13days 12h 57m 36s is longer than the 10m allowed"
+            )),
             "{errors:#?}"
         );
     }

@@ -222,6 +222,9 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
     }
 }
 
+/// The longest clock-skew allowance a `paseto` authenticator accepts.
+const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
 /// Verifies PASETO v4 tokens with the process key ring.
 pub struct PasetoAuthenticator {
     id: Arc<str>,
@@ -269,6 +272,15 @@ impl PasetoAuthenticator {
         }
         if cfg.max_token_bytes == 0 {
             return Err("`max_token_bytes` must be positive".into());
+        }
+        // Clock skew is seconds, at most minutes; a huge value would overflow the time
+        // arithmetic of every Check (a panic per request), and a long one accepts expired tokens.
+        if cfg.leeway > MAX_LEEWAY {
+            return Err(format!(
+                "`leeway` {} is longer than the {} allowed",
+                humantime::format_duration(cfg.leeway),
+                humantime::format_duration(MAX_LEEWAY)
+            ));
         }
         let issuers = cfg
             .issuers
