@@ -24,8 +24,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -126,8 +128,7 @@ fn config_text() -> String {
     let embedded = heimdall::config::EMBEDDED;
     let last_key = embedded
         .lines()
-        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_alphabetic()))
-        .last()
+        .rfind(|l| l.chars().next().is_some_and(|c| c.is_ascii_alphabetic()))
         .unwrap();
     assert_eq!(
         last_key, "rules:",
@@ -619,12 +620,12 @@ impl RawEcho {
         RawEcho { addr, log, task }
     }
 
-    fn count(&self) -> usize {
-        self.log.lock().unwrap().len()
+    async fn count(&self) -> usize {
+        self.log.lock().await.len()
     }
 
-    fn since(&self, from: usize) -> Vec<Received> {
-        self.log.lock().unwrap()[from..].to_vec()
+    async fn since(&self, from: usize) -> Vec<Received> {
+        self.log.lock().await[from..].to_vec()
     }
 }
 
@@ -662,7 +663,7 @@ async fn echo_one(mut stream: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
                 .or_insert(value);
         }
     }
-    log.lock().unwrap().push(Received {
+    log.lock().await.push(Received {
         method,
         target,
         headers,
@@ -1019,15 +1020,15 @@ async fn run_through(
 ) {
     for case in corpus() {
         let token = heimdall.token(case.principal);
-        let before = echo.count();
+        let before = echo.count().await;
         let status = exchange(addr, &proxied_request(&case, token)).await;
-        let received = echo.since(before);
+        let received = echo.since(before).await;
         report.proxied(&case, status, &received, "h1");
         if http2 && case.method.bytes().any(|b| b.is_ascii_lowercase()) {
-            let before = echo.count();
+            let before = echo.count().await;
             match h2_request(addr, &case, token).await {
                 Ok(status) => {
-                    let received = echo.since(before);
+                    let received = echo.since(before).await;
                     report.proxied(&case, status, &received, "h2");
                 }
                 Err(error) => report
@@ -1163,4 +1164,45 @@ async fn corpus_through_nginx_with_the_readme_recipe() {
     }
     report.finish();
     heimdall.stop().await;
+}
+
+/// The corpus has teeth: a heimdall that allowed everything would be caught on every finding,
+/// and one that denied everything on every control.
+#[test]
+fn corpus_fails_an_allow_everything_and_a_deny_everything_heimdall() {
+    let cases = corpus();
+    let mut allow_all = Report::new("allow everything");
+    for case in &cases {
+        allow_all.allowed_directly(case);
+    }
+    for id in [
+        "nginx-dot-segment",
+        "nginx-encoded-dot-segment",
+        "user-writes-through-dot-segment",
+        "admin-bare",
+        "admin-matrix-parameter",
+        "documents-matrix-parameter",
+        "istio-double-slash",
+        "istio-encoded-slash",
+        "envoy-encoded-dots-semicolon",
+        "lowercase-delete",
+        "host-trailing-dot",
+        "host-bad-port",
+        "host-userinfo",
+        "tomcat-dotdot-semicolon",
+        "backslash-traversal",
+        "overlong-dots",
+        "double-encoded-dots",
+        "absolute-form-other-host",
+    ] {
+        assert!(
+            allow_all
+                .violations
+                .iter()
+                .any(|v| v.contains(&format!(": {id} ["))),
+            "allowing {id} would go unnoticed"
+        );
+    }
+    let controls = cases.iter().filter(|c| c.control).count();
+    assert!(controls >= 5, "{controls} controls");
 }
