@@ -5,6 +5,9 @@
 //! settings under test are the shipped ones: fail closed with 503, `/healthz` unauthenticated,
 //! `/admin/` carrying the `heimdall_rule: admin` context extension.
 //!
+//! [`render_shipped`] renders any shipped configuration (`envoy/*.yaml`) on loopback instead, for
+//! [`Envoy::start_rendered`]; [`replace_exactly`] derives variants (Istio's `BASE` normalization).
+//!
 //! Envoy's listener and admin bind port 0 on 127.0.0.1 (no port race); the admin address comes
 //! from `--admin-address-path`, the listener's from the admin `/listeners` endpoint.
 
