@@ -14,8 +14,10 @@
 //!   `;` (Tomcat and Jetty strip path parameters, others do not), `%2F`, `%5C` and `\` (decoded to
 //!   a separator by some), `%25` followed by hex (double decoding), encoded or raw control
 //!   characters and NUL, raw non-ASCII, encoded bytes that are not UTF-8 (overlong `%C0%AE`), a
-//!   fragment, a request target that is not a path (absolute or asterisk form), and a host with
-//!   userinfo, a non-numeric port or characters no host name has.
+//!   fragment, a request target that is not a path (absolute or asterisk form), encoded characters
+//!   that fold to ASCII under NFKC or Windows best-fit conversion (fullwidth `．`, `／`), segments
+//!   ending in `.` or a space (Windows strips them: `..%20` is `..`), and a host with userinfo, a
+//!   non-numeric port or characters no host name has.
 //!
 //! The same stance as Spring Security's `StrictHttpFirewall`, for the same reasons. The policy
 //! can only be made stricter ([`PathPolicy`]).
@@ -94,6 +96,8 @@ pub enum Problem {
     NotUtf8,
     DotSegment,
     EmptySegment,
+    FoldsToAscii,
+    TrailingDotOrSpace,
 }
 
 impl Problem {
@@ -120,6 +124,8 @@ impl Problem {
             Self::NotUtf8 => "not_utf8",
             Self::DotSegment => "dot_segment",
             Self::EmptySegment => "empty_segment",
+            Self::FoldsToAscii => "folds_to_ascii",
+            Self::TrailingDotOrSpace => "trailing_dot_or_space",
         }
     }
 
@@ -153,6 +159,12 @@ impl Problem {
                 "contains a `.` or `..` segment (plain or encoded), which servers resolve differently"
             }
             Self::EmptySegment => "contains an empty segment (`//`), refused by server.paths",
+            Self::FoldsToAscii => {
+                "percent-encodes a character that folds to ASCII (such as a fullwidth `．` or `／`), which Windows best-fit conversion and NFKC read as that ASCII"
+            }
+            Self::TrailingDotOrSpace => {
+                "has a segment ending in `.` or a space, which Windows servers strip (`..%20` is `..`)"
+            }
         }
     }
 }
@@ -396,11 +408,12 @@ fn already_canonical(raw: &str) -> bool {
     if !bytes.iter().all(|&b| b == b'/' || is_plain_pchar(b)) {
         return false;
     }
-    // Every segment but a trailing empty one must be non-empty and not `.` or `..`.
+    // Every segment but a trailing empty one must be non-empty and not end in `.` (which also
+    // rules out `.` and `..`).
     let mut segments = raw.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+        if (segment.is_empty() && !last) || segment.ends_with('.') {
             return false;
         }
     }
@@ -436,6 +449,9 @@ pub fn canonical_path<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Cow<'a, s
         let segment = out.get(out_start + 1..).unwrap_or("");
         if segment == "." || segment == ".." {
             return fail(Problem::DotSegment, Some(start));
+        }
+        if segment.ends_with('.') || segment.ends_with("%20") {
+            return fail(Problem::TrailingDotOrSpace, Some(start));
         }
         if segment.is_empty() && !is_last {
             if policy.empty_segments == EmptySegments::Reject {
@@ -483,7 +499,10 @@ fn decode_segment(raw: &str, start: usize, end: usize, out: &mut String) -> Resu
                 if pending.len() > 4 {
                     return fail(Problem::NotUtf8, pending_at);
                 }
-                if std::str::from_utf8(&pending).is_ok() {
+                if let Ok(character) = std::str::from_utf8(&pending) {
+                    if folds_to_ascii(character) {
+                        return fail(Problem::FoldsToAscii, pending_at);
+                    }
                     for byte in pending.drain(..) {
                         push_encoded(out, byte);
                     }
@@ -531,6 +550,14 @@ fn decode_segment(raw: &str, start: usize, end: usize, out: &mut String) -> Resu
     }
 }
 
+/// Whether a (non-ASCII) character's compatibility form has an ASCII character in it: a fullwidth
+/// `．`, `／` or `ａ`, a `ﬁ` ligature, a one-dot leader `․`. Such a character is another spelling
+/// of ASCII to any server that normalizes (NFKC) or converts to a Windows code page (best fit).
+fn folds_to_ascii(character: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    character.nfkc().any(|c| c.is_ascii())
+}
+
 fn push_encoded(out: &mut String, byte: u8) {
     out.push('%');
     for nibble in [byte >> 4, byte & 0x0f] {
@@ -562,7 +589,8 @@ mod tests {
     #[test_case("/caf%c3%a9", "/caf%C3%A9" ; "encoded utf8 kept")]
     #[test_case("/a\"b{c}", "/a%22b%7Bc%7D" ; "characters that must be encoded are")]
     #[test_case("/file%2ejson", "/file.json" ; "encoded dot inside a name")]
-    #[test_case("/...", "/..." ; "three dots are a name")]
+    #[test_case("/a%20b", "/a%20b" ; "an inner space is a name")]
+    #[test_case("/.well-known/x", "/.well-known/x" ; "a leading dot is a name")]
     #[test_case("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,=" ; "sub-delims kept")]
     fn normalizes(raw: &str, want: &str) {
         assert_eq!(path(raw).as_deref(), Ok(want));
@@ -604,6 +632,14 @@ mod tests {
     #[test_case("/%c0%ae%c0%ae/admin", Problem::NotUtf8 ; "overlong dot")]
     #[test_case("/%c3", Problem::NotUtf8 ; "truncated utf8")]
     #[test_case("/%c3x", Problem::NotUtf8 ; "interrupted utf8")]
+    #[test_case("/public/%EF%BC%8E%EF%BC%8E/admin/x", Problem::FoldsToAscii ; "fullwidth dots")]
+    #[test_case("/public/..%EF%BC%8Fadmin/x", Problem::FoldsToAscii ; "fullwidth solidus")]
+    #[test_case("/%EF%BD%81dmin", Problem::FoldsToAscii ; "fullwidth letter")]
+    #[test_case("/%E2%80%A4%E2%80%A4/admin", Problem::FoldsToAscii ; "one dot leaders")]
+    #[test_case("/public/..%20", Problem::TrailingDotOrSpace ; "dots and a space")]
+    #[test_case("/admin./x", Problem::TrailingDotOrSpace ; "trailing dot")]
+    #[test_case("/admin%20/x", Problem::TrailingDotOrSpace ; "trailing space")]
+    #[test_case("/public/...", Problem::TrailingDotOrSpace ; "three dots")]
     #[test_case("http://evil/admin", Problem::NotOriginForm)]
     #[test_case("*", Problem::NotOriginForm)]
     #[test_case("", Problem::NotOriginForm)]

@@ -120,9 +120,20 @@ fn upstream_readings(raw: &str) -> Vec<String> {
     let unreserved = |b: u8| !(b.is_ascii_alphanumeric() || b"-._~".contains(&b));
     let tomcat = resolve(&decode(&strip_parameters(raw), |b| b == b'/'), false);
     let permissive = {
+        use unicode_normalization::UnicodeNormalization as _;
         let once = decode(raw, |_| false);
-        let twice = decode(&once, |_| false).replace('\\', "/");
-        resolve(&strip_parameters(&twice), true).to_ascii_lowercase()
+        // Windows: best-fit/NFKC folding, then trailing dots and spaces stripped from names.
+        let folded: String = decode(&once, |_| false).nfkc().collect();
+        let slashed = folded.replace('\\', "/");
+        let trimmed: Vec<&str> = slashed
+            .split('/')
+            .map(|segment| match segment.trim_end_matches(['.', ' ']) {
+                "" if !segment.is_empty() && segment.len() > 1 => "..",
+                "" if !segment.is_empty() => ".",
+                trimmed => trimmed,
+            })
+            .collect();
+        resolve(&strip_parameters(&trimmed.join("/")), true).to_ascii_lowercase()
     };
     vec![
         // Express and other routers that match the raw path.
@@ -132,7 +143,8 @@ fn upstream_readings(raw: &str) -> Vec<String> {
         tomcat,
         // nginx: decode everything, merge slashes, resolve dots.
         resolve(&decode(raw, |_| false), true),
-        // The most forgiving: double decoding, backslashes, parameters, any case.
+        // The most forgiving: double decoding, NFKC, Windows name trimming, backslashes,
+        // parameters, any case.
         permissive,
     ]
 }
@@ -165,6 +177,12 @@ fn heimdall_rule(raw: &str) -> Result<Option<String>, String> {
 /// Path segments an attacker combines: names the rules use, their other spellings, and the
 /// classic traversal and parameter tricks.
 const TOKENS: &[&str] = &[
+    "%EF%BC%8E%EF%BC%8E",
+    "..%EF%BC%8F",
+    "%EF%BD%81dmin",
+    "..%20",
+    "...",
+    "%20",
     "admin",
     "Admin",
     "ADMIN",
