@@ -6,6 +6,10 @@
 #                     scripts/publish-event.py
 #   make test         tools, then rustfmt check, clippy (warnings are errors) and every test target
 #   make bench        criterion benches of the pipeline, then the load harness
+#   make fuzz         every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 60) each; installs
+#                     cargo-fuzz when missing, runs on the stable toolchain (RUSTC_BOOTSTRAP=1);
+#                     crashes land in fuzz/artifacts/<target>/ (scripts/fuzz.sh,
+#                     docs/security.md#fuzzing). `make test` runs each target for 5 seconds.
 #   make fmt          format the code
 #   make lint         rustfmt check and clippy, without running tests
 #   make clean-tools  remove .tools/
@@ -13,8 +17,9 @@
 
 SHELL := bash
 ONLY ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: tools up test bench fmt lint clean-tools clean-data
+.PHONY: tools up test bench fuzz fmt lint clean-tools clean-data
 
 tools:
 	scripts/install-tools.sh $(ONLY)
@@ -29,6 +34,9 @@ bench:
 	cargo build --release
 	cargo bench --bench pipeline
 	cargo run --release --example load
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 fmt:
 	cargo fmt --all

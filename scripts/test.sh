@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What CI runs (`make test`, `.ci/run`): install the real components, then format check, clippy
-# with warnings as errors, and every test target. Integration tests find Envoy, NATS and Cerbos
-# through HEIMDALL_TOOLS; with CI=true a missing one fails the test instead of skipping it.
+# with warnings as errors, every test target, and each fuzz target for a few seconds. Integration
+# tests find Envoy, NATS and Cerbos through HEIMDALL_TOOLS; with CI=true a missing one fails the
+# test instead of skipping it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,3 +17,7 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "==> cargo test --all-targets"
 cargo test --all-targets
+# Fuzzing: each cargo-fuzz target briefly from its seeds; a crash fails the run.
+echo "==> cargo fmt --manifest-path fuzz/Cargo.toml -- --check"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" scripts/fuzz.sh
