@@ -313,15 +313,11 @@ pub fn canonical_host(authority: &str) -> Result<Cow<'_, str>, Refusal> {
         return fail(Problem::Userinfo, Some(at));
     }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        // An IPv6 literal: hex digits, `:` and `.` (an embedded IPv4); no zone identifier.
+        // An IPv6 literal, parsed: no zone identifier, no IPvFuture.
         let Some((inner, after)) = rest.split_once(']') else {
             return fail(Problem::BadHostCharacter, None);
         };
-        if inner.is_empty()
-            || !inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
             return fail(Problem::BadHostCharacter, Some(1));
         }
         let port = match after {
@@ -347,7 +343,11 @@ pub fn canonical_host(authority: &str) -> Result<Cow<'_, str>, Refusal> {
         return fail(Problem::BadPort, Some(host.len() + 1));
     }
     if authority.starts_with('[') {
-        return Ok(lower(host));
+        // One spelling per address: `[::FFFF:127.0.0.1]` and `[0:0::ffff:7f00:1]` alike.
+        return match host.parse::<std::net::Ipv6Addr>() {
+            Ok(address) => Ok(Cow::Owned(address.to_string())),
+            Err(_) => fail(Problem::BadHostCharacter, Some(1)),
+        };
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.is_empty() {
@@ -447,6 +447,10 @@ pub fn canonical_path<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Cow<'a, s
         out.push('/');
         decode_segment(raw, start, end, &mut out)?;
         let segment = out.get(out_start + 1..).unwrap_or("");
+        // Checked on the output, so `%25%32%65` (whose digits arrive encoded) is caught too.
+        if let Some(at) = double_encoded(segment) {
+            return fail(Problem::DoubleEncoded, Some(start + at));
+        }
         if segment == "." || segment == ".." {
             return fail(Problem::DotSegment, Some(start));
         }
@@ -468,6 +472,15 @@ pub fn canonical_path<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Cow<'a, s
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Where a canonical segment holds `%25` followed by two hex digits: a percent-encoded
+/// percent-encoding, which servers that decode twice read as the character it encodes.
+fn double_encoded(segment: &str) -> Option<usize> {
+    let bytes = segment.as_bytes();
+    bytes.windows(5).position(|w| {
+        matches!(w, [b'%', b'2', b'5', hi, lo] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit())
+    })
 }
 
 /// Appends the canonical form of `raw[start..end]` (one segment) to `out`.
@@ -518,11 +531,6 @@ fn decode_segment(raw: &str, start: usize, end: usize, out: &mut String) -> Resu
                 b'/' | b'\\' => return fail(Problem::EncodedSeparator, i),
                 b';' => return fail(Problem::EncodedSemicolon, i),
                 v if v < 0x20 || v == 0x7f => return fail(Problem::EncodedControl, i),
-                b'%' if bytes.get(i + 3).copied().and_then(hex_value).is_some()
-                    && bytes.get(i + 4).copied().and_then(hex_value).is_some() =>
-                {
-                    return fail(Problem::DoubleEncoded, i);
-                }
                 v => push_encoded(out, v),
             }
             i += 3;
@@ -619,6 +627,8 @@ mod tests {
     #[test_case("/public/%2e%2e;/admin", Problem::Semicolon)]
     #[test_case("/api/documents%3bx/1", Problem::EncodedSemicolon)]
     #[test_case("/public/%252e%252e/admin", Problem::DoubleEncoded)]
+    #[test_case("/public/%25%32%65%25%32%65/admin/x", Problem::DoubleEncoded ; "digits encoded too")]
+    #[test_case("/d52len%25A%46dx", Problem::DoubleEncoded ; "hex digit encoded")]
     #[test_case("/a%00b", Problem::EncodedControl)]
     #[test_case("/a%0ab", Problem::EncodedControl)]
     #[test_case("/a%7fb", Problem::EncodedControl)]
@@ -683,6 +693,7 @@ mod tests {
     #[test_case("api.example.com:443", "api.example.com")]
     #[test_case("[::1]:443", "::1")]
     #[test_case("[::FFFF:127.0.0.1]", "::ffff:127.0.0.1")]
+    #[test_case("[0:0:0:0:0:0:0:1]", "::1" ; "ipv6 compressed")]
     #[test_case("127.0.0.1:10000", "127.0.0.1")]
     #[test_case("my_host", "my_host")]
     fn hosts_are_canonical(raw: &str, want: &str) {
@@ -699,6 +710,8 @@ mod tests {
     #[test_case("api.example.com:80:80", Problem::BadPort)]
     #[test_case("[::1]x", Problem::BadPort)]
     #[test_case("[::1%25eth0]", Problem::BadHostCharacter)]
+    #[test_case("[::.]", Problem::BadHostCharacter ; "not an ipv6 address")]
+    #[test_case("[..::15]", Problem::BadHostCharacter ; "dots are not ipv6")]
     #[test_case("api.example.com..", Problem::EmptyLabel)]
     #[test_case(".api.example.com", Problem::EmptyLabel)]
     #[test_case("api example.com", Problem::BadHostCharacter)]

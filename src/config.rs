@@ -637,10 +637,13 @@ impl Config {
             });
         }
         self.validate_listeners()?;
-        if self.tokens.ttl.is_zero() {
+        if self.tokens.ttl.is_zero() || self.tokens.ttl > crate::tokens::MAX_TTL {
             return Err(ConfigError::Invalid {
                 field: "tokens.ttl",
-                message: "must be positive".into(),
+                message: format!(
+                    "must be positive and at most {} days",
+                    crate::tokens::MAX_TTL.as_secs() / 86_400
+                ),
             });
         }
         if self.tokens.issuer.is_empty() {
@@ -855,6 +858,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "PASETO_SYMMETRIC_KEY must be exactly 32 bytes, got 31"
+        );
+    }
+
+    #[test]
+    fn token_lifetime_is_bounded() {
+        let mut config = Config::parse("version: \"1\"\n", &Origin::Embedded).unwrap();
+        config.tokens.ttl = Duration::from_secs(100_000_000 * 365 * 24 * 3600);
+        let err = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid setting `tokens.ttl`: must be positive and at most 366 days"
         );
     }
 

@@ -153,8 +153,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => (*p).into(),
                 None => keys.default_mint_purpose().context("no key to mint with: set PASETO_SYMMETRIC_KEY or add a k4.secret key under tokens.keys")?,
             };
-            let mut claims =
-                Claims::new(sub, &config.tokens.issuer, ttl.unwrap_or(config.tokens.ttl));
+            let ttl = ttl.unwrap_or(config.tokens.ttl);
+            if ttl.is_zero() || ttl > heimdall::tokens::MAX_TTL {
+                anyhow::bail!(
+                    "--ttl must be positive and at most {} days",
+                    heimdall::tokens::MAX_TTL.as_secs() / 86_400
+                );
+            }
+            let mut claims = Claims::new(sub, &config.tokens.issuer, ttl);
             // Each role once (`--roles user,user` is one role), blanks dropped: Cerbos refuses a
             // principal whose roles repeat.
             let roles: Vec<String> = roles.iter().map(|r| r.trim().to_owned()).collect();

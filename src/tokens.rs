@@ -785,11 +785,16 @@ impl Audience {
     }
 }
 
+/// The longest lifetime of a minted token. `tokens.ttl` and `token mint --ttl` are refused
+/// above it; [`Claims::new`] clamps to it so no lifetime can overflow the date arithmetic.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl Claims {
-    /// Claims for a new token: `iat` and `nbf` now, `exp` after `ttl`, a random `jti`.
+    /// Claims for a new token: `iat` and `nbf` now, `exp` after `ttl` (at most [`MAX_TTL`]), a
+    /// random `jti`.
     pub fn new(subject: &str, issuer: &str, ttl: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        let exp = now + ttl;
+        let exp = now + ttl.min(MAX_TTL);
         Self {
             sub: Some(subject.to_owned()),
             iss: Some(issuer.to_owned()),
