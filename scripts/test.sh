@@ -23,5 +23,8 @@ cargo test --all-targets
 echo "==> cargo fmt --manifest-path fuzz/Cargo.toml -- --check"
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 if [[ "${FUZZ_SECONDS:-5}" != 0 ]]; then
-    FUZZ_SECONDS="${FUZZ_SECONDS:-5}" scripts/fuzz.sh
+    # Unoptimized and without AddressSanitizer: a fresh build in about 7 minutes instead of 20+ on two
+# cores; `make fuzz` runs the optimized, sanitized build for longer.
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" \
+    FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh
 fi
