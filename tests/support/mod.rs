@@ -24,27 +24,31 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
-/// A loopback TCP port that was free a moment ago (bound to 127.0.0.1:0, read, released).
+/// The ports [`free_port`] hands out: below Linux's default ephemeral range (32768–60999), so
+/// the kernel never gives one to an outgoing connection or a `bind(0)` between the moment a port
+/// is found free and the moment the program under test binds it. Tests that open thousands of
+/// client connections (listeners, adversarial) made that race real.
+const HANDED_OUT_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback TCP port that was free a moment ago (bound on 127.0.0.1, checked, released).
 ///
 /// Prefer binding port 0 directly where the code under test allows it; this is for programs that
-/// must be told their port up front. Nothing listens on the port once this returns, so it is also
-/// a valid "closed port" for fail-closed tests.
+/// must be told their port up front. Ports come from [`HANDED_OUT_PORTS`], each at most once per
+/// test process, starting at an offset derived from the process id so that consecutive test
+/// binaries do not reuse each other's ports. Nothing listens on the port once this returns, so it
+/// is also a valid "closed port" for fail-closed tests.
 pub fn free_port() -> u16 {
-    #[allow(
-        clippy::expect_used,
-        reason = "a test cannot go on without a loopback port"
-    )]
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 for a free port");
-    #[allow(
-        clippy::expect_used,
-        reason = "a test cannot go on without a loopback port"
-    )]
-    let port = listener
-        .local_addr()
-        .expect("local address of a bound listener")
-        .port();
-    port
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let span = HANDED_OUT_PORTS.end - HANDED_OUT_PORTS.start;
+    let offset = u16::try_from(std::process::id() % u32::from(span)).unwrap_or(0);
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = HANDED_OUT_PORTS.start + (offset + step) % span;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    fail("no free loopback port below the ephemeral range")
 }
 
 /// An HTTP client for loopback test traffic: no proxy from the environment, bounded timeouts.
