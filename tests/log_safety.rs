@@ -40,12 +40,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -373,86 +367,11 @@ async fn url_credentials_stay_out_of_the_dump_and_the_connection_errors() {
 /// `k4.<type>.` + base64url of their key bytes. Each is refused: the valid ones because their
 /// keys are published.
 fn official_vectors() -> Vec<(&'static str, String)> {
-    let s = |text: &str| text.to_owned();
-    vec![
-        (
-            "k4.local-1",
-            s("k4.local.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
-        ),
-        (
-            "k4.local-2",
-            s("k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
-        ),
-        (
-            "k4.local-3",
-            s("k4.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpA"),
-        ),
-        (
-            "k4.local-fail-1",
-            s("k4.local.HFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
-        ),
-        (
-            "k4.local-fail-2",
-            s("k3.local.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
-        ),
-        (
-            "k4.secret-1",
-            s(
-                "k4.secret.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA7aie8zrakLWKjqNAqbw1zZTIVdx3iQ6Y6wEihi1naKQ",
-            ),
-        ),
-        (
-            "k4.secret-2",
-            s(
-                "k4.secret.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8c5WpIyC_5kWKhS8VEYSZ05dYfuTF-ZdQFV4D9vLTcNQ",
-            ),
-        ),
-        (
-            "k4.secret-3",
-            s(
-                "k4.secret.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpBg_jdXGl1ufTCxUVTOSp-5LHDIcISPTM3xYmWICX9z9w",
-            ),
-        ),
-        (
-            "k4.secret-fail-1",
-            format!(
-                "k4.secret.{}",
-                b64(&unhex(
-                    "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e"
-                ))
-            ),
-        ),
-        (
-            "k4.secret-fail-2",
-            format!(
-                "k4.secret.{}",
-                b64(&unhex(
-                    "707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9ea0"
-                ))
-            ),
-        ),
-        (
-            "k4.public-1",
-            s("k4.public.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
-        ),
-        (
-            "k4.public-2",
-            s("k4.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"),
-        ),
-        (
-            "k4.public-3",
-            s("k4.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjpA"),
-        ),
-        (
-            "k4.public-fail-1",
-            format!(
-                "k4.public.{}",
-                b64(&unhex(
-                    "02707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-                ))
-            ),
-        ),
-    ]
+    include_str!("fixtures/paserk-k4-vectors.txt")
+        .lines()
+        .filter_map(|line| line.split_once(' ').filter(|_| !line.starts_with('#')))
+        .map(|(name, paserk)| (name, paserk.to_owned()))
+        .collect()
 }
 
 #[test]
