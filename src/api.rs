@@ -140,7 +140,7 @@ fn require_actions(actions: &[String], what: &str) -> Result<(), Box<Response>> 
             seen.insert(action.as_str()),
             &format!(
                 "`{what}[{j}]` repeats the action `{}`",
-                crate::telemetry::untrusted(action, 64)
+                crate::redact::untrusted(action, 64)
             ),
         )?;
     }

@@ -36,7 +36,7 @@ pub struct NatsConfig {
     /// `nats://host:port`; several servers separated by commas (`NATS_URL`). Credentials in
     /// the URL (`nats://user:pass@host`) work but are shown as `user:***` in the
     /// configuration dump and in logs.
-    #[serde(serialize_with = "crate::telemetry::serialize_redacted_url")]
+    #[serde(serialize_with = "crate::redact::serialize_redacted_url")]
     pub url: String,
     /// The connection name the server shows.
     pub name: String,
@@ -244,7 +244,7 @@ impl TryFrom<SecretSpec> for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let spec: SecretSpec = crate::config::deserialize_map_only(
+        let spec: SecretSpec = crate::redact::deserialize_map_only(
             d,
             "a secret as `{env: NAME}` or `{file: PATH}`: inline secrets are not accepted, they would sit in the configuration",
         )?;
@@ -311,7 +311,7 @@ impl NatsConfig {
                 && !s.contains("..")
                 && !s.contains(char::is_whitespace)
         };
-        match crate::telemetry::split_credentials(&self.url) {
+        match crate::redact::split_credentials(&self.url) {
             Err(message) => return Err(("nats.url", message.to_owned())),
             Ok((_, Some(_))) if self.auth.is_some() => {
                 return Err((
@@ -552,7 +552,7 @@ async fn connect(
             }
         });
     // Credentials in the URL go to the client as options, never inside the URL it logs.
-    let (servers, url_credentials) = crate::telemetry::split_credentials(&config.url)
+    let (servers, url_credentials) = crate::redact::split_credentials(&config.url)
         .map_err(|message| anyhow::anyhow!("nats.url: {message}"))?;
     if let Some(credentials) = url_credentials {
         if config.auth.is_some() {
@@ -603,7 +603,7 @@ async fn connect(
     options
         .connect(servers.as_str())
         .await
-        .with_context(|| format!("NATS at `{}`", crate::telemetry::redact_url(&config.url)))
+        .with_context(|| format!("NATS at `{}`", crate::redact::redact_url(&config.url)))
 }
 
 /// Runs the attribute pipeline until the process stops: connect, set up the stream, bucket and

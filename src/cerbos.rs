@@ -31,7 +31,7 @@ use pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 pub struct CerbosConfig {
     /// `host:port` or `http(s)://host:port` of the PDP's gRPC API (`CERBOS_GRPC_URL`).
     /// Credentials in the URL are shown as `user:***` in the configuration dump and in logs.
-    #[serde(serialize_with = "crate::telemetry::serialize_redacted_url")]
+    #[serde(serialize_with = "crate::redact::serialize_redacted_url")]
     pub url: String,
     /// Deadline of one call; keep it below Envoy's ext_authz timeout.
     #[serde(with = "humantime_serde")]
@@ -315,8 +315,8 @@ impl Cerbos {
         };
         // Cerbos's gRPC API takes no credentials in its URL: userinfo is dropped rather than
         // sent in `:authority` or kept where a transport error could show it.
-        let (bare, _) = crate::telemetry::split_credentials(&config.url).map_err(|_| {
-            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+        let (bare, _) = crate::redact::split_credentials(&config.url).map_err(|_| {
+            CerbosError::Address(crate::redact::redact_url(&config.url).into_owned())
         })?;
         let url = if bare.contains("://") {
             bare
@@ -324,7 +324,7 @@ impl Cerbos {
             format!("{scheme}://{bare}")
         };
         let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
-            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+            CerbosError::Address(crate::redact::redact_url(&config.url).into_owned())
         })?;
         if url.starts_with("https://") {
             endpoint = endpoint
@@ -341,7 +341,7 @@ impl Cerbos {
             .map(|_| endpoint.connect_lazy())
             .collect();
         let channel = channels.first().cloned().ok_or_else(|| {
-            CerbosError::Address(crate::telemetry::redact_url(&config.url).into_owned())
+            CerbosError::Address(crate::redact::redact_url(&config.url).into_owned())
         })?;
         let cache = (config.cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
@@ -408,7 +408,7 @@ impl Cerbos {
                     tonic::Code::InvalidArgument
                     | tonic::Code::OutOfRange
                     | tonic::Code::FailedPrecondition
-                    | tonic::Code::NotFound => CerbosError::Rejected(crate::telemetry::untrusted(
+                    | tonic::Code::NotFound => CerbosError::Rejected(crate::redact::untrusted(
                         status.message(),
                         4 * SHOWN_CHARS,
                     )),
@@ -625,7 +625,7 @@ impl Cerbos {
             let role = self.default_role.clone().ok_or_else(|| {
                 CerbosError::Invalid(format!(
                     "principal `{}` has no roles and `cerbos.default_role` is empty",
-                    crate::telemetry::untrusted(&principal.id, SHOWN_CHARS)
+                    crate::redact::untrusted(&principal.id, SHOWN_CHARS)
                 ))
             })?;
             roles.push(role);
@@ -667,7 +667,7 @@ impl Cerbos {
             )));
         }
         for (i, check) in resources.iter().enumerate() {
-            let kind = crate::telemetry::untrusted(&check.resource.kind, SHOWN_CHARS);
+            let kind = crate::redact::untrusted(&check.resource.kind, SHOWN_CHARS);
             if check.resource.kind.is_empty() {
                 return Err(CerbosError::Invalid(format!(
                     "resource {i}: the kind is empty"
@@ -705,7 +705,7 @@ impl Cerbos {
             if !seen.insert(action.as_str()) {
                 return Err(CerbosError::Invalid(format!(
                     "{place}: action `{}` is asked twice",
-                    crate::telemetry::untrusted(action, SHOWN_CHARS)
+                    crate::redact::untrusted(action, SHOWN_CHARS)
                 )));
             }
         }
@@ -746,12 +746,12 @@ impl Cerbos {
                 };
                 tracing::warn!(
                     call,
-                    request_id = %crate::telemetry::untrusted(request_id, SHOWN_CHARS),
-                    resource.kind = %crate::telemetry::untrusted(&result.kind, SHOWN_CHARS),
-                    resource.id = %crate::telemetry::untrusted(&result.id, SHOWN_CHARS),
+                    request_id = %crate::redact::untrusted(request_id, SHOWN_CHARS),
+                    resource.kind = %crate::redact::untrusted(&result.kind, SHOWN_CHARS),
+                    resource.id = %crate::redact::untrusted(&result.id, SHOWN_CHARS),
                     source,
-                    path = %crate::telemetry::untrusted(&error.path, 4 * SHOWN_CHARS),
-                    reason = %crate::telemetry::untrusted(&error.message, 4 * SHOWN_CHARS),
+                    path = %crate::redact::untrusted(&error.path, 4 * SHOWN_CHARS),
+                    reason = %crate::redact::untrusted(&error.message, 4 * SHOWN_CHARS),
                     decision,
                     "Cerbos schema validation failed"
                 );

@@ -425,91 +425,12 @@ const INLINE_KEY_REFUSED: &str = "an inline `paserk` must be a public key (`k4.p
 
 impl<'de> Deserialize<'de> for KeySource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let spec: KeySourceSpec = deserialize_map_only(
+        let spec: KeySourceSpec = crate::redact::deserialize_map_only(
             d,
             "a key: a map with one of `env: NAME`, `file: PATH` or `paserk: k4.public.…`; give a secret key as `{env: NAME}` or `{file: PATH}`",
         )?;
         Self::try_from(spec).map_err(serde::de::Error::custom)
     }
-}
-
-/// Deserializes a `T` that must be written as a map, for settings that hold or point at
-/// secrets. serde's own errors quote a wrongly typed value (`invalid type: string
-/// "k4.secret.…"`); here any other shape is refused with `expecting` alone, so a secret pasted
-/// in the wrong place never reaches an error message or a log.
-pub(crate) fn deserialize_map_only<'de, D, T>(
-    deserializer: D,
-    expecting: &'static str,
-) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct MapOnly<T> {
-        expecting: &'static str,
-        target: std::marker::PhantomData<T>,
-    }
-
-    impl<T> MapOnly<T> {
-        fn refuse<E: serde::de::Error>(&self) -> Result<T, E> {
-            Err(E::custom(format_args!(
-                "expected {} (the value given is not shown)",
-                self.expecting
-            )))
-        }
-    }
-
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for MapOnly<T> {
-        type Value = T;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.expecting)
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-        }
-
-        // Every visitor method whose default error would quote the value.
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_char<E: serde::de::Error>(self, _: char) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<T, E> {
-            self.refuse()
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
-            self.refuse()
-        }
-    }
-
-    deserializer.deserialize_any(MapOnly {
-        expecting,
-        target: std::marker::PhantomData,
-    })
 }
 
 impl Serialize for KeySource {

@@ -19,6 +19,7 @@ pub mod mechanisms;
 pub mod metrics;
 pub mod pipeline;
 pub mod readiness;
+pub mod redact;
 pub mod request;
 pub mod rules;
 pub mod telemetry;

@@ -8,7 +8,6 @@
 //! through [`JsonSafeWriter`] (serde already escapes what JSON requires; the writer adds the
 //! rest). URLs that may carry credentials go through [`redact_url`] before they are shown.
 
-use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io;
 
@@ -19,6 +18,7 @@ use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::redact::{needs_escape, write_escaped};
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(config: &LogConfig) {
@@ -57,193 +57,6 @@ where
                 .finish(),
         ),
     }
-}
-
-/// Whether `c` must not reach a log as is: control characters (C0 including CR, LF and ESC,
-/// DEL and C1 including NEL), the Unicode line and paragraph separators, and the invisible
-/// format characters that reorder or hide text (bidi overrides and isolates, zero-width marks,
-/// the BOM).
-pub fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}'
-                | '\u{2029}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2069}'
-                | '\u{FEFF}'
-        )
-}
-
-/// `text` with every character of [`needs_escape`] written as a Rust-style escape (`\n`, `\r`,
-/// `\t`, `\u{1b}`); other text, backslashes included, is unchanged. Borrowed when nothing
-/// needs escaping, which is the common case.
-pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    // Writing into a String cannot fail.
-    let _ = write_escaped(&mut out, text);
-    Cow::Owned(out)
-}
-
-fn write_escaped(out: &mut dyn fmt::Write, text: &str) -> fmt::Result {
-    let mut rest = text;
-    while let Some((at, c)) = rest.char_indices().find(|&(_, c)| needs_escape(c)) {
-        let (clean, tail) = rest.split_at(at);
-        out.write_str(clean)?;
-        match c {
-            '\n' => out.write_str("\\n")?,
-            '\r' => out.write_str("\\r")?,
-            '\t' => out.write_str("\\t")?,
-            other => write!(out, "\\u{{{:x}}}", u32::from(other))?,
-        }
-        rest = tail.get(c.len_utf8()..).unwrap_or_default();
-    }
-    out.write_str(rest)
-}
-
-/// Untrusted text for an error message: escaped, and cut to `max` characters (with `…`) so a
-/// 1 KiB footer cannot flood a log line.
-pub fn untrusted(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    let head: String = chars.by_ref().take(max).collect();
-    let _ = write_escaped(&mut out, &head);
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
-}
-
-/// `url` with the credentials of its userinfo hidden: `nats://user:pass@host` shows as
-/// `nats://user:***@host`, `nats://token@host` as `nats://***@host`. Comma-separated server
-/// lists (NATS) are handled server by server; a URL without `@` is returned as is.
-pub fn redact_url(url: &str) -> Cow<'_, str> {
-    if !url.contains('@') {
-        return Cow::Borrowed(url);
-    }
-    let servers: Vec<&str> = url.split(',').collect();
-    let mut out = Vec::with_capacity(servers.len());
-    for (i, server) in servers.iter().enumerate() {
-        // A `,` inside a password splits one server in two: the part before it is userinfo too.
-        let continued = servers
-            .get(i + 1)
-            .is_some_and(|next| next.contains('@') && !next.contains("://"));
-        if continued && !server.contains('@') {
-            let scheme = server.split_once("://").map_or("", |(scheme, _)| scheme);
-            out.push(if scheme.is_empty() {
-                "***".to_owned()
-            } else {
-                format!("{scheme}://***")
-            });
-        } else {
-            out.push(redact_server(server));
-        }
-    }
-    Cow::Owned(out.join(","))
-}
-
-fn redact_server(server: &str) -> String {
-    let (scheme, rest) = match server.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, server),
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return server.to_owned();
-    };
-    // The user name stays (it says which account); a lone userinfo is a token, hidden whole.
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) if !user.contains('/') => format!("{user}:***"),
-        _ => "***".to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{shown}@{host}"),
-        None => format!("{shown}@{host}"),
-    }
-}
-
-/// Credentials taken out of a URL's userinfo (percent-decoded). `Debug` hides the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct UrlCredentials {
-    /// The user, or the token when the userinfo has no `:` (`nats://token@host`).
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for UrlCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |present: bool| if present { "***" } else { "-" };
-        f.debug_struct("UrlCredentials")
-            .field("user", &shown(true))
-            .field("password", &shown(self.password.is_some()))
-            .finish()
-    }
-}
-
-/// `url` without its userinfo, and the credentials it carried. Client libraries then get the
-/// bare URL plus the credentials through their authentication options, so a library that logs
-/// or reports its server address (async-nats logs the parsed URL, password included, at
-/// debug) never holds a secret to show. Every server of a comma-separated list must carry the
-/// same credentials or none. Errors never quote the URL.
-pub fn split_credentials(url: &str) -> Result<(String, Option<UrlCredentials>), &'static str> {
-    if !url.contains('@') {
-        return Ok((url.to_owned(), None));
-    }
-    let servers: Vec<&str> = url.split(',').collect();
-    let mut bare = Vec::with_capacity(servers.len());
-    let mut found: Option<UrlCredentials> = None;
-    for (i, server) in servers.iter().enumerate() {
-        let continued = servers
-            .get(i + 1)
-            .is_some_and(|next| next.contains('@') && !next.contains("://"));
-        if continued && !server.contains('@') {
-            return Err("the credentials in the URL contain `,`: percent-encode it as `%2C`");
-        }
-        let (scheme, rest) = match server.split_once("://") {
-            Some((scheme, rest)) => (Some(scheme), rest),
-            None => (None, *server),
-        };
-        let Some((userinfo, host)) = rest.rsplit_once('@') else {
-            bare.push((*server).to_owned());
-            continue;
-        };
-        let decode = |text: &str| {
-            percent_encoding::percent_decode_str(text)
-                .decode_utf8()
-                .map(|t| t.into_owned())
-                .map_err(|_| "the credentials in the URL are not valid percent-encoded UTF-8")
-        };
-        let credentials = match userinfo.split_once(':') {
-            Some((user, password)) => UrlCredentials {
-                user: decode(user)?,
-                password: Some(decode(password)?),
-            },
-            None => UrlCredentials {
-                user: decode(userinfo)?,
-                password: None,
-            },
-        };
-        match &found {
-            Some(previous) if *previous != credentials => {
-                return Err("the servers of the URL carry different credentials");
-            }
-            _ => found = Some(credentials),
-        }
-        bare.push(match scheme {
-            Some(scheme) => format!("{scheme}://{host}"),
-            None => host.to_owned(),
-        });
-    }
-    Ok((bare.join(","), found))
-}
-
-/// Serializes a URL field through [`redact_url`] (`#[serde(serialize_with = …)]`): the
-/// configuration dump never shows credentials.
-pub fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_url(url))
 }
 
 /// The plain format's field formatter: tracing-subscriber's own layout (`name=value`, the
@@ -324,6 +137,8 @@ impl<W: io::Write> io::Write for JsonSafe<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redact::*;
+    use std::borrow::Cow;
 
     /// Collects what the subscriber writes (a channel: std's Mutex is not used in this crate).
     #[derive(Clone)]

@@ -694,7 +694,7 @@ fn footer_kid(footer: &[u8]) -> Result<Option<String>, TokenError> {
 /// untrusted (a footer `kid` is read before anything is verified), and the message reaches
 /// logs and terminals.
 fn shown(text: &str) -> String {
-    crate::telemetry::untrusted(text, 64)
+    crate::redact::untrusted(text, 64)
 }
 
 /// The purpose of a token from its header, refusing other versions by name.
@@ -708,7 +708,7 @@ pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
             Some((version @ ("v1" | "v2" | "v3" | "v4"), _)) => {
                 Err(TokenError::UnsupportedVersion(format!(
                     "{version}.{}",
-                    crate::telemetry::untrusted(token.split('.').nth(1).unwrap_or(""), 16)
+                    crate::redact::untrusted(token.split('.').nth(1).unwrap_or(""), 16)
                 )))
             }
             _ => Err(TokenError::Malformed),
@@ -1255,7 +1255,7 @@ mod tests {
         let message = err.to_string();
         assert!(matches!(err, TokenError::UnknownKey(_)), "{err:?}");
         assert!(
-            !message.chars().any(crate::telemetry::needs_escape),
+            !message.chars().any(crate::redact::needs_escape),
             "{message:?}"
         );
         assert!(
