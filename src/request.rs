@@ -57,6 +57,17 @@ impl<'a> Headers<'a> {
         }
     }
 
+    /// Whether `name` (lower-case) was sent at all, whatever its value (even one that is not
+    /// UTF-8, which [`Headers::get`] does not return).
+    pub fn contains(&self, name: &str) -> bool {
+        match *self {
+            Self::Map(map) => map.contains_key(name),
+            Self::List(list) => list.iter().any(|h| h.key.eq_ignore_ascii_case(name)),
+            Self::Http(map) => map.contains_key(name),
+            Self::None => false,
+        }
+    }
+
     /// Looks `name` up, reporting a header sent several times as ambiguous.
     pub fn get_unique(&self, name: &str) -> HeaderLookup<'a> {
         match *self {
