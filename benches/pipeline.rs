@@ -10,7 +10,7 @@
 )]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use heimdall::pipeline::Decision;
+use heimdall::decision::Decision;
 use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
 use heimdall::tokens::Purpose;
 

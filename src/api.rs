@@ -17,9 +17,9 @@ use serde::Deserialize;
 
 use crate::canonical::RequestLine;
 use crate::cerbos::{Plan, PrincipalInput, ResourceCheck, ResourceInput};
+use crate::decision::ErrorKind;
 use crate::http::SideState;
 use crate::mechanisms::AuthnError;
-use crate::pipeline::ErrorKind;
 use crate::request::{Headers, RequestView};
 
 #[derive(Deserialize)]
@@ -200,7 +200,7 @@ async fn principal(
             StatusCode::UNAUTHORIZED,
             "a bearer token is required",
         )),
-        Err(AuthnError::Failed(e)) if e.kind == crate::pipeline::ErrorKind::Communication => {
+        Err(AuthnError::Failed(e)) if e.kind == crate::decision::ErrorKind::Communication => {
             tracing::warn!(reason = %e.message, "API token could not be checked");
             Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,8 @@
 //! not a silently ignored setting. With no file at all, the embedded example configuration
 //! (`config/heimdall.yaml`) is used.
 
+pub mod spec;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,8 +17,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::rules::spec::{MechanismsSpec, PipelineSpec, RuleSpec};
 use crate::tokens::{KeyError, Keyring};
+use spec::{MechanismsSpec, PipelineSpec, RuleSpec};
 
 /// The configuration compiled into the binary: example rules, no external services.
 pub const EMBEDDED: &str = include_str!("../config/heimdall.yaml");

@@ -8,8 +8,8 @@ use arc_swap::ArcSwap;
 use tracing::Instrument as _;
 
 use crate::canonical::PathPolicy;
+use crate::decision::{Allowed, Decision, ErrorKind, Outcome, StepError};
 use crate::metrics::{Metrics, RuleMetrics};
-use crate::pipeline::{Allowed, Decision, ErrorKind, Outcome, StepError};
 use crate::request::RequestView;
 use crate::rules::{NoRule, RuleSet};
 

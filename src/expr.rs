@@ -18,8 +18,9 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
-use crate::pipeline::{StepError, Subject};
+use crate::decision::StepError;
 use crate::request::RequestView;
+use crate::subject::Subject;
 
 /// The variables an expression may use.
 pub const VARIABLES: [&str; 3] = ["request", "subject", "error"];
@@ -752,7 +753,7 @@ fn request_field<'a>(
 
 /// One field of a principal (an empty principal when there is none).
 fn principal_field<'a>(
-    principal: Option<&'a crate::pipeline::Principal>,
+    principal: Option<&'a crate::subject::Principal>,
     field: &str,
 ) -> Box<dyn Val + 'a> {
     match (field, principal) {
@@ -806,7 +807,7 @@ impl<'a> Vars<'a> {
 }
 
 /// Every field of a principal, for `subject.principals.<name>`.
-fn principal_entries(principal: Option<&crate::pipeline::Principal>) -> Entries<'_> {
+fn principal_entries(principal: Option<&crate::subject::Principal>) -> Entries<'_> {
     ["id", "roles", "attr", "mechanism"]
         .into_iter()
         .map(|field| (key(field), principal_field(principal, field)))
@@ -874,8 +875,8 @@ pub fn json_val(value: &serde_json::Value) -> Box<dyn Val + '_> {
 mod tests {
     use super::*;
     use crate::canonical::RequestLine;
-    use crate::pipeline::Principal;
     use crate::request::Headers;
+    use crate::subject::Principal;
 
     fn subject() -> Subject {
         let mut attributes = serde_json::Map::new();

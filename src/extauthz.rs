@@ -20,9 +20,9 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
 use crate::canonical::{PathPolicy, Refusal, RequestLine};
+use crate::decision::{Allowed, Decision, Denial};
 use crate::engine::Engine;
 use crate::metrics::EntryLabels;
-use crate::pipeline::{Allowed, Decision, HttpResponse};
 use crate::request::{Headers, Peer, RequestView};
 
 pub use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -138,7 +138,7 @@ fn header(name: &str, value: String, action: HeaderAppendAction) -> HeaderValueO
     }
 }
 
-fn denied(response: HttpResponse) -> DeniedHttpResponse {
+fn denied(response: Denial) -> DeniedHttpResponse {
     DeniedHttpResponse {
         status: Some(HttpStatus {
             code: i32::from(response.status),
@@ -230,7 +230,7 @@ impl Authorization for ExtAuthz {
                     .get_or_create(&EntryLabels { entry: "ext_authz" })
                     .inc();
                 tracing::info!(reason = %unreadable, "CheckRequest refused");
-                let response = HttpResponse::from_kind(crate::pipeline::ErrorKind::BadRequest);
+                let response = Denial::from_kind(crate::decision::ErrorKind::BadRequest);
                 return Ok(Response::new(check_response(
                     Decision::Deny(response),
                     None,

@@ -14,9 +14,9 @@ use ipnet::IpNet;
 use prometheus_client::registry::Registry;
 
 use crate::canonical::RequestLine;
+use crate::decision::{Decision, Denial, ErrorKind};
 use crate::engine::Engine;
 use crate::metrics::EntryLabels;
-use crate::pipeline::{Decision, ErrorKind, HttpResponse};
 use crate::readiness::Readiness;
 use crate::request::{Headers, Peer, RequestView};
 use crate::tokens::Keyring;
@@ -99,7 +99,7 @@ async fn paseto_keys(State(state): State<SideState>) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
 }
 
-fn to_response(response: &HttpResponse) -> Response {
+fn to_response(response: &Denial) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::FORBIDDEN);
     // An empty body (a redirect) gets no content type rather than text/plain.
     let mut out = if response.body.is_empty() {
@@ -126,7 +126,7 @@ fn deny(state: &SideState, kind: ErrorKind, reason: &str) -> Response {
         .get_or_create(&EntryLabels { entry: "decision" })
         .inc();
     tracing::info!(reason, "forward-auth request refused");
-    to_response(&HttpResponse::from_kind(kind))
+    to_response(&Denial::from_kind(kind))
 }
 
 /// Forward-auth: the original request is described by `X-Forwarded-Method`, `-Proto`, `-Host`

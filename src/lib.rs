@@ -10,6 +10,7 @@ pub mod attributes;
 pub mod canonical;
 pub mod cerbos;
 pub mod config;
+pub mod decision;
 pub mod engine;
 pub mod expr;
 pub mod extauthz;
@@ -22,6 +23,7 @@ pub mod readiness;
 pub mod redact;
 pub mod request;
 pub mod rules;
+pub mod subject;
 pub mod telemetry;
 pub mod tokens;
 

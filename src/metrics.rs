@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::ErrorKind;
+use crate::decision::ErrorKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum DecisionLabel {

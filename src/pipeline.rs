@@ -8,22 +8,16 @@
 //! the error pipeline: the first handler whose condition holds answers; otherwise the error kind
 //! decides the status. No step ever turns an error into an allow.
 
-mod error;
-mod subject;
-
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
-pub use error::{ErrorKind, StepError};
-pub use subject::{DEFAULT_PRINCIPAL, Principal, Subject};
-
+use crate::decision::{Allowed, Decision, ErrorKind, Outcome, StepError};
 use crate::expr::{Expr, Uses, Vars};
 use crate::mechanisms::{
     Authenticator, AuthnError, Authorizer, Contextualizer, ErrorHandler, Finalizer,
 };
 use crate::request::RequestView;
+use crate::subject::{Principal, Subject};
 
 /// One step: a mechanism with the id it is known by and an optional condition.
 pub struct Step<M> {
@@ -47,96 +41,6 @@ pub struct Pipeline {
     pub on_error: Box<[Step<ErrorHandler>]>,
     /// The fields of `request` and `subject` its expressions read: a request binds only those.
     uses: Uses,
-}
-
-/// Headers for the upstream request and the downstream response of an allowed request.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Allowed {
-    pub upstream_headers: SmallVec<[(Arc<str>, String); 4]>,
-    pub remove_headers: SmallVec<[Arc<str>; 2]>,
-    pub response_headers: SmallVec<[(Arc<str>, String); 2]>,
-}
-
-impl Allowed {
-    /// Sets (overwrites) an upstream header.
-    pub fn set_header(&mut self, name: &Arc<str>, value: String) {
-        self.remove_headers.retain(|h| h != name);
-        match self.upstream_headers.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.upstream_headers.push((Arc::clone(name), value)),
-        }
-    }
-
-    /// Removes a header from the upstream request (and any value a finalizer set before).
-    pub fn remove_header(&mut self, name: &Arc<str>) {
-        self.upstream_headers.retain(|(n, _)| n != name);
-        if !self.remove_headers.contains(name) {
-            self.remove_headers.push(Arc::clone(name));
-        }
-    }
-}
-
-/// A denial or error answer to the client.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(Cow<'static, str>, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    /// The default answer for an error kind: its status and a short JSON body naming the kind
-    /// (never the detail, which goes to the log).
-    pub fn from_kind(kind: ErrorKind) -> Self {
-        let mut headers = vec![(Cow::Borrowed("content-type"), "application/json".to_owned())];
-        if kind == ErrorKind::Authentication {
-            // RFC 9110 §15.5.2: a 401 carries a challenge.
-            headers.push((
-                Cow::Borrowed("www-authenticate"),
-                "Bearer realm=\"heimdall\"".to_owned(),
-            ));
-        }
-        Self {
-            status: kind.default_status(),
-            headers,
-            body: format!("{{\"error\":\"{}\"}}", kind.as_str()),
-        }
-    }
-}
-
-/// What heimdall answers.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per request, moved not copied; boxing the common Allow case would allocate"
-)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    Allow(Allowed),
-    Deny(HttpResponse),
-    /// heimdall could not decide: Envoy applies `failure_mode_allow` (never set in our configs).
-    Error(HttpResponse),
-}
-
-/// A decision with the error that led to it, for logs and metrics.
-#[derive(Debug)]
-pub struct Outcome {
-    pub decision: Decision,
-    pub error: Option<StepError>,
-}
-
-impl Outcome {
-    /// A decision that no pipeline produced (no rule, a bad request, a timeout).
-    pub fn from_error(error: StepError) -> Self {
-        let response = HttpResponse::from_kind(error.kind);
-        let decision = match error.kind {
-            ErrorKind::Internal | ErrorKind::Communication => Decision::Error(response),
-            _ => Decision::Deny(response),
-        };
-        Self {
-            decision,
-            error: Some(error),
-        }
-    }
 }
 
 impl Pipeline {

@@ -5,18 +5,18 @@
 //! message, so `heimdall validate` reports them all at once.
 
 pub mod matcher;
-pub mod spec;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::spec::{MechanismSpec, PipelineSpec, StepSpec};
 use crate::expr::Expr;
 use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
-use crate::pipeline::{AuthnChain, DEFAULT_PRINCIPAL, Pipeline, Step};
+use crate::pipeline::{AuthnChain, Pipeline, Step};
+use crate::subject::DEFAULT_PRINCIPAL;
 use matcher::{Found, Matcher, PathPattern, RuleMatch};
-use spec::{MechanismSpec, PipelineSpec, StepSpec};
 
 /// The id of the rule that takes unmatched requests.
 pub const DEFAULT_RULE_ID: &str = "default";

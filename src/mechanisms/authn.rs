@@ -13,8 +13,9 @@ use serde_yaml_ng::Value;
 use time::OffsetDateTime;
 
 use super::{BuildContext, no_config, parse_config};
-use crate::pipeline::{ErrorKind, Principal, StepError};
+use crate::decision::{ErrorKind, StepError};
 use crate::request::{HeaderLookup, RequestView};
+use crate::subject::Principal;
 use crate::tokens::{Accept, Keyring, Validation};
 
 /// Why an authenticator produced no principal.

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{no_config, parse_config};
+use crate::decision::{ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
-use crate::pipeline::{ErrorKind, StepError};
 
 /// The built-in authorizers.
 pub enum Authorizer {
@@ -55,7 +55,7 @@ impl CerbosAuthorizer {
         let fail = |kind, message: String| StepError::new(kind, &self.id, message);
         let principal = vars
             .subject()
-            .and_then(crate::pipeline::Subject::primary)
+            .and_then(crate::subject::Subject::primary)
             .ok_or_else(|| {
                 fail(
                     ErrorKind::Internal,

@@ -12,7 +12,8 @@ use serde_yaml_ng::Value;
 
 use super::parse_config;
 use crate::attributes::PrincipalStore;
-use crate::pipeline::{ErrorKind, StepError, Subject};
+use crate::decision::{ErrorKind, StepError};
+use crate::subject::Subject;
 
 /// The built-in contextualizers.
 pub enum Contextualizer {
@@ -113,7 +114,7 @@ mod tests {
     use super::*;
     use crate::attributes::record::PrincipalRecord;
     use crate::attributes::{AttributeMetrics, NatsConfig, Snapshot};
-    use crate::pipeline::Principal;
+    use crate::subject::Principal;
 
     async fn enrich(stored: Option<serde_json::Value>, config: &str) -> Result<Subject, StepError> {
         let store = Arc::new(PrincipalStore::new(

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{no_config, parse_config};
+use crate::decision::{Denial, StepError};
 use crate::expr::{Expr, Vars};
-use crate::pipeline::{HttpResponse, StepError};
 use crate::request::RequestView;
 
 /// The built-in error handlers.
@@ -167,12 +167,12 @@ impl ErrorHandler {
         error: &StepError,
         req: &RequestView<'_>,
         vars: &Vars<'_>,
-    ) -> Option<HttpResponse> {
+    ) -> Option<Denial> {
         match self {
             Self::Default => None,
             Self::WwwAuthenticate { challenge } => {
                 // Always a 401 with exactly this challenge, replacing the default one.
-                let mut response = HttpResponse::from_kind(error.kind);
+                let mut response = Denial::from_kind(error.kind);
                 response.status = 401;
                 response
                     .headers
@@ -186,14 +186,14 @@ impl ErrorHandler {
                 let separator = if r.to.contains('?') { '&' } else { '?' };
                 let target = utf8_percent_encode(&req.url(), QUERY_VALUE).to_string();
                 let location = format!("{}{separator}{}={target}", r.to, r.param);
-                Some(HttpResponse {
+                Some(Denial {
                     status: r.status,
                     headers: vec![("location".into(), location)],
                     body: String::new(),
                 })
             }
             Self::Generic(g) => {
-                let mut response = HttpResponse {
+                let mut response = Denial {
                     status: g.status,
                     headers: Vec::with_capacity(g.headers.len()),
                     body: String::new(),

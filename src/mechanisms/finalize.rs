@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::parse_config;
+use crate::decision::{Allowed, ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
-use crate::pipeline::{Allowed, ErrorKind, StepError};
 
 /// The built-in finalizers.
 pub enum Finalizer {

@@ -1,5 +1,5 @@
 //! The rule wire format (version "1"): what operators write in YAML. Compiled into
-//! [`crate::rules::RuleSet`]; kept separate so the runtime types never leak into the format.
+//! [`crate::rules::RuleSet`] (the rule compiler); kept separate so the runtime types never leak into the format.
 
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
