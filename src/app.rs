@@ -15,7 +15,7 @@ use crate::cerbos::{Cerbos, CerbosMetrics};
 use crate::config::{Config, Env};
 use crate::engine::Engine;
 use crate::extauthz::{AuthorizationServer, ExtAuthz};
-use crate::http::{SideState, router};
+use crate::http::{ForwardAuth, Ops, PolicyApi, SideState, router};
 use crate::listener;
 use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
@@ -157,15 +157,21 @@ impl Built {
         ));
 
         let state = SideState {
-            engine: Arc::clone(&self.engine),
-            readiness: self.readiness.clone(),
-            registry: Arc::clone(&self.registry),
-            keys: Arc::clone(&self.keys),
-            trusted_proxies: self.config.server.trusted_proxies.clone().into(),
-            cerbos: self.cerbos.clone(),
-            api_authenticator: self.api_authenticator.clone(),
-            attributes: self.attributes.clone(),
-            api: self.config.api.clone(),
+            ops: Ops {
+                readiness: self.readiness.clone(),
+                registry: Arc::clone(&self.registry),
+                keys: Arc::clone(&self.keys),
+            },
+            forward_auth: ForwardAuth {
+                engine: Arc::clone(&self.engine),
+                trusted_proxies: self.config.server.trusted_proxies.clone().into(),
+            },
+            policy_api: PolicyApi {
+                cerbos: self.cerbos.clone(),
+                authenticator: self.api_authenticator.clone(),
+                attributes: self.attributes.clone(),
+                config: self.config.api.clone(),
+            },
         };
         let http = tokio::spawn(listener::serve(
             "http",

@@ -4,7 +4,6 @@
 //! request; heimdall matches the request to a rule and runs the rule's pipeline (authenticate →
 //! authorize → finalize, or the error pipeline). See `README.md` and `ARCHITECTURE.md`.
 
-pub mod api;
 pub mod app;
 pub mod attributes;
 pub mod canonical;

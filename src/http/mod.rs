@@ -1,0 +1,57 @@
+//! The HTTP side port: one router per concern, merged here. It never shares a listener with
+//! ext_authz, so a scrape or a policy question cannot delay a decision.
+//!
+//! - [`ops`]: health, readiness, metrics and the public PASETO keys;
+//! - [`forward_auth`]: `/decision`, for gateways without ext_authz (Traefik `forwardAuth`,
+//!   nginx `auth_request`, Kong);
+//! - [`policy_api`]: `POST /check` and `POST /plan/resources`.
+//!
+//! Each handler extracts only the sub-state it needs (axum's `FromRef`), so a router's
+//! dependencies are visible in its type and a test builds only those.
+
+pub mod forward_auth;
+pub mod ops;
+pub mod policy_api;
+mod response;
+
+use axum::Router;
+use axum::extract::FromRef;
+
+pub use forward_auth::ForwardAuth;
+pub use ops::Ops;
+pub use policy_api::PolicyApi;
+
+/// Everything the side port serves from, one field per router.
+#[derive(Clone)]
+pub struct SideState {
+    pub ops: Ops,
+    pub forward_auth: ForwardAuth,
+    pub policy_api: PolicyApi,
+}
+
+impl FromRef<SideState> for Ops {
+    fn from_ref(state: &SideState) -> Self {
+        state.ops.clone()
+    }
+}
+
+impl FromRef<SideState> for ForwardAuth {
+    fn from_ref(state: &SideState) -> Self {
+        state.forward_auth.clone()
+    }
+}
+
+impl FromRef<SideState> for PolicyApi {
+    fn from_ref(state: &SideState) -> Self {
+        state.policy_api.clone()
+    }
+}
+
+/// The side-port router (tests drive it with `oneshot`).
+pub fn router(state: SideState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .merge(forward_auth::router())
+        .merge(policy_api::router())
+        .with_state(state)
+}

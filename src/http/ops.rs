@@ -1,0 +1,74 @@
+//! Operations endpoints: `/health`, `/ready`, `/metrics` and `/.well-known/paseto-keys`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+use super::response::json;
+use crate::readiness::Readiness;
+use crate::tokens::Keyring;
+
+/// What the operations endpoints read.
+#[derive(Clone)]
+pub struct Ops {
+    pub readiness: Readiness,
+    pub registry: Arc<Registry>,
+    pub keys: Arc<Keyring>,
+}
+
+pub(crate) fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Ops: FromRef<S>,
+{
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/paseto-keys", get(paseto_keys))
+}
+
+async fn health() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(ops): State<Ops>) -> Response {
+    let pending = ops.readiness.pending();
+    if pending.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not ready", "waiting_for": pending }),
+        )
+    }
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &ops.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn paseto_keys(State(ops): State<Ops>) -> Response {
+    let keys: Vec<_> = ops
+        .keys
+        .public_keys()
+        .map(|(kid, paserk)| serde_json::json!({ "kid": kid, "paserk": paserk }))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
+}
