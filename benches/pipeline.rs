@@ -176,8 +176,10 @@ fn pipeline(c: &mut Criterion) {
                 let line = heimdall::extauthz::request_line(&request, policy).unwrap();
                 let view = heimdall::extauthz::view(&request, &line);
                 let decided = engine.decide(&view).await;
+                let kind = decided.outcome.error.as_ref().map(|e| e.kind);
                 std::hint::black_box(heimdall::extauthz::check_response(
                     decided.outcome.decision,
+                    kind,
                     decided.rule.as_deref(),
                 ))
             });

@@ -227,7 +227,6 @@ impl Running {
         }
     }
 
-    /// Waits until a server task ends (an error) or the process is told to stop.
     /// Waits until a server task ends by itself, which only happens when it failed: the caller
     /// then shuts down, so the process exits and is restarted rather than serving half.
     pub async fn server_failure(&mut self) -> anyhow::Error {

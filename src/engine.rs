@@ -110,7 +110,8 @@ impl Engine {
         }
     }
 
-    /// Decides on one request.
+    /// Selects the rule and runs its pipeline under `server.check_timeout`; a timeout, no rule
+    /// or a refused `context_extensions` rule name are decisions too, counted and logged.
     pub async fn decide(&self, req: &RequestView<'_>) -> Decided {
         // Debug level: at info a formatting subscriber renders the span's fields for every check
         // (about 4% of CPU under load), and the decision log lines carry `rule.id` themselves.

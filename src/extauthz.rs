@@ -20,18 +20,12 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
 use crate::canonical::{PathPolicy, Refusal, RequestLine};
-use crate::decision::{Allowed, Decision, Denial};
+use crate::decision::{Allowed, Decision, Denial, ErrorKind};
 use crate::engine::Engine;
 use crate::metrics::EntryLabels;
 use crate::request::{Headers, Peer, RequestView};
 
 pub use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-
-/// gRPC status codes used in `CheckResponse.status`.
-const RPC_OK: i32 = 0;
-const RPC_PERMISSION_DENIED: i32 = 7;
-const RPC_UNAVAILABLE: i32 = 14;
-const RPC_UNAUTHENTICATED: i32 = 16;
 
 /// The ext_authz service.
 pub struct ExtAuthz {
@@ -184,27 +178,34 @@ fn rule_metadata(rule: Option<&str>) -> Option<Struct> {
     })
 }
 
-/// The `CheckResponse` for a decision by `rule`.
+/// The `CheckResponse` for a decision by `rule`; `kind` is the error that led to a denial.
 /// Takes the decision by value: its strings move into the response instead of being copied.
-pub fn check_response(decision: Decision, rule: Option<&str>) -> CheckResponse {
+///
+/// The gRPC code follows the error kind, not the HTTP status an error handler chose: a login
+/// redirect (302) for a missing token is still `UNAUTHENTICATED`.
+pub fn check_response(
+    decision: Decision,
+    kind: Option<ErrorKind>,
+    rule: Option<&str>,
+) -> CheckResponse {
     let (code, http) = match decision {
-        Decision::Allow(allowed) => (RPC_OK, EnvoyHttpResponse::OkResponse(ok(allowed))),
+        Decision::Allow(allowed) => (tonic::Code::Ok, EnvoyHttpResponse::OkResponse(ok(allowed))),
         Decision::Deny(response) => {
-            let code = if response.status == 401 {
-                RPC_UNAUTHENTICATED
+            let code = if kind == Some(ErrorKind::Authentication) {
+                tonic::Code::Unauthenticated
             } else {
-                RPC_PERMISSION_DENIED
+                tonic::Code::PermissionDenied
             };
             (code, EnvoyHttpResponse::DeniedResponse(denied(response)))
         }
         Decision::Error(response) => (
-            RPC_UNAVAILABLE,
+            tonic::Code::Unavailable,
             EnvoyHttpResponse::ErrorResponse(denied(response)),
         ),
     };
     CheckResponse {
         status: Some(RpcStatus {
-            code,
+            code: code as i32,
             ..RpcStatus::default()
         }),
         http_response: Some(http),
@@ -230,18 +231,98 @@ impl Authorization for ExtAuthz {
                     .get_or_create(&EntryLabels { entry: "ext_authz" })
                     .inc();
                 tracing::info!(reason = %unreadable, "CheckRequest refused");
-                let response = Denial::from_kind(crate::decision::ErrorKind::BadRequest);
+                let response = Denial::from_kind(ErrorKind::BadRequest);
                 return Ok(Response::new(check_response(
                     Decision::Deny(response),
+                    Some(ErrorKind::BadRequest),
                     None,
                 )));
             }
         };
         let view = view(&check, &line);
         let decided = self.engine.decide(&view).await;
+        let kind = decided.outcome.error.as_ref().map(|e| e.kind);
         Ok(Response::new(check_response(
             decided.outcome.decision,
+            kind,
             decided.rule.as_deref(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(response: &CheckResponse) -> tonic::Code {
+        tonic::Code::from_i32(response.status.as_ref().map_or(-1, |s| s.code))
+    }
+
+    #[test]
+    fn the_grpc_code_follows_the_error_kind_not_the_http_status() {
+        // A login redirect for a missing token is still "unauthenticated".
+        let redirect = Denial {
+            status: 302,
+            headers: vec![("location".into(), "/login".to_owned())],
+            body: String::new(),
+        };
+        let response = check_response(
+            Decision::Deny(redirect),
+            Some(ErrorKind::Authentication),
+            Some("web"),
+        );
+        assert_eq!(code(&response), tonic::Code::Unauthenticated);
+        assert!(matches!(
+            response.http_response,
+            Some(EnvoyHttpResponse::DeniedResponse(ref d)) if d.status.as_ref().map(|s| s.code) == Some(302)
+        ));
+
+        let forbidden = Denial::from_kind(ErrorKind::Authorization);
+        let response = check_response(
+            Decision::Deny(forbidden),
+            Some(ErrorKind::Authorization),
+            None,
+        );
+        assert_eq!(code(&response), tonic::Code::PermissionDenied);
+        assert!(response.dynamic_metadata.is_none());
+
+        let unavailable = Denial::from_kind(ErrorKind::Communication);
+        let response = check_response(
+            Decision::Error(unavailable),
+            Some(ErrorKind::Communication),
+            None,
+        );
+        assert_eq!(code(&response), tonic::Code::Unavailable);
+        assert!(matches!(
+            response.http_response,
+            Some(EnvoyHttpResponse::ErrorResponse(_))
+        ));
+    }
+
+    #[test]
+    fn an_allow_sets_overwrites_removes_and_names_the_rule() {
+        let mut allowed = Allowed::default();
+        allowed.set_header(&Arc::from("x-user-id"), "alice".to_owned());
+        allowed.remove_header(&Arc::from("authorization"));
+        let response = check_response(Decision::Allow(allowed), None, Some("documents"));
+        assert_eq!(code(&response), tonic::Code::Ok);
+        let Some(EnvoyHttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not an ok response: {response:?}");
+        };
+        let header = ok.headers.first().and_then(|h| h.header.as_ref()).unwrap();
+        assert_eq!(
+            (header.key.as_str(), header.value.as_str()),
+            ("x-user-id", "alice")
+        );
+        assert_eq!(
+            ok.headers.first().map(|h| h.append_action),
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd as i32)
+        );
+        assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
+        let rule = response
+            .dynamic_metadata
+            .and_then(|m| m.fields.get("rule").cloned())
+            .and_then(|v| v.kind);
+        assert_eq!(rule, Some(Kind::StringValue("documents".to_owned())));
     }
 }
