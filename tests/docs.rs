@@ -411,7 +411,7 @@ fn configuration_examples_pass_validate() {
     std::fs::remove_dir_all(&dir).ok();
     eprintln!("{validated} configuration blocks validated, skipped: {skipped:?}");
     assert!(
-        validated >= 5,
+        validated >= 6,
         "only {validated} configuration blocks found: is the scan broken?"
     );
     assert!(
