@@ -1,5 +1,6 @@
 //! A real nginx in front of heimdall's `/decision` for integration tests, configured with the
-//! README's `auth_request` recipe (the fenced `nginx` block after "**nginx:**").
+//! `auth_request` recipe of docs/integrations/forward-auth.md (the fenced `nginx` block after
+//! "**nginx:**").
 //!
 //! nginx runs in the foreground without a master process (`daemon off; master_process off;`), in
 //! a temporary prefix of its own (configuration, pid file, error log, temp directories), listening
@@ -21,19 +22,21 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often readiness is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The README's nginx recipe: the first ```` ```nginx ```` block after the `**nginx:**` line.
+/// The documented nginx recipe: the first ```` ```nginx ```` block after the `**nginx:**` line of
+/// the forward-auth guide.
 pub fn readme_recipe() -> Result<String, String> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .map_err(|e| format!("read README.md: {e}"))?;
+    const GUIDE: &str = "docs/integrations/forward-auth.md";
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(GUIDE))
+        .map_err(|e| format!("read {GUIDE}: {e}"))?;
     let (_, after) = readme
         .split_once("**nginx:**")
-        .ok_or("README.md has no `**nginx:**` recipe")?;
+        .ok_or(format!("{GUIDE} has no `**nginx:**` recipe"))?;
     let (_, block) = after
         .split_once("```nginx\n")
-        .ok_or("the README's nginx recipe has no ```nginx block")?;
+        .ok_or(format!("the nginx recipe of {GUIDE} has no ```nginx block"))?;
     let (recipe, _) = block
         .split_once("\n```")
-        .ok_or("the README's nginx block is not closed")?;
+        .ok_or(format!("the nginx block of {GUIDE} is not closed"))?;
     Ok(recipe.to_owned())
 }
 
