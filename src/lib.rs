@@ -2,7 +2,7 @@
 //!
 //! Envoy (or an Istio sidecar) calls `envoy.service.auth.v3.Authorization/Check` for every
 //! request; heimdall matches the request to a rule and runs the rule's pipeline (authenticate →
-//! authorize → finalize, or the error pipeline). See `README.md` and `ARCHITECTURE.md`.
+//! authorize → finalize, or the error pipeline). See `docs/rules.md` and `ARCHITECTURE.md`.
 
 pub mod app;
 pub mod attributes;

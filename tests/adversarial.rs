@@ -1,7 +1,7 @@
 //! The adversarial corpus (`tests/corpus/adversarial.yaml`): authorization-bypass spellings sent
 //! as written to heimdall over gRPC Check and `/decision`, and through real peers: Envoy with the
 //! test template and with every shipped configuration under `envoy/`, Envoy normalizing like
-//! Istio's default (`BASE`), and nginx with the README's `auth_request` recipe.
+//! Istio's default (`BASE`), and nginx with the `auth_request` recipe of docs/integrations/forward-auth.md.
 //!
 //! No case carries an expected answer. An oracle written from the shipped rules says what each
 //! principal may have, and the invariant is: whenever heimdall lets a request through, every
@@ -1155,7 +1155,7 @@ async fn corpus_through_nginx_with_the_readme_recipe() {
     let Some(nginx) = Nginx::start(&rendered).await else {
         return;
     };
-    let mut report = Report::new("nginx auth_request (README recipe)");
+    let mut report = Report::new("nginx auth_request (documented recipe)");
     run_through(&mut report, nginx.listen_addr(), &echo, &heimdall, false).await;
     let log = nginx.log();
     drop(nginx);
