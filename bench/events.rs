@@ -1,8 +1,8 @@
 //! Event harness: how fast heimdall applies principal-attribute events, and how long a published
 //! event takes to change a decision.
 //!
-//! It starts a real NATS server with JetStream (`.tools/bin/nats-server`, file storage in a
-//! temporary directory) on a free loopback port, then:
+//! It starts a real NATS server with JetStream (`.tools/bin/nats-server`, file storage in the
+//! build's `tmp` directory) on a free loopback port, then:
 //!
 //! 1. **apply rate**: publishes `--events` events over `--principals` principals to the stream
 //!    while no heimdall runs, starts `--instances` heimdall instances in this process, and
@@ -27,9 +27,7 @@
     reason = "bench harness: a failure ends the run with its message"
 )]
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -38,10 +36,12 @@ use clap::Parser;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hdrhistogram::Histogram;
 use heimdall::app::Running;
+use heimdall::test_helpers::fixtures::ATTRIBUTES;
+use heimdall::test_helpers::heimdall::serve_in_process;
+use heimdall::test_helpers::nats::NatsServer;
 use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
 use heimdall::tokens::Purpose;
 use rand::Rng as _;
-use tokio::process::{Child, Command};
 
 #[derive(Parser)]
 #[command(about = "Apply rate and publish-to-decision propagation of principal attribute events")]
@@ -66,94 +66,15 @@ struct Args {
     nats_bin: PathBuf,
 }
 
-const CONFIG: &str = r#"
-version: "1"
-nats:
-  url: "nats://127.0.0.1:1"
-mechanisms:
-  authenticators:
-    - { id: bearer, type: paseto }
-  contextualizers:
-    - { id: attrs, type: principal_attributes }
-  authorizers:
-    - id: enterprise
-      type: cel
-      config: { expression: 'has(subject.attr.plan) && subject.attr.plan == "enterprise"' }
-default_rule:
-  execute:
-    - { authenticator: bearer }
-    - { contextualizer: attrs }
-    - { authorizer: enterprise }
-"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// A NATS server with JetStream on loopback, killed on drop.
-struct Nats {
-    _child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start_nats(binary: &PathBuf) -> anyhow::Result<Nats> {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("heimdall-events-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let child = Command::new(binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("{} (run `make tools`)", binary.display()))?;
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(client) = async_nats::connect(&url).await
-            && jetstream::new(client).query_account().await.is_ok()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("NATS did not start within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(Nats {
-        _child: child,
-        url,
-        dir,
-    })
-}
-
 async fn start_heimdall(nats_url: &str, workers: usize) -> anyhow::Result<(Running, String)> {
-    let mut config = test_config(CONFIG);
+    let mut config = test_config(ATTRIBUTES);
     let nats = config.nats.as_mut().context("nats section")?;
     nats.url = nats_url.to_owned();
     nats.consumer.workers = workers;
-    let built = heimdall::app::build(config, test_keys())?;
-    let token = mint(&built.keys, Purpose::Public, &claims("flipper", &["user"]));
-    let running = built.serve().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !running.readiness.is_ready() {
-        if Instant::now() > deadline {
-            bail!("heimdall not ready: {:?}", running.readiness.pending());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (keys, running) = serve_in_process(config, test_keys())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let token = mint(&keys, Purpose::Public, &claims("flipper", &["user"]));
     Ok((running, token))
 }
 
@@ -174,8 +95,10 @@ async fn wait_acked(consumer: &mut PullConsumer, last_seq: u64) -> anyhow::Resul
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let nats = start_nats(&args.nats_bin).await?;
-    let mut js = jetstream::new(async_nats::connect(&nats.url).await?);
+    let nats = NatsServer::start_binary(args.nats_bin.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (run `make tools`)"))?;
+    let mut js = jetstream::new(async_nats::connect(nats.url()).await?);
     js.set_timeout(Duration::from_secs(5));
     let defaults = heimdall::attributes::NatsConfig::default();
     js.create_stream(jetstream::stream::Config {
@@ -225,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut instances = Vec::new();
     for _ in 0..args.instances {
-        instances.push(start_heimdall(&nats.url, args.workers).await?);
+        instances.push(start_heimdall(&nats.url(), args.workers).await?);
     }
     let mut consumer: PullConsumer = js
         .get_stream(&defaults.stream.name)

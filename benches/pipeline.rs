@@ -11,6 +11,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use heimdall::decision::Decision;
+use heimdall::test_helpers::fixtures::ATTRIBUTES;
 use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
 use heimdall::tokens::Purpose;
 
@@ -49,38 +50,6 @@ rules:
       - { finalizer: strip }
 "#;
 
-/// The `full` rule with the principal's stored attributes merged in (a warm attribute cache;
-/// the NATS address is never dialled because the app is built, not served) and a CEL
-/// authorizer that reads one of them. The bearer authenticator also checks revocation.
-const ATTRIBUTES_CONFIG: &str = r#"
-version: "1"
-nats:
-  url: "nats://127.0.0.1:1"
-mechanisms:
-  authenticators:
-    - { id: bearer, type: paseto }
-  contextualizers:
-    - { id: attrs, type: principal_attributes }
-  authorizers:
-    - id: enterprise_editors
-      type: cel
-      config: { expression: '"editor" in subject.roles && subject.attr.plan == "enterprise"' }
-  finalizers:
-    - id: user_headers
-      type: header
-      config: { headers: { X-User-ID: subject.id, X-User-Roles: subject.roles } }
-    - { id: strip, type: remove_headers, config: { headers: [authorization] } }
-rules:
-  - id: attributes
-    match: { paths: [/attributes/*rest] }
-    execute:
-      - { authenticator: bearer }
-      - { contextualizer: attrs }
-      - { authorizer: enterprise_editors }
-      - { finalizer: user_headers }
-      - { finalizer: strip }
-"#;
-
 /// Headers a browser or API client adds besides the token.
 const CLIENT_HEADERS: [(&str, &str); 4] = [
     ("accept", "application/json"),
@@ -102,8 +71,9 @@ fn pipeline(c: &mut Criterion) {
     );
     let engine = built.engine;
 
-    let with_attributes =
-        heimdall::app::build(test_config(ATTRIBUTES_CONFIG), test_keys()).unwrap();
+    // The shared attributes catalogue's `attributes` rule with a warm attribute cache: the app is
+    // built, not served, so its NATS address is never dialled.
+    let with_attributes = heimdall::app::build(test_config(ATTRIBUTES), test_keys()).unwrap();
     let store = with_attributes.attributes.clone().unwrap();
     let record = heimdall::attributes::record::PrincipalRecord {
         attributes: serde_json::from_str(

@@ -18,8 +18,6 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -41,8 +39,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use support::envoy::{self, Envoy, EnvoyOptions};
-use support::nginx::{self, Nginx};
+use heimdall::test_helpers::envoy::{self, Envoy, EnvoyOptions};
+use heimdall::test_helpers::nginx::{self, Nginx};
 
 /// The host of cases that name none.
 const DEFAULT_HOST: &str = "app.example.com";
@@ -1053,7 +1051,7 @@ where
     let mut report = Report::new(peer);
     run_through(&mut report, envoy.listen_addr(), &echo, &heimdall, true).await;
     // Every check was decided: no ext_authz call failed or came back as "cannot decide".
-    let stats = support::http_client()
+    let stats = heimdall::test_helpers::http_client()
         .get(envoy.admin_url("/stats?filter=ext_authz"))
         .send()
         .await
@@ -1147,10 +1145,10 @@ async fn corpus_through_envoy_normalizing_like_istio_base() {
 // ---- (d) /decision behind nginx ----------------------------------------------------------------
 
 #[tokio::test]
-async fn corpus_through_nginx_with_the_readme_recipe() {
+async fn corpus_through_nginx_with_the_documented_recipe() {
     let heimdall = Heimdall::start().await;
     let echo = RawEcho::start().await;
-    let recipe = nginx::readme_recipe().unwrap();
+    let recipe = nginx::documented_recipe().unwrap();
     let rendered = nginx::render_recipe(&recipe, heimdall.running.http_addr, echo.addr).unwrap();
     let Some(nginx) = Nginx::start(&rendered).await else {
         return;

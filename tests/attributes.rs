@@ -14,19 +14,17 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use heimdall::test_helpers::heimdall::HeimdallProcess;
+use heimdall::test_helpers::nats::NatsServer;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Map, Value, json};
-use support::nats::NatsServer;
-use support::process::HeimdallProcess;
 use time::OffsetDateTime;
 
 const STREAM: &str = "BUSINESS_EVENTS";
@@ -340,7 +338,7 @@ async fn one_instance() -> Option<(NatsServer, HeimdallProcess, jetstream::Conte
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    support::process::sample_value(text, name).unwrap_or(0.0)
+    heimdall::test_helpers::heimdall::sample_value(text, name).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -517,7 +515,7 @@ async fn decide(instance: &HeimdallProcess, sub: &str) -> reqwest::StatusCode {
         heimdall::tokens::Purpose::Local,
         &heimdall::test_helpers::claims(sub, &["user"]),
     );
-    support::http_client()
+    heimdall::test_helpers::http_client()
         .get(format!("http://{}/decision", instance.http_addr()))
         .header("x-forwarded-method", "GET")
         .header("x-forwarded-host", "api.example.com")

@@ -10,41 +10,31 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use heimdall::app::Running;
-use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::test_helpers::cerbos::Cerbos;
+use heimdall::test_helpers::echo::EchoUpstream;
+use heimdall::test_helpers::envoy::Envoy;
+use heimdall::test_helpers::fixtures::{ATTRIBUTES, merge_yaml};
+use heimdall::test_helpers::nats::NatsServer;
+use heimdall::test_helpers::stack::StackBuilder;
+use heimdall::test_helpers::{claims, mint};
 use heimdall::tokens::{Keyring, Purpose};
 use reqwest::{Method, StatusCode};
-use support::cerbos::Cerbos;
-use support::echo::EchoUpstream;
-use support::envoy::{Envoy, EnvoyOptions};
-use support::nats::NatsServer;
 use time::OffsetDateTime;
 
-const RULES: &str = r#"
-version: "1"
+/// The shared attributes catalogue (a CEL rule on `subject.attr.plan` at `/reports`) plus a
+/// Cerbos policy on the principal's `department` at `/docs/:owner/:id`.
+const CERBOS_PART: &str = r#"
 cerbos:
   url: "127.0.0.1:1"
   timeout: 150ms
   health_interval: 100ms
-nats:
-  url: "nats://127.0.0.1:1"
 mechanisms:
-  authenticators:
-    - { id: bearer, type: paseto }
-  contextualizers:
-    - { id: attributes, type: principal_attributes }
   authorizers:
-    - id: enterprise_only
-      type: cel
-      config:
-        expression: 'has(subject.attr.plan) && subject.attr.plan == "enterprise"'
-        message: the enterprise plan is required
     - id: documents_policy
       type: cerbos
       config:
@@ -55,20 +45,7 @@ mechanisms:
           department: '"x-department" in request.headers ? request.headers["x-department"] : ""'
           status: '"published"'
         actions: '{"GET": "view", "PUT": "edit"}[request.method]'
-  finalizers:
-    - id: plan_header
-      type: header
-      config:
-        headers:
-          X-User-Plan: subject.attr.plan
 rules:
-  - id: reports
-    match: { paths: [/reports] }
-    execute:
-      - authenticator: bearer
-      - contextualizer: attributes
-      - authorizer: enterprise_only
-      - finalizer: plan_header
   - id: documents
     match: { paths: [/docs/:owner/:id] }
     execute:
@@ -90,40 +67,24 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Option<Self> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("heimdall=info")
-            .with_test_writer()
-            .try_init();
-        let nats = NatsServer::start().await?;
-        let cerbos = Cerbos::start().await?;
-        let mut config = test_config(RULES);
-        config.cerbos.as_mut().unwrap().url = cerbos.grpc_addr().to_string();
-        config.nats.as_mut().unwrap().url = nats.url();
-        let built = heimdall::app::build(config, test_keys()).unwrap();
-        let keys = Arc::clone(&built.keys);
-        let heimdall = built.serve().await.unwrap();
-        let echo = EchoUpstream::start().await;
-        let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
-        let client = support::http_client();
+        let rules = merge_yaml(ATTRIBUTES, CERBOS_PART).unwrap();
+        let stack = StackBuilder::new(&rules)
+            .nats()
+            .cerbos()
+            .envoy()
+            .start()
+            .await?;
+        let nats = stack.nats?;
         let mut js = jetstream::new(nats.client().await);
         js.set_timeout(Duration::from_secs(2));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !heimdall.readiness.is_ready() {
-            assert!(
-                Instant::now() < deadline,
-                "heimdall not ready: {:?}",
-                heimdall.readiness.pending()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         Some(Self {
             _nats: nats,
-            _cerbos: cerbos,
-            keys,
-            heimdall,
-            envoy,
-            _echo: echo,
-            client,
+            _cerbos: stack.cerbos?,
+            keys: stack.keys,
+            heimdall: stack.heimdall,
+            envoy: stack.envoy?,
+            _echo: stack.echo,
+            client: stack.client,
             js,
         })
     }
@@ -312,8 +273,10 @@ async fn a_revocation_turns_a_working_token_into_a_401() {
         .text()
         .await
         .unwrap();
-    let revoked =
-        support::process::sample_value(&metrics, "heimdall_attributes_revoked_tokens_total")
-            .unwrap();
+    let revoked = heimdall::test_helpers::heimdall::sample_value(
+        &metrics,
+        "heimdall_attributes_revoked_tokens_total",
+    )
+    .unwrap();
     assert!(revoked >= 1.0, "{metrics}");
 }

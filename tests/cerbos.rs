@@ -9,18 +9,17 @@
     reason = "test code"
 )]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heimdall::app::Running;
+use heimdall::test_helpers::cerbos::Cerbos;
+use heimdall::test_helpers::echo::EchoUpstream;
+use heimdall::test_helpers::envoy::Envoy;
+use heimdall::test_helpers::stack::StackBuilder;
 use heimdall::test_helpers::{claims, mint, test_config, test_keys};
 use heimdall::tokens::{Keyring, Purpose};
 use reqwest::{Method, StatusCode};
-use support::cerbos::Cerbos;
-use support::echo::EchoUpstream;
-use support::envoy::{Envoy, EnvoyOptions};
 
 const RULES: &str = include_str!("fixtures/cerbos-rules.yaml");
 
@@ -45,29 +44,15 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Option<Self> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("heimdall=info")
-            .with_test_writer()
-            .try_init();
-        let cerbos = Cerbos::start().await?;
-        let mut config = test_config(RULES);
-        config.cerbos.as_mut().unwrap().url = cerbos.grpc_addr().to_string();
-        let built = heimdall::app::build(config, test_keys()).unwrap();
-        let keys = Arc::clone(&built.keys);
-        let heimdall = built.serve().await.unwrap();
-        let echo = EchoUpstream::start().await;
-        let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
-        let client = support::http_client();
-        let stack = Self {
-            cerbos,
-            keys,
-            heimdall,
-            envoy,
-            _echo: echo,
-            client,
-        };
-        stack.wait_ready().await;
-        Some(stack)
+        let stack = StackBuilder::new(RULES).cerbos().envoy().start().await?;
+        Some(Self {
+            cerbos: stack.cerbos?,
+            keys: stack.keys,
+            heimdall: stack.heimdall,
+            envoy: stack.envoy?,
+            _echo: stack.echo,
+            client: stack.client,
+        })
     }
 
     async fn wait_ready(&self) {
@@ -521,7 +506,7 @@ async fn trusted_callers_may_name_the_principal_in_the_body() {
         .unwrap();
     let body = r#"{"principal": {"id": "user123", "roles": ["user"]},
                    "resources": [{"kind": "document", "id": "doc456", "attr": {"owner": "user123"}, "actions": ["view", "delete"]}]}"#;
-    let response = support::http_client()
+    let response = heimdall::test_helpers::http_client()
         .post(format!("http://{}/check", running.http_addr))
         .body(body)
         .send()
@@ -601,7 +586,7 @@ async fn cerbos_over_tls_with_a_private_ca() {
     std::fs::create_dir_all(&dir).unwrap();
     if make_certificates(&dir).is_none() {
         assert!(
-            !support::tools::in_ci(),
+            !heimdall::test_helpers::tools::in_ci(),
             "openssl is needed to make test certificates"
         );
         eprintln!("skipping: openssl could not make test certificates");
@@ -629,7 +614,7 @@ async fn cerbos_over_tls_with_a_private_ca() {
                 mint(&built.keys, Purpose::Public, &claims("alice", &["user"]))
             );
             let running = built.serve().await.unwrap();
-            let response = support::http_client()
+            let response = heimdall::test_helpers::http_client()
                 .post(format!("http://{}/check", running.http_addr))
                 .header("authorization", token)
                 .body(body)
@@ -808,7 +793,7 @@ async fn without_a_default_role_the_api_refuses_a_principal_without_roles() {
         mint(&built.keys, Purpose::Public, &claims("carol", &[]))
     );
     let running = built.serve().await.unwrap();
-    let response = support::http_client()
+    let response = heimdall::test_helpers::http_client()
         .post(format!("http://{}/check", running.http_addr))
         .header("authorization", token)
         .body(r#"{"resources": [{"kind": "document", "id": "p", "attr": {"public": true}, "actions": ["view"]}]}"#)
@@ -863,7 +848,7 @@ impl Captured {
 /// `tests/fixtures/cerbos-schema` (a report must have a string `owner`); asks `/check` whether
 /// `alice` may view a report without an owner. Returns the status, the log, and the metrics.
 async fn schema_check(enforcement: &str) -> Option<(StatusCode, String, String)> {
-    let policies = support::cerbos::repo_root().join("tests/fixtures/cerbos-schema");
+    let policies = heimdall::test_helpers::cerbos::repo_root().join("tests/fixtures/cerbos-schema");
     let cerbos =
         Cerbos::start_with(&policies, &[&format!("schema.enforcement={enforcement}")]).await?;
     let captured = Captured::default();
@@ -882,7 +867,7 @@ async fn schema_check(enforcement: &str) -> Option<(StatusCode, String, String)>
         mint(&built.keys, Purpose::Public, &claims("alice", &["user"]))
     );
     let running = built.serve().await.unwrap();
-    let client = support::http_client();
+    let client = heimdall::test_helpers::http_client();
     let ask = |body: &'static str| {
         client
             .post(format!("http://{}/check", running.http_addr))

@@ -14,20 +14,19 @@
     reason = "test code"
 )]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use heimdall::app::Running;
-use heimdall::test_helpers::{bearer_check_request, claims, mint, test_config, test_keys};
+use heimdall::test_helpers::cerbos::Cerbos;
+use heimdall::test_helpers::echo::EchoUpstream;
+use heimdall::test_helpers::envoy::Envoy;
+use heimdall::test_helpers::stack::StackBuilder;
+use heimdall::test_helpers::{bearer_check_request, claims, mint};
 use heimdall::tokens::{Keyring, Purpose};
 use reqwest::StatusCode;
-use support::cerbos::Cerbos;
-use support::echo::EchoUpstream;
-use support::envoy::{Envoy, EnvoyOptions};
 
 const RULES: &str = include_str!("fixtures/cerbos-refusal-rules.yaml");
 
@@ -47,31 +46,21 @@ impl Stack {
     /// Cerbos, heimdall with the refusal rules (and `cerbos.default_role` when given), an echo
     /// upstream, and Envoy with `failure_mode_allow: true` in front.
     async fn start(default_role: Option<&str>) -> Option<Self> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("heimdall=info")
-            .with_test_writer()
-            .try_init();
-        let cerbos = Cerbos::start().await?;
-        let mut config = test_config(RULES);
-        let cerbos_config = config.cerbos.as_mut().unwrap();
-        cerbos_config.url = cerbos.grpc_addr().to_string();
+        let mut builder = StackBuilder::new(RULES).cerbos().envoy_failure_mode_allow();
         if let Some(role) = default_role {
-            cerbos_config.default_role = role.to_owned();
+            let role = role.to_owned();
+            builder = builder.configure(move |config| {
+                config.cerbos.as_mut().unwrap().default_role = role;
+            });
         }
-        let built = heimdall::app::build(config, test_keys()).unwrap();
-        let keys = Arc::clone(&built.keys);
-        let heimdall = built.serve().await.unwrap();
-        let echo = EchoUpstream::start().await;
-        let envoy =
-            Envoy::start_failure_mode_allow(EnvoyOptions::new(heimdall.grpc_addr, echo.addr))
-                .await?;
+        let parts = builder.start().await?;
         let stack = Self {
-            cerbos,
-            keys,
-            heimdall,
-            envoy,
-            echo,
-            client: support::http_client(),
+            cerbos: parts.cerbos?,
+            keys: parts.keys,
+            heimdall: parts.heimdall,
+            envoy: parts.envoy?,
+            echo: parts.echo,
+            client: parts.client,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !stack.heimdall.readiness.is_ready() {

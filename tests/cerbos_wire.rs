@@ -14,8 +14,6 @@
     reason = "test code: a failed call or lookup is a failed test"
 )]
 
-mod support;
-
 use std::collections::HashMap;
 
 use heimdall::cerbos::pb::cerbos::effect::v1::Effect;
@@ -30,9 +28,9 @@ use heimdall::cerbos::pb::cerbos::request::v1::check_resources_request::Resource
 use heimdall::cerbos::pb::cerbos::request::v1::{CheckResourcesRequest, PlanResourcesRequest};
 use heimdall::cerbos::pb::cerbos::response::v1::{CheckResourcesResponse, PlanResourcesResponse};
 use heimdall::cerbos::pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
+use heimdall::test_helpers::cerbos::Cerbos;
 use prost_types::value::Kind as ValueKind;
 use prost_types::{ListValue, Value};
-use support::cerbos::Cerbos;
 use tonic::transport::Channel;
 
 use Effect::{Allow as A, Deny as D};

@@ -12,13 +12,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
-use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::test_helpers::{CheckRequestBuilder, claims, mint, test_config, test_keys};
 use heimdall::tokens::{Audience, Keyring, Purpose};
 use serde::Deserialize;
 
@@ -109,12 +107,12 @@ struct Expect {
 }
 
 fn build_request(req: &CaseRequest, keys: &Keyring, audience: Option<&str>) -> CheckRequest {
-    let mut headers: Vec<(String, String)> = vec![
-        (":authority".into(), req.host.clone()),
-        (":method".into(), req.method.clone()),
-        (":path".into(), req.path.clone()),
-        ("x-request-id".into(), "corpus".into()),
-    ];
+    let mut request = CheckRequestBuilder::new(&req.method, &req.path)
+        .host(&req.host)
+        .scheme(&req.scheme)
+        .without_scheme_header()
+        .id("corpus")
+        .header("x-request-id", "corpus");
     if let Some(t) = &req.token {
         let mut c = claims(
             &t.sub,
@@ -125,64 +123,24 @@ fn build_request(req: &CaseRequest, keys: &Keyring, audience: Option<&str>) -> C
             c.aud = Audience::One(aud.into());
         }
         let token = mint(keys, t.purpose.unwrap_or(Purpose::Public), &c);
-        match &req.token_cookie {
-            Some(name) => headers.push(("cookie".into(), format!("theme=dark; {name}={token}"))),
-            None => headers.push(("authorization".into(), format!("Bearer {token}"))),
-        }
+        request = match &req.token_cookie {
+            Some(name) => request.header("cookie", &format!("theme=dark; {name}={token}")),
+            None => request.bearer(&token),
+        };
     }
     if let Some(a) = &req.authorization {
-        headers.push((
-            "authorization".into(),
-            a.replace("{{100KB}}", &"A".repeat(100 * 1024)),
-        ));
+        request = request.header(
+            "authorization",
+            &a.replace("{{100KB}}", &"A".repeat(100 * 1024)),
+        );
     }
-    headers.extend(
-        req.headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-    );
-    let mut http = HttpRequest {
-        id: "corpus".into(),
-        method: req.method.clone(),
-        scheme: req.scheme.clone(),
-        host: req.host.clone(),
-        path: req.path.clone(),
-        protocol: "HTTP/1.1".into(),
-        ..HttpRequest::default()
-    };
-    if req.raw_headers {
-        http.header_map = Some(HeaderMap {
-            headers: headers
-                .into_iter()
-                .map(|(key, v)| HeaderValue {
-                    key,
-                    value: String::new(),
-                    raw_value: v.into_bytes(),
-                })
-                .collect(),
-        });
-    } else {
-        // Envoy joins repeated headers with a comma in the map form.
-        for (k, v) in headers {
-            http.headers
-                .entry(k)
-                .and_modify(|e: &mut String| {
-                    e.push(',');
-                    e.push_str(&v);
-                })
-                .or_insert(v);
-        }
+    for (k, v) in &req.headers {
+        request = request.header(&k.to_ascii_lowercase(), v);
     }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Request::default()
-            }),
-            context_extensions: req.context_extensions.clone(),
-            ..AttributeContext::default()
-        }),
-    }
+    request
+        .raw_headers(req.raw_headers)
+        .context_extensions(req.context_extensions.clone())
+        .build()
 }
 
 fn check(case: &Case, response: &CheckResponse) -> Vec<String> {

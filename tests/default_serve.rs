@@ -8,8 +8,6 @@
     reason = "test code"
 )]
 
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,10 @@ use tokio::process::Command;
 
 #[tokio::test]
 async fn starts_without_configuration_and_accepts_its_demo_token() {
-    let (grpc, http) = (support::free_port(), support::free_port());
+    let (grpc, http) = (
+        heimdall::test_helpers::free_port(),
+        heimdall::test_helpers::free_port(),
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_heimdall"))
         .arg("serve")
         .env_remove("HEIMDALL_CONFIG")
@@ -51,7 +52,7 @@ async fn starts_without_configuration_and_accepts_its_demo_token() {
     }
     let token = token.unwrap();
 
-    let http_client = support::http_client();
+    let http_client = heimdall::test_helpers::http_client();
     let decide = |auth: Option<String>| {
         let mut request = http_client
             .get(format!("http://127.0.0.1:{http}/decision"))

@@ -1,14 +1,12 @@
 //! The shipped Envoy configurations are valid for the pinned Envoy, the test harness runs the same
 //! ext_authz settings as `envoy/envoy.yaml`, and that setup fails closed.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use support::echo::EchoUpstream;
-use support::envoy::{self, Envoy, EnvoyOptions, TemplateValues};
-use support::{free_port, tools};
+use heimdall::test_helpers::echo::EchoUpstream;
+use heimdall::test_helpers::envoy::{self, Envoy, EnvoyOptions, TemplateValues};
+use heimdall::test_helpers::{free_port, tools};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -119,7 +117,7 @@ fn rendered_test_config_is_valid() {
 #[tokio::test]
 async fn echo_upstream_reports_the_request() {
     let echo = EchoUpstream::start().await;
-    let client = support::http_client();
+    let client = heimdall::test_helpers::http_client();
     let body: serde_json::Value = client
         .post(echo.url("/some/path?q=1"))
         .header("X-Thing", "a")
@@ -151,7 +149,7 @@ async fn envoy_fails_closed_when_heimdall_is_unreachable() {
         return;
     };
     assert!(envoy.listen_addr().ip().is_loopback());
-    let client = support::http_client();
+    let client = heimdall::test_helpers::http_client();
 
     for path in ["/anything", "/admin/users", "/"] {
         let response = client.get(envoy.url(path)).send().await.unwrap();

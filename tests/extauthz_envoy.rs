@@ -8,21 +8,20 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-mod support;
-
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use heimdall::app::Running;
-use heimdall::test_helpers::{claims, mint, test_config, test_keys};
+use heimdall::test_helpers::echo::EchoUpstream;
+use heimdall::test_helpers::envoy::Envoy;
+use heimdall::test_helpers::stack::StackBuilder;
+use heimdall::test_helpers::{claims, mint, test_keys};
 use heimdall::tokens::{Audience, Claims, Keyring, Purpose};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
-use support::echo::EchoUpstream;
-use support::envoy::{Envoy, EnvoyOptions};
 
-const RULES: &str = include_str!("fixtures/rules.yaml");
+use heimdall::test_helpers::fixtures::RULES;
 const AUDIENCE: &str = "heimdall-tests";
 
 /// Everything the app logs, so tests can check that a denial names its reason.
@@ -71,12 +70,7 @@ struct Stack {
 impl Stack {
     async fn start() -> Option<Self> {
         log_buffer();
-        let keys = test_keys();
-        let built = heimdall::app::build(test_config(RULES), keys).unwrap();
-        let keys = Arc::clone(&built.keys);
-        let heimdall = built.serve().await.unwrap();
-        let echo = EchoUpstream::start().await;
-        let envoy = Envoy::start(EnvoyOptions::new(heimdall.grpc_addr, echo.addr)).await?;
+        let stack = StackBuilder::new(RULES).envoy().start().await?;
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -84,10 +78,10 @@ impl Stack {
             .build()
             .unwrap();
         Some(Self {
-            keys,
-            heimdall: Some(heimdall),
-            envoy,
-            _echo: echo,
+            keys: stack.keys,
+            heimdall: Some(stack.heimdall),
+            envoy: stack.envoy?,
+            _echo: stack.echo,
             client,
         })
     }

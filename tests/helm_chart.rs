@@ -14,15 +14,10 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-#[path = "support/tools.rs"]
-#[allow(
-    dead_code,
-    reason = "the shared tool lookup; this test uses only part of it"
-)]
-mod tools;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use heimdall::test_helpers::tools;
 
 const RELEASE: &str = "authz";
 const FULLNAME: &str = "authz-heimdall";

@@ -10,8 +10,6 @@
     reason = "test code: a failed setup or lookup is a failed test"
 )]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -422,7 +420,10 @@ async fn a_saturated_cap_does_not_spin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_backs_off() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (grpc_port, http_port) = (support::free_port(), support::free_port());
+    let (grpc_port, http_port) = (
+        heimdall::test_helpers::free_port(),
+        heimdall::test_helpers::free_port(),
+    );
     // A small open-files limit for heimdall only, set by the shell it is exec'ed from.
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")

@@ -12,8 +12,6 @@
     reason = "test code"
 )]
 
-mod support;
-
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
@@ -49,7 +47,7 @@ fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "log-safety-{name}-{}-{}",
         std::process::id(),
-        support::unique_id()
+        heimdall::test_helpers::unique_id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -77,7 +75,10 @@ struct Serving {
 
 impl Serving {
     fn start(config: Option<&PathBuf>, env: &[(&str, &OsStr)]) -> Self {
-        let (grpc, http) = (support::free_port(), support::free_port());
+        let (grpc, http) = (
+            heimdall::test_helpers::free_port(),
+            heimdall::test_helpers::free_port(),
+        );
         let mut command = tokio::process::Command::new(HEIMDALL);
         command.arg("serve");
         if let Some(config) = config {
@@ -140,7 +141,8 @@ impl Serving {
 
     /// Stops heimdall (SIGTERM) and returns every line it wrote.
     async fn stop(self) -> Vec<String> {
-        let status = support::terminate(self.child, Duration::from_secs(10)).await;
+        let status =
+            heimdall::test_helpers::process::terminate(self.child, Duration::from_secs(10)).await;
         assert!(status.is_some(), "heimdall did not stop");
         // The reader task sees EOF once the process is gone.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -179,7 +181,7 @@ async fn a_token_footer_cannot_forge_a_log_line() {
             _ => format!("{{\"level\":\"INFO\",\"m\":\"{FORGED_MARK}\"}}"),
         };
         let token = token_with_forged_kid(&forged_line);
-        let response = support::http_client()
+        let response = heimdall::test_helpers::http_client()
             .get(format!("http://127.0.0.1:{}/decision", heimdall.http))
             .header("x-forwarded-method", "GET")
             .header("x-forwarded-host", "api.example.com")
@@ -286,7 +288,10 @@ fn config_errors_do_not_echo_secrets() {
 /// the Cerbos errors of a `/check` call show the user, never the password.
 #[tokio::test]
 async fn url_credentials_stay_out_of_the_dump_and_the_connection_errors() {
-    let (nats_port, cerbos_port) = (support::free_port(), support::free_port());
+    let (nats_port, cerbos_port) = (
+        heimdall::test_helpers::free_port(),
+        heimdall::test_helpers::free_port(),
+    );
     let nats_url = format!("nats://heimdall:{NATS_SECRET}@127.0.0.1:{nats_port}");
     let cerbos_url = format!("http://pdp:{CERBOS_SECRET}@127.0.0.1:{cerbos_port}");
     let debug = OsStr::new("debug");
@@ -340,7 +345,7 @@ async fn url_credentials_stay_out_of_the_dump_and_the_connection_errors() {
                 .map(str::to_owned)
         })
         .expect("the demo token in the log");
-    let response = support::http_client()
+    let response = heimdall::test_helpers::http_client()
         .post(format!("http://127.0.0.1:{}/check", heimdall.http))
         .header("authorization", format!("Bearer {token}"))
         .json(&serde_json::json!({

@@ -1,4 +1,4 @@
-//! The NATS test harness itself (`tests/support/nats.rs`): a JetStream stream stored on file
+//! The NATS test harness itself (`heimdall::test_helpers::nats`): a JetStream stream stored on file
 //! survives a crash (SIGKILL) and restart of the server on the same port and store directory,
 //! which the tests of heimdall's NATS support rely on.
 
@@ -7,12 +7,10 @@
     reason = "test code: a failed call is a failed test"
 )]
 
-mod support;
-
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use support::nats::NatsServer;
+use heimdall::test_helpers::nats::NatsServer;
 
 #[tokio::test]
 async fn nats_server_restarts_with_its_streams() {

@@ -8,12 +8,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use super::{fail, free_port, log_stdio, terminate, tools, unique_id};
+use super::process::{ManagedProcess, NotReady, fail, fresh_dir};
+use super::{free_port, tools};
 
 /// How long NATS may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// when dropped.
 pub struct NatsServer {
     binary: PathBuf,
-    child: Option<Child>,
+    process: Option<ManagedProcess>,
     port: u16,
     monitor_port: u16,
     /// Kept across restarts: JetStream's state is tied to the server it belongs to.
@@ -51,23 +51,33 @@ impl NatsServer {
     /// [`tools::require`]); panics if it is installed but does not start, with its log.
     pub async fn start() -> Option<NatsServer> {
         let binary = tools::require("nats-server")?;
-        let id = format!("{}-{}", std::process::id(), unique_id());
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-{id}"));
-        // A leftover of an earlier run with the same process id would bring back old streams.
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            fail(&format!("create {}: {e}", dir.display()));
-        }
+        Some(
+            Self::start_binary(binary)
+                .await
+                .unwrap_or_else(|e| fail(&e)),
+        )
+    }
+
+    /// Starts the NATS server `binary` as [`NatsServer::start`] does; `Err` (with its log) when
+    /// it does not become ready.
+    pub async fn start_binary(binary: PathBuf) -> Result<NatsServer, String> {
+        // A leftover of an earlier run with the same process id would bring back old streams:
+        // `fresh_dir` removes it.
+        let dir = fresh_dir("nats")?;
+        let name = dir
+            .file_name()
+            .map(|n| format!("heimdall-test-{}", n.to_string_lossy()))
+            .unwrap_or_else(|| "heimdall-test".to_owned());
         let mut server = NatsServer {
             binary,
-            child: None,
+            process: None,
             port: free_port(),
             monitor_port: free_port(),
-            name: format!("heimdall-test-{id}"),
+            name,
             dir,
         };
-        server.start_again().await;
-        Some(server)
+        server.try_start_again().await?;
+        Ok(server)
     }
 
     /// Starts NATS again with the same ports, server name and store directory, so that
@@ -82,20 +92,26 @@ impl NatsServer {
     }
 
     async fn start_again(&mut self) {
+        if let Err(e) = self.try_start_again().await {
+            fail(&e);
+        }
+    }
+
+    async fn try_start_again(&mut self) -> Result<(), String> {
         let mut attempt = 1;
         loop {
             match self.spawn_and_wait().await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 // An immediate exit is most likely a port not yet released by the previous
                 // instance: worth a few more tries. A server that runs but never gets ready is not.
-                Err(StartError::Exited(_)) if attempt < START_ATTEMPTS => {
+                Err(NotReady::Exited(_)) if attempt < START_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(START_RETRY_DELAY).await;
                 }
-                Err(StartError::Exited(message) | StartError::Other(message)) => {
+                Err(e) => {
                     self.kill().await;
-                    fail(&format!(
-                        "nats-server did not become ready (attempt {attempt}): {message}\n--- {} ---\n{}",
+                    return Err(format!(
+                        "nats-server did not become ready (attempt {attempt}): {e}\n--- {} ---\n{}",
                         self.log_path().display(),
                         self.log()
                     ));
@@ -104,10 +120,9 @@ impl NatsServer {
         }
     }
 
-    async fn spawn_and_wait(&mut self) -> Result<(), StartError> {
-        let log_path = self.log_path();
-        let (log, log_err) = log_stdio(&log_path).map_err(StartError::Other)?;
-        let child = Command::new(&self.binary)
+    async fn spawn_and_wait(&mut self) -> Result<(), NotReady> {
+        let mut command = Command::new(&self.binary);
+        command
             .arg("-js")
             .arg("-sd")
             .arg(&self.dir)
@@ -117,67 +132,42 @@ impl NatsServer {
             .arg("-m")
             .arg(self.monitor_port.to_string())
             .arg("--server_name")
-            .arg(&self.name)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| StartError::Other(format!("spawn {}: {e}", self.binary.display())))?;
-        self.child = Some(child);
-        self.wait_ready().await
-    }
-
-    /// Polls the monitoring health endpoint, then the client port, until both answer.
-    async fn wait_ready(&mut self) -> Result<(), StartError> {
+            .arg(&self.name);
+        let process = ManagedProcess::spawn("nats-server", &mut command, &self.log_path())
+            .map_err(NotReady::TimedOut)?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(PROBE_TIMEOUT)
             .build()
-            .map_err(|e| StartError::Other(format!("HTTP client: {e}")))?;
+            .map_err(|e| NotReady::TimedOut(format!("HTTP client: {e}")))?;
         let health = format!(
             "http://127.0.0.1:{}/healthz?js-enabled-only=true",
             self.monitor_port
         );
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("not probed yet");
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(StartError::Exited(format!(
-                    "nats-server exited with {status}"
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(StartError::Other(format!(
-                    "not ready after {}s ({last})",
-                    READY_TIMEOUT.as_secs()
-                )));
-            }
-            match probe(&http, &health, self.client_addr()).await {
-                Ok(()) => return Ok(()),
-                Err(reason) => last = reason,
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let client = self.client_addr();
+        let ready = process
+            .wait_ready(READY_TIMEOUT, POLL_INTERVAL, || {
+                probe(&http, &health, client)
+            })
+            .await;
+        // Kept even when it is not ready, so that `kill` stops it.
+        self.process = Some(process);
+        ready
     }
 
     /// Kills NATS (SIGKILL, a crash: nothing is flushed or closed) and waits for it to exit.
     /// [`NatsServer::restart`] brings it back. Does nothing if it is not running.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
         }
     }
 
     /// Stops NATS gracefully (SIGTERM) and waits for it to exit; kills it if it is still running
     /// after 10 s. Does nothing if it is not running.
     pub async fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child, STOP_TIMEOUT).await;
+        if let Some(mut process) = self.process.take() {
+            process.stop(STOP_TIMEOUT).await;
         }
     }
 
@@ -225,12 +215,12 @@ impl NatsServer {
 
     /// The process id of the running server, `None` after a kill or stop.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.process.as_ref().and_then(ManagedProcess::pid)
     }
 
     /// Whether the server is running (started and not killed or stopped).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     /// What the server has logged so far, across restarts.
@@ -249,23 +239,11 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-            // The store directory is removed next: wait (briefly, bounded) for the process to be
-            // gone so that it cannot write into the directory while it is being removed.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        // Dropping the process kills it and waits (bounded) for it to be gone, so that it cannot
+        // write into the store directory while it is being removed.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Why a start failed: the process exited (worth retrying), or anything else.
-enum StartError {
-    Exited(String),
-    Other(String),
 }
 
 /// One readiness probe: JetStream enabled according to the monitoring endpoint, and the client

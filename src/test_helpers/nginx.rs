@@ -10,12 +10,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use super::{free_port, log_stdio, tools, unique_id};
+use super::process::{ManagedProcess, fail, fresh_dir};
+use super::{free_port, tools};
 
 /// How long nginx may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,9 +24,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The documented nginx recipe: the first ```` ```nginx ```` block after the `**nginx:**` line of
 /// the forward-auth guide.
-pub fn readme_recipe() -> Result<String, String> {
+pub fn documented_recipe() -> Result<String, String> {
     const GUIDE: &str = "docs/integrations/forward-auth.md";
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(GUIDE))
+    let readme = std::fs::read_to_string(tools::repo_root().join(GUIDE))
         .map_err(|e| format!("read {GUIDE}: {e}"))?;
     let (_, after) = readme
         .split_once("**nginx:**")
@@ -67,7 +67,8 @@ pub fn render_recipe(
 
 /// A running nginx; killed (and its prefix removed) when dropped.
 pub struct Nginx {
-    child: Child,
+    /// `None` only while dropping.
+    process: Option<ManagedProcess>,
     listen: SocketAddr,
     dir: PathBuf,
 }
@@ -82,17 +83,13 @@ impl Nginx {
         let binary = tools::require("nginx")?;
         match Self::try_start(&binary, server_body).await {
             Ok(nginx) => Some(nginx),
-            Err(message) => super::fail(&message),
+            Err(message) => fail(&message),
         }
     }
 
     async fn try_start(binary: &Path, server_body: &str) -> Result<Nginx, String> {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "nginx-{}-{}",
-            std::process::id(),
-            unique_id()
-        ));
-        for sub in ["", "logs", "tmp"] {
+        let dir = fresh_dir("nginx")?;
+        for sub in ["logs", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("create {}: {e}", dir.join(sub).display()))?;
         }
@@ -121,38 +118,41 @@ impl Nginx {
         std::fs::write(&config_path, config)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
         let log_path = dir.join("logs").join("stderr.log");
-        let (out, err) = log_stdio(&log_path)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("-p")
             .arg(&dir)
             .arg("-c")
             .arg(&config_path)
             .arg("-e")
             .arg(dir.join("logs").join("error.log"))
-            .args(["-g", "daemon off; master_process off;"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-        let mut nginx = Nginx { child, listen, dir };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                return Err(format!("nginx exited with {status}\n{}", nginx.log()));
+            .args(["-g", "daemon off; master_process off;"]);
+        let process = ManagedProcess::spawn("nginx", &mut command, &log_path)?;
+        let nginx = Nginx {
+            process: Some(process),
+            listen,
+            dir,
+        };
+        let ready = match &nginx.process {
+            Some(process) => {
+                process
+                    .wait_ready(READY_TIMEOUT, POLL_INTERVAL, || async {
+                        tokio::net::TcpStream::connect(listen)
+                            .await
+                            .map(drop)
+                            .map_err(|e| format!("connect {listen}: {e}"))
+                    })
+                    .await
             }
-            if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                return Ok(nginx);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "nginx did not listen on {listen} within {}s\n{}",
-                    READY_TIMEOUT.as_secs(),
-                    nginx.log()
-                ));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            None => Ok(()),
+        };
+        match ready {
+            Ok(()) => Ok(nginx),
+            Err(e) => Err(format!(
+                "nginx did not listen on {listen} within {}s: {e}\n{}",
+                READY_TIMEOUT.as_secs(),
+                nginx.log()
+            )),
         }
     }
 
@@ -172,7 +172,8 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        // Dropping the process kills it before its prefix goes.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

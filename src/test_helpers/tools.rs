@@ -1,4 +1,5 @@
-//! Finding the real components (Envoy, NATS, Cerbos, ...) that `make tools` installs.
+//! Finding the real components (Envoy, NATS, Cerbos, ...) that `make tools` installs, the
+//! heimdall binary, and the directories a test writes into.
 //!
 //! Lookup order: the directory in `$HEIMDALL_TOOLS`, then `<repo>/.tools/bin`, then `$PATH`, then
 //! the system directories Debian packages install daemons into (`nginx` is `/usr/sbin/nginx`,
@@ -9,19 +10,53 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// The repository root: the shipped configurations' relative paths resolve against it.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The build's profile directory (`target/debug`, `target/release`, ...), found from the running
+/// executable: test and bench binaries live in its `deps`, examples in its `examples`.
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    match dir.file_name()?.to_str()? {
+        "deps" | "examples" => dir.parent().map(Path::to_path_buf),
+        _ => Some(dir.to_path_buf()),
+    }
+}
+
+/// The `heimdall` binary of the same build as the running test, bench or example, e.g.
+/// `target/debug/heimdall` for `target/debug/deps/cli-…`; it follows the profile and
+/// `CARGO_TARGET_DIR`. Cargo builds it before an integration test runs; an example must have it
+/// built (`cargo build`).
+pub fn heimdall_binary() -> PathBuf {
+    profile_dir()
+        .unwrap_or_else(|| repo_root().join("target").join("release"))
+        .join("heimdall")
+}
+
+/// A directory for the files of the processes a test starts (configurations, logs, stores):
+/// the build's `tmp` directory (what Cargo calls `CARGO_TARGET_TMPDIR`), next to the profile
+/// directory. Created if missing.
+pub fn scratch_dir() -> PathBuf {
+    let dir = profile_dir()
+        .and_then(|profile| profile.parent().map(|target| target.join("tmp")))
+        .unwrap_or_else(std::env::temp_dir);
+    // A failure shows when the caller creates its own directory inside.
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 /// The repository's own tool directory, filled by `scripts/install-tools.sh`.
 pub fn repo_tools_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools")
-        .join("bin")
+    repo_root().join(".tools").join("bin")
 }
 
 /// The directory holding the npm packages installed by `make tools` (e.g. `oidc-provider`):
 /// `<repo>/.tools/npm`, whose `node_modules` a node script resolves from.
 pub fn npm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools")
-        .join("npm")
+    repo_root().join(".tools").join("npm")
 }
 
 /// Where `name` is installed, if anywhere: `$HEIMDALL_TOOLS`, `<repo>/.tools/bin`, `$PATH`, then
@@ -54,16 +89,10 @@ pub fn require(name: &str) -> Option<PathBuf> {
         return Some(path);
     }
     if in_ci() {
-        #[allow(
-            clippy::panic,
-            reason = "in CI a missing tool must fail the test, not skip it"
-        )]
-        {
-            panic!(
-                "{name} is not installed (looked in $HEIMDALL_TOOLS, {}, $PATH): run `make tools`",
-                repo_tools_dir().display()
-            );
-        }
+        super::fail(&format!(
+            "{name} is not installed (looked in $HEIMDALL_TOOLS, {}, $PATH): run `make tools`",
+            repo_tools_dir().display()
+        ));
     }
     eprintln!("skipping: {name} not installed, run `make tools`");
     None

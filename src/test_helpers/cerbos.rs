@@ -9,16 +9,16 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{fail, free_port, log_stdio, send_signal, tools, unique_id};
+use super::process::{ManagedProcess, fail, fresh_dir};
+use super::{free_port, tools};
 
 /// How long Cerbos may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,13 +34,13 @@ pub const POLICIES: &str = "infra/cerbos/policies";
 
 /// The repository root, where Cerbos runs (the shipped configuration's paths are relative to it).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    tools::repo_root()
 }
 
 /// A running Cerbos PDP on loopback; killed (and its log directory removed) when dropped.
 pub struct Cerbos {
     binary: PathBuf,
-    child: Option<Child>,
+    process: Option<ManagedProcess>,
     grpc: SocketAddr,
     http: SocketAddr,
     dir: PathBuf,
@@ -66,24 +66,32 @@ impl Cerbos {
     /// settings, e.g. `schema.enforcement=reject`; otherwise as [`Cerbos::start`].
     pub async fn start_with(policies: &Path, settings: &[&str]) -> Option<Cerbos> {
         let binary = tools::require("cerbos")?;
-        let id = unique_id();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cerbos-{}-{id}", std::process::id()));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            fail(&format!("create {}: {e}", dir.display()));
-        }
+        Some(
+            Self::start_binary(binary, policies, settings)
+                .await
+                .unwrap_or_else(|e| fail(&e)),
+        )
+    }
+
+    /// Starts the Cerbos `binary` as [`Cerbos::start_with`] does; `Err` (with its log) when it
+    /// does not become ready.
+    pub async fn start_binary(
+        binary: PathBuf,
+        policies: &Path,
+        settings: &[&str],
+    ) -> Result<Cerbos, String> {
         let mut cerbos = Cerbos {
             binary,
-            child: None,
+            process: None,
             grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-            dir,
+            dir: fresh_dir("cerbos")?,
             policies: policies.to_path_buf(),
             extra_args: settings.iter().map(|s| format!("--set={s}")).collect(),
             tls: false,
         };
-        cerbos.start_again().await;
-        Some(cerbos)
+        cerbos.try_start_again().await?;
+        Ok(cerbos)
     }
 
     /// Starts Cerbos serving TLS with the given PEM certificate and key.
@@ -91,14 +99,10 @@ impl Cerbos {
         let binary = tools::require("cerbos")?;
         let mut cerbos = Cerbos {
             binary,
-            child: None,
+            process: None,
             grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-            dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-                "cerbos-tls-{}-{}",
-                std::process::id(),
-                unique_id()
-            )),
+            dir: fresh_dir("cerbos-tls").unwrap_or_else(|e| fail(&e)),
             policies: PathBuf::from(POLICIES),
             extra_args: vec![
                 format!("--set=server.tls.cert={}", cert.display()),
@@ -106,7 +110,6 @@ impl Cerbos {
             ],
             tls: true,
         };
-        let _ = std::fs::create_dir_all(&cerbos.dir);
         cerbos.start_again().await;
         Some(cerbos)
     }
@@ -114,22 +117,17 @@ impl Cerbos {
     /// Starts Cerbos again, on the same ports, after [`Cerbos::stop`]; waits until it serves.
     /// Does nothing if it is running. Panics, with the log, if it does not become ready.
     pub async fn start_again(&mut self) {
-        if self.child.is_some() {
-            return;
-        }
-        if let Err(message) = self.spawn_and_wait().await {
-            fail(&format!(
-                "Cerbos did not become ready: {message}\n--- {} ---\n{}",
-                self.log_path().display(),
-                self.log()
-            ));
+        if let Err(e) = self.try_start_again().await {
+            fail(&e);
         }
     }
 
-    async fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log_path = self.log_path();
-        let (log, log_err) = log_stdio(&log_path)?;
-        let child = Command::new(&self.binary)
+    async fn try_start_again(&mut self) -> Result<(), String> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let mut command = Command::new(&self.binary);
+        command
             .arg("server")
             .arg(format!("--config={CONFIG}"))
             .arg(format!("--set=server.grpcListenAddr={}", self.grpc))
@@ -141,56 +139,36 @@ impl Cerbos {
             .args(&self.extra_args)
             .arg("--log-level=warn")
             .current_dir(repo_root())
-            .env("CERBOS_NO_TELEMETRY", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
-        self.child = Some(child);
-        self.wait_ready().await
-    }
-
-    /// Polls the gRPC health service until it answers `SERVING`.
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("not probed yet");
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!("Cerbos exited with {status}"));
+            .env("CERBOS_NO_TELEMETRY", "1");
+        let process = ManagedProcess::spawn("cerbos", &mut command, &self.log_path())?;
+        let (grpc, tls) = (self.grpc, self.tls);
+        let ready = process
+            .wait_ready(READY_TIMEOUT, POLL_INTERVAL, || async move {
+                if tls {
+                    // The health probe speaks plain HTTP/2: a TCP connect has to do.
+                    tokio::net::TcpStream::connect(grpc)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                } else {
+                    probe(grpc).await
+                }
+            })
+            .await;
+        match ready {
+            Ok(()) => {
+                self.process = Some(process);
+                Ok(())
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not serving after {}s ({last})",
-                    READY_TIMEOUT.as_secs()
-                ));
-            }
-            let probed = if !self.tls {
-                probe(self.grpc).await
-            } else {
-                tokio::net::TcpStream::connect(self.grpc)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            };
-            match probed {
-                Ok(()) => return Ok(()),
-                Err(reason) => last = reason,
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            Err(e) => Err(process.with_log(&format!("Cerbos did not become ready: {e}"))),
         }
     }
 
     /// Kills Cerbos and waits for it to exit; its ports are free afterwards.
     /// [`Cerbos::start_again`] brings it back on the same ports.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
         }
     }
 
@@ -205,22 +183,23 @@ impl Cerbos {
     }
 
     fn signal(&self, signal: &str) {
-        let Some(pid) = self.pid() else {
-            fail(&format!("cannot send {signal}: Cerbos is not running"));
+        let sent = match &self.process {
+            Some(process) => process.signal(signal),
+            None => Err(format!("cannot send {signal}: Cerbos is not running")),
         };
-        if let Err(e) = send_signal(pid, signal) {
+        if let Err(e) = sent {
             fail(&e);
         }
     }
 
     /// The process id of the running Cerbos, `None` after [`Cerbos::stop`].
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.process.as_ref().and_then(ManagedProcess::pid)
     }
 
     /// Whether Cerbos is running (started and not stopped).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     /// The gRPC address (127.0.0.1), the one heimdall calls.
@@ -243,17 +222,16 @@ impl Cerbos {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The log file; it is removed with Cerbos.
+    pub fn log_path(&self) -> PathBuf {
         self.dir.join("cerbos.log")
     }
 }
 
 impl Drop for Cerbos {
     fn drop(&mut self) {
-        // SIGKILL also ends a paused (SIGSTOPped) process.
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        // Dropping the process kills it (SIGKILL also ends a paused one) before its directory goes.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

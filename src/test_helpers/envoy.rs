@@ -14,14 +14,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use tokio::sync::Mutex;
 
-use super::{tools, unique_id};
+use super::process::{ManagedProcess, fail, fresh_dir};
+use super::tools;
 
 /// The configuration template, `tests/fixtures/envoy-test.yaml.tmpl`.
-pub const TEMPLATE: &str = include_str!("../fixtures/envoy-test.yaml.tmpl");
+pub const TEMPLATE: &str = include_str!("../../tests/fixtures/envoy-test.yaml.tmpl");
 
 /// How long Envoy may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -118,7 +120,8 @@ fn yaml_ip(addr: SocketAddr) -> String {
 
 /// A running Envoy; killed (and its temporary directory removed) when dropped.
 pub struct Envoy {
-    child: Child,
+    /// `None` only while dropping.
+    process: Option<ManagedProcess>,
     listen: SocketAddr,
     admin: SocketAddr,
     dir: PathBuf,
@@ -145,34 +148,22 @@ impl Envoy {
     /// most 20 s) until it is ready; `None` and panics as [`Envoy::start`].
     pub async fn start_rendered(config: String) -> Option<Envoy> {
         let binary = tools::require("envoy")?;
-        match Self::spawn(&binary, config).await {
-            Ok(envoy) => Some(envoy),
-            Err(message) => {
-                #[allow(
-                    clippy::panic,
-                    reason = "an installed Envoy that does not start fails the test"
-                )]
-                {
-                    panic!("{message}");
-                }
-            }
-        }
+        // An installed Envoy that does not start fails the test.
+        Some(
+            Self::spawn(&binary, config)
+                .await
+                .unwrap_or_else(|e| fail(&e)),
+        )
     }
 
     async fn start_configured(options: EnvoyOptions, failure_mode_allow: bool) -> Option<Envoy> {
         let binary = tools::require("envoy")?;
-        match Self::try_start(&binary, options, failure_mode_allow).await {
-            Ok(envoy) => Some(envoy),
-            Err(message) => {
-                #[allow(
-                    clippy::panic,
-                    reason = "an installed Envoy that does not start fails the test"
-                )]
-                {
-                    panic!("{message}");
-                }
-            }
-        }
+        // An installed Envoy that does not start fails the test.
+        Some(
+            Self::try_start(&binary, options, failure_mode_allow)
+                .await
+                .unwrap_or_else(|e| fail(&e)),
+        )
     }
 
     async fn try_start(
@@ -209,124 +200,44 @@ impl Envoy {
     }
 
     async fn spawn(binary: &Path, config: String) -> Result<Envoy, String> {
-        let id = unique_id();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("envoy-{}-{id}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let dir = fresh_dir("envoy")?;
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         std::fs::write(&config_path, config)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        let (log, log_err) = super::log_stdio(&log_path)?;
-
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("-c")
             .arg(&config_path)
             .arg("--base-id")
-            .arg(base_id(id).to_string())
+            .arg(base_id(super::unique_id()).to_string())
             .args(["--log-level", "warn", "--concurrency", "1"])
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-
-        let mut envoy = Envoy {
-            child,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
-        };
-        match envoy.wait_ready(&admin_path).await {
-            Ok(()) => Ok(envoy),
-            Err(reason) => Err(format!(
-                "Envoy did not become ready: {reason}\n--- {} ---\n{}",
-                log_path.display(),
-                envoy.log()
-            )),
-        }
-    }
-
-    /// Polls until Envoy's admin answers `/ready` with 200 and its listener has an address.
-    async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
+            .arg(&admin_path);
+        let process = ManagedProcess::spawn("envoy", &mut command, &log_path)?;
         let client = super::http_client();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("no admin address yet");
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Envoy exited with {status}"));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {}s ({last})",
-                    READY_TIMEOUT.as_secs()
-                ));
-            }
-            match self.probe(&client, admin_path).await {
-                Ok(()) => return Ok(()),
-                Err(reason) => last = reason,
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    async fn probe(&mut self, client: &reqwest::Client, admin_path: &Path) -> Result<(), String> {
-        let text =
-            std::fs::read_to_string(admin_path).map_err(|e| format!("admin address: {e}"))?;
-        let admin: SocketAddr = text
-            .trim()
-            .parse()
-            .map_err(|e| format!("admin address {text:?}: {e}"))?;
-        let ready = client
-            .get(format!("http://{admin}/ready"))
-            .send()
-            .await
-            .map_err(|e| format!("admin /ready: {e}"))?;
-        if !ready.status().is_success() {
-            return Err(format!("admin /ready answered {}", ready.status()));
-        }
-        let listeners: serde_json::Value = client
-            .get(format!("http://{admin}/listeners?format=json"))
-            .send()
-            .await
-            .map_err(|e| format!("admin /listeners: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("admin /listeners: {e}"))?;
-        let socket = listeners
-            .get("listener_statuses")
-            .and_then(|l| l.as_array())
-            .and_then(|l| {
-                // The test template's listener is `ingress`; a rendered shipped configuration
-                // may name its one listener otherwise (the sidecar's is `inbound`).
-                l.iter()
-                    .find(|s| s.get("name").and_then(|n| n.as_str()) == Some("ingress"))
-                    .or_else(|| if l.len() == 1 { l.first() } else { None })
+        // The probe learns the admin and listener addresses; it is the only writer.
+        let found = Mutex::new(None);
+        let ready = process
+            .wait_ready(READY_TIMEOUT, POLL_INTERVAL, || async {
+                let addrs = probe(&client, &admin_path).await?;
+                *found.lock().await = Some(addrs);
+                Ok(())
             })
-            .and_then(|s| s.get("local_address"))
-            .and_then(|a| a.get("socket_address"))
-            .ok_or_else(|| format!("no ingress listener in {listeners}"))?;
-        let address = socket
-            .get("address")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| format!("listener without an address: {socket}"))?;
-        let port = socket
-            .get("port_value")
-            .and_then(|p| p.as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("listener without a port: {socket}"))?;
-        let ip = address
-            .parse()
-            .map_err(|e| format!("listener address {address:?}: {e}"))?;
-        self.admin = admin;
-        self.listen = SocketAddr::new(ip, port);
-        Ok(())
+            .await;
+        let found = found.into_inner();
+        match (ready, found) {
+            (Ok(()), Some((admin, listen))) => Ok(Envoy {
+                process: Some(process),
+                listen,
+                admin,
+                dir,
+            }),
+            (Err(e), _) => Err(process.with_log(&format!("Envoy did not become ready: {e}"))),
+            (Ok(()), None) => Err(process.with_log("Envoy did not become ready: no addresses")),
+        }
     }
 
     /// Validates a configuration file with `envoy --mode validate -c FILE`.
@@ -388,10 +299,66 @@ impl Envoy {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        // kill_on_drop would do it too; start_kill makes it happen before the directory goes.
-        let _ = self.child.start_kill();
+        // Dropping the process kills it before its directory goes.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One readiness probe: Envoy's admin answers `/ready` with 200 and its listener has an
+/// address. Returns the admin and listener addresses.
+async fn probe(
+    client: &reqwest::Client,
+    admin_path: &Path,
+) -> Result<(SocketAddr, SocketAddr), String> {
+    let text = std::fs::read_to_string(admin_path).map_err(|e| format!("admin address: {e}"))?;
+    let admin: SocketAddr = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("admin address {text:?}: {e}"))?;
+    let ready = client
+        .get(format!("http://{admin}/ready"))
+        .send()
+        .await
+        .map_err(|e| format!("admin /ready: {e}"))?;
+    if !ready.status().is_success() {
+        return Err(format!("admin /ready answered {}", ready.status()));
+    }
+    let listeners: serde_json::Value = client
+        .get(format!("http://{admin}/listeners?format=json"))
+        .send()
+        .await
+        .map_err(|e| format!("admin /listeners: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("admin /listeners: {e}"))?;
+    let socket = listeners
+        .get("listener_statuses")
+        .and_then(|l| l.as_array())
+        .and_then(|l| {
+            // The test template's listener is `ingress`; a rendered shipped configuration
+            // may name its one listener otherwise (the sidecar's is `inbound`).
+            l.iter()
+                .find(|s| s.get("name").and_then(|n| n.as_str()) == Some("ingress"))
+                .or_else(|| if l.len() == 1 { l.first() } else { None })
+        })
+        .and_then(|s| s.get("local_address"))
+        .and_then(|a| a.get("socket_address"))
+        .ok_or_else(|| format!("no ingress listener in {listeners}"))?;
+    let address = socket
+        .get("address")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| format!("listener without an address: {socket}"))?;
+    let port = socket
+        .get("port_value")
+        .and_then(|p| p.as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("listener without a port: {socket}"))?;
+    let ip = address
+        .parse()
+        .map_err(|e| format!("listener address {address:?}: {e}"))?;
+    Ok((admin, SocketAddr::new(ip, port)))
 }
 
 /// Renders a shipped Envoy configuration (`envoy/*.yaml`) for a test on loopback: the admin

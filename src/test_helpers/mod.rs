@@ -1,10 +1,32 @@
-//! Helpers for integration tests and benches (feature `testing`): key material, tokens and an
-//! in-process heimdall on loopback ports.
+//! The testkit shared by integration tests and benches (feature `testing`): key material, tokens,
+//! configurations, Envoy-shaped requests, and the real components (Envoy, NATS, Cerbos, nginx,
+//! heimdall itself) run as managed processes on loopback.
+//!
+//! Every address it hands out or connects to is on loopback, and every wait is bounded. A real
+//! component is found with [`tools::require`]: outside CI a missing one skips the test, in CI
+//! (`CI=true`) it fails it.
+
+pub mod cerbos;
+pub mod check_request;
+pub mod echo;
+pub mod envoy;
+pub mod fixtures;
+pub mod heimdall;
+pub mod nats;
+pub mod nginx;
+pub mod ports;
+pub mod process;
+pub mod stack;
+pub mod tools;
 
 use std::time::Duration;
 
 use crate::config::{Config, Origin};
 use crate::tokens::{Claims, Keyring, Purpose};
+
+pub use check_request::CheckRequestBuilder;
+pub use ports::free_port;
+pub use process::{fail, http_client, unique_id};
 
 /// The symmetric key tests use (32 bytes).
 pub const TEST_SYMMETRIC_KEY: &[u8; 32] = b"heimdall-test-key-0123456789abcd";
@@ -56,42 +78,15 @@ pub fn mint(keys: &Keyring, purpose: Purpose, claims: &Claims) -> String {
 }
 
 /// The `CheckRequest` Envoy's HTTP ext_authz filter sends for `GET https://api.example.com<path>`
-/// with `Authorization: Bearer <token>` and `headers` (lower-case names) besides.
+/// with `Authorization: Bearer <token>` and `headers` (lower-case names) besides: the
+/// [`CheckRequestBuilder`] defaults.
 pub fn bearer_check_request(
     path: &str,
     token: &str,
     headers: &[(&str, &str)],
 ) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    let authorization = format!("Bearer {token}");
-    let headers = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", path),
-        (":scheme", "https"),
-        ("authorization", authorization.as_str()),
-    ]
-    .iter()
-    .chain(headers)
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    id: "6f1c2a9e".into(),
-                    method: "GET".into(),
-                    scheme: "https".into(),
-                    host: "api.example.com".into(),
-                    path: path.into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            ..AttributeContext::default()
-        }),
-    }
+    CheckRequestBuilder::get(path)
+        .bearer(token)
+        .headers(headers)
+        .build()
 }
