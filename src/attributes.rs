@@ -505,10 +505,6 @@ impl AttributeMetrics {
         self.events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    fn lookup(&self, result: &'static str) {
-        self.lookups.get_or_create(&ResultLabels { result }).inc();
-    }
-
     /// Counts a token rejected by a revocation.
     pub fn revoked_token(&self) {
         self.revoked.inc();

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::decision::{Allowed, Decision, ErrorKind, Outcome, StepError};
-use crate::expr::{Expr, Uses, Vars};
+use crate::expr::{Expr, Vars};
 use crate::mechanisms::{
     Authenticator, AuthnError, Authorizer, Contextualizer, ErrorHandler, Finalizer,
 };
@@ -39,8 +39,6 @@ pub struct Pipeline {
     pub authorizers: Box<[Step<Authorizer>]>,
     pub finalizers: Box<[Step<Finalizer>]>,
     pub on_error: Box<[Step<ErrorHandler>]>,
-    /// The fields of `request` and `subject` its expressions read: a request binds only those.
-    uses: Uses,
 }
 
 impl Pipeline {
@@ -52,25 +50,12 @@ impl Pipeline {
         finalizers: Box<[Step<Finalizer>]>,
         on_error: Box<[Step<ErrorHandler>]>,
     ) -> Self {
-        let conditions = authn
-            .iter()
-            .flat_map(|c| c.steps.iter().filter_map(|s| s.when.as_ref()))
-            .chain(contextualizers.iter().filter_map(|s| s.when.as_ref()))
-            .chain(authorizers.iter().filter_map(|s| s.when.as_ref()))
-            .chain(finalizers.iter().filter_map(|s| s.when.as_ref()))
-            .chain(on_error.iter().filter_map(|s| s.when.as_ref()));
-        let uses = conditions
-            .chain(authorizers.iter().flat_map(|s| s.mechanism.expressions()))
-            .chain(finalizers.iter().flat_map(|s| s.mechanism.expressions()))
-            .chain(on_error.iter().flat_map(|s| s.mechanism.expressions()))
-            .fold(Uses::default(), |uses, expr| uses.union(expr.uses()));
         Self {
             authn,
             contextualizers,
             authorizers,
             finalizers,
             on_error,
-            uses,
         }
     }
 
@@ -84,8 +69,8 @@ impl Pipeline {
         let mut subject = Subject::default();
         let failure: StepError;
         let mut vars = Vars::default();
-        // Always: direct field reads need the raw request even when no CEL map is built.
-        vars.bind_request(req, captures, self.uses);
+        // Binding is lazy: nothing is read from the request until an expression asks.
+        vars.bind_request(req, captures);
 
         'run: {
             for chain in &self.authn {
@@ -101,9 +86,10 @@ impl Pipeline {
             // them; a contextualizer's own condition sees the subject as it is at that point.
             for step in &self.contextualizers {
                 if let Some(when) = &step.when {
+                    // Cheap: binding copies nothing.
                     let mut scoped = Vars::default();
-                    scoped.bind_request(req, captures, self.uses);
-                    scoped.bind_subject(&subject, self.uses);
+                    scoped.bind_request(req, captures);
+                    scoped.bind_subject(&subject);
                     match condition(Some(when), &step.id, &scoped) {
                         Ok(true) => {}
                         Ok(false) => continue,
@@ -118,7 +104,7 @@ impl Pipeline {
                     break 'run;
                 }
             }
-            vars.bind_subject(&subject, self.uses);
+            vars.bind_subject(&subject);
 
             for step in &self.authorizers {
                 match condition(step.when.as_ref(), &step.id, &vars) {
@@ -154,7 +140,7 @@ impl Pipeline {
         }
 
         // The error pipeline. The subject may be partial (authentication failed): bind what there is.
-        vars.bind_subject(&subject, self.uses);
+        vars.bind_subject(&subject);
         vars.bind_error(&failure);
         for step in &self.on_error {
             match condition(step.when.as_ref(), &step.id, &vars) {
@@ -167,16 +153,17 @@ impl Pipeline {
                 }
             }
             if let Some(response) = step.mechanism.handle(&failure, req, &vars) {
+                // `vars` borrows the failure: release it so the failure moves, uncopied.
+                drop(vars);
                 return Outcome {
                     decision: Decision::Deny(response),
-                    error: Some(failure.clone()),
+                    error: Some(failure),
                 };
             }
             break;
         }
-        let outcome = Outcome::from_error(failure.clone());
         drop(vars);
-        outcome
+        Outcome::from_error(failure)
     }
 }
 

@@ -2,46 +2,92 @@
 
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
 use smallvec::SmallVec;
 use time::OffsetDateTime;
 
-/// A verified identity. Cloning it is cheap (shared strings): a contextualizer clones the
-/// principal to merge attributes into it on every request.
+use crate::attributes::record::PrincipalRecord;
+
+/// A verified identity. Cloning it is cheap (shared strings and maps): a contextualizer clones
+/// the principal to layer stored attributes over it on every request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     pub id: Arc<str>,
     pub roles: Arc<[Box<str>]>,
-    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The token's attribute claims, shared with the verified-token cache.
+    pub claims: Arc<Map<String, Value>>,
     /// The id of the mechanism that verified it.
     pub mechanism: Arc<str>,
     pub issuer: Option<Arc<str>>,
     pub expires_at: Option<OffsetDateTime>,
     pub issued_at: Option<OffsetDateTime>,
     pub token_id: Option<Arc<str>>,
-    /// The KV revision of the stored attributes merged in (0: none): part of every decision
-    /// cache key, so an attribute update is never answered from an older decision.
-    pub attributes_revision: u64,
+    /// The stored attributes layered over the claims, once a contextualizer looked them up.
+    pub stored: Option<Stored>,
+}
+
+/// A principal's stored attributes as of one KV revision, shared with the attribute cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Part of every decision cache key, so an attribute update is never answered from an
+    /// older decision.
+    pub revision: u64,
+    pub record: Arc<PrincipalRecord>,
 }
 
 impl Principal {
     /// A principal with no token times (anonymous, tests).
-    pub fn new(
-        id: &str,
-        roles: Vec<String>,
-        attributes: serde_json::Map<String, serde_json::Value>,
-        mechanism: &str,
-    ) -> Self {
+    pub fn new(id: &str, roles: Vec<String>, claims: Map<String, Value>, mechanism: &str) -> Self {
         Self {
             id: Arc::from(id),
             roles: roles.into_iter().map(String::into_boxed_str).collect(),
-            attributes,
+            claims: Arc::new(claims),
             mechanism: Arc::from(mechanism),
             issuer: None,
             expires_at: None,
             issued_at: None,
             token_id: None,
-            attributes_revision: 0,
+            stored: None,
         }
+    }
+
+    /// The attribute `name`: the stored one wins over a claim of the same name, as the newer fact.
+    pub fn attr(&self, name: &str) -> Option<&Value> {
+        self.stored
+            .as_ref()
+            .and_then(|s| s.record.attributes.get(name))
+            .or_else(|| self.claims.get(name))
+    }
+
+    /// Every attribute once, stored ones first, each as [`Principal::attr`] answers it.
+    pub fn attrs(&self) -> impl Iterator<Item = (&str, &Value)> {
+        let stored = self.stored.as_ref().map(|s| &s.record.attributes);
+        let claims = self
+            .claims
+            .iter()
+            .filter(move |(k, _)| !stored.is_some_and(|s| s.contains_key(*k)));
+        stored
+            .into_iter()
+            .flatten()
+            .chain(claims)
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The number of distinct attributes.
+    pub fn attr_count(&self) -> usize {
+        self.attrs().count()
+    }
+
+    /// The attributes as one owned map (what the policy engine and `/check` are sent).
+    pub fn attributes(&self) -> Map<String, Value> {
+        self.attrs()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect()
+    }
+
+    /// The KV revision of the stored attributes layered in (0: none).
+    pub fn attributes_revision(&self) -> u64 {
+        self.stored.as_ref().map_or(0, |s| s.revision)
     }
 }
 

@@ -16,9 +16,11 @@ use arc_swap::ArcSwapOption;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 use moka::ops::compute::Op;
+use prometheus_client::metrics::counter::Counter;
 
 use super::record::{PrincipalRecord, kv_key, principal_of_key};
-use super::{AttributeMetrics, NatsConfig};
+use super::{AttributeMetrics, NatsConfig, ResultLabels};
+use crate::subject::{Principal, Stored};
 
 /// A principal's attributes as of one KV revision (0 and no record: the principal has none).
 #[derive(Debug, Clone, Default)]
@@ -30,6 +32,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Merges the stored attributes into `attributes` (a token's claims): the stored facts are
     /// newer, so they win on a name clash. Returns whether there was a stored document.
+    /// A deep copy: the decision path layers them with [`enrich`] instead.
     pub fn merge_into(&self, attributes: &mut serde_json::Map<String, serde_json::Value>) -> bool {
         let Some(record) = &self.record else {
             return false;
@@ -41,6 +44,68 @@ impl Snapshot {
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         true
+    }
+}
+
+/// Where a principal's stored attributes come from. Callers are generic over it, so the
+/// decision path is monomorphic; [`PrincipalStore`] is the implementation.
+pub trait AttributeSource: Send + Sync {
+    /// The principal's attributes as of the newest revision the source knows.
+    fn get(
+        &self,
+        principal: &str,
+    ) -> impl std::future::Future<Output = Result<Snapshot, LookupError>> + Send;
+}
+
+impl AttributeSource for PrincipalStore {
+    fn get(
+        &self,
+        principal: &str,
+    ) -> impl std::future::Future<Output = Result<Snapshot, LookupError>> + Send {
+        PrincipalStore::get(self, principal)
+    }
+}
+
+/// `principal` with its stored attributes layered over its claims (they win on a name clash:
+/// they are the newer fact), or `None` when it has no stored attributes. Shares the stored
+/// document with the cache: nothing is copied but a few `Arc`s. The `principal_attributes`
+/// contextualizer and the policy API enrich through this one function.
+pub async fn enrich<S: AttributeSource>(
+    principal: &Principal,
+    source: &S,
+) -> Result<Option<Arc<Principal>>, LookupError> {
+    let snapshot = source.get(&principal.id).await?;
+    Ok(snapshot.record.map(|record| {
+        Arc::new(Principal {
+            stored: Some(Stored {
+                revision: snapshot.revision,
+                record,
+            }),
+            ..principal.clone()
+        })
+    }))
+}
+
+/// The lookup counters, resolved once: the decision path only increments them.
+struct LookupCounters {
+    hit: Counter,
+    miss: Counter,
+    error: Counter,
+}
+
+impl LookupCounters {
+    fn new(metrics: &AttributeMetrics) -> Self {
+        let counter = |result| {
+            metrics
+                .lookups
+                .get_or_create(&ResultLabels { result })
+                .clone()
+        };
+        Self {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            error: counter("error"),
+        }
     }
 }
 
@@ -63,6 +128,7 @@ pub struct PrincipalStore {
     kv: ArcSwapOption<kv::Store>,
     lookup_timeout: Duration,
     metrics: AttributeMetrics,
+    lookups: LookupCounters,
     /// The highest KV revision the watch has delivered: where a restarted watch resumes.
     watched: AtomicU64,
 }
@@ -76,6 +142,7 @@ impl PrincipalStore {
                 .build(),
             kv: ArcSwapOption::empty(),
             lookup_timeout: config.lookup_timeout,
+            lookups: LookupCounters::new(&metrics),
             metrics,
             watched: AtomicU64::new(0),
         }
@@ -94,16 +161,16 @@ impl PrincipalStore {
     /// deadline. A principal without a document is a snapshot without a record.
     pub async fn get(&self, principal: &str) -> Result<Snapshot, LookupError> {
         if let Some(snapshot) = self.cache.get(principal).await {
-            self.metrics.lookup("hit");
+            self.lookups.hit.inc();
             return Ok(snapshot);
         }
         match self.fetch(principal).await {
             Ok(snapshot) => {
-                self.metrics.lookup("miss");
+                self.lookups.miss.inc();
                 Ok(snapshot)
             }
             Err(e) => {
-                self.metrics.lookup("error");
+                self.lookups.error.inc();
                 Err(e)
             }
         }

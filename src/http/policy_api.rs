@@ -163,7 +163,7 @@ async fn principal(
             let mut principal = PrincipalInput {
                 id: p.id.to_string(),
                 roles: p.roles.iter().map(|r| r.to_string()).collect(),
-                attr: p.attributes.clone(),
+                attr: p.attributes(),
                 attributes_revision: 0,
             };
             // As the `principal_attributes` contextualizer does: the stored facts win.

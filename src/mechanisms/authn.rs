@@ -430,13 +430,13 @@ impl PasetoAuthenticator {
                 .into_iter()
                 .map(String::into_boxed_str)
                 .collect(),
-            attributes: claims.attr,
+            claims: Arc::new(claims.attr),
             mechanism: Arc::clone(&self.id),
             issuer: claims.iss.map(Arc::from),
             expires_at: times.expires_at,
             issued_at: times.issued_at,
             token_id: claims.jti.map(Arc::from),
-            attributes_revision: 0,
+            stored: None,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.insert(key, Arc::clone(&principal));

@@ -91,8 +91,8 @@ impl CerbosAuthorizer {
         let principal = PrincipalInput {
             id: principal.id.to_string(),
             roles: principal.roles.iter().map(|r| r.to_string()).collect(),
-            attr: principal.attributes.clone(),
-            attributes_revision: principal.attributes_revision,
+            attr: principal.attributes(),
+            attributes_revision: principal.attributes_revision(),
         };
         let check = [ResourceCheck {
             resource: ResourceInput {

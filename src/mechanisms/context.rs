@@ -12,6 +12,7 @@ use serde_yaml_ng::Value;
 
 use super::parse_config;
 use crate::attributes::PrincipalStore;
+use crate::attributes::store::enrich;
 use crate::decision::{ErrorKind, StepError};
 use crate::subject::Subject;
 
@@ -83,12 +84,10 @@ impl PrincipalAttributes {
                 ),
             ));
         };
-        let snapshot = self
-            .store
-            .get(&principal.id)
+        let Some(enriched) = enrich(principal, &*self.store)
             .await
-            .map_err(|e| StepError::new(ErrorKind::Communication, &self.id, e.to_string()))?;
-        if snapshot.record.is_none() {
+            .map_err(|e| StepError::new(ErrorKind::Communication, &self.id, e.to_string()))?
+        else {
             if self.required {
                 return Err(StepError::new(
                     ErrorKind::Authorization,
@@ -97,12 +96,9 @@ impl PrincipalAttributes {
                 ));
             }
             return Ok(());
-        }
-        let mut enriched = (**principal).clone();
-        snapshot.merge_into(&mut enriched.attributes);
-        enriched.attributes_revision = snapshot.revision;
+        };
         let name = Arc::clone(name);
-        subject.insert(name, Arc::new(enriched));
+        subject.insert(name, enriched);
         Ok(())
     }
 }
@@ -168,16 +164,21 @@ mod tests {
             .unwrap();
         let principal = subject.primary().unwrap();
         assert_eq!(
-            serde_json::Value::Object(principal.attributes.clone()),
+            serde_json::Value::Object(principal.attributes()),
             json!({"plan": "enterprise", "seats": 5, "department": "eng"})
         );
-        assert_eq!(principal.attributes_revision, 42);
+        assert_eq!(principal.attributes_revision(), 42);
+        assert_eq!(principal.attr("plan"), Some(&json!("enterprise")));
+        assert_eq!(principal.attr("department"), Some(&json!("eng")));
+        assert_eq!(principal.attr_count(), 3);
+        // Layered, not merged: the token's claims are still what the token said.
+        assert_eq!(principal.claims.get("plan"), Some(&json!("free")));
     }
 
     #[tokio::test]
     async fn no_stored_attributes_is_fine_unless_required() {
         let subject = enrich(None, "{}").await.unwrap();
-        assert_eq!(subject.primary().unwrap().attributes_revision, 0);
+        assert_eq!(subject.primary().unwrap().attributes_revision(), 0);
         let err = enrich(None, "required: true").await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Authorization);
         let err = enrich(None, "principal: workload").await.unwrap_err();

@@ -200,11 +200,9 @@ impl ErrorHandler {
                 };
                 for (name, expr) in &g.headers {
                     match expr.eval_string(vars) {
-                        Ok(value) if http::HeaderValue::try_from(value.as_str()).is_ok() => {
-                            response
-                                .headers
-                                .push((std::borrow::Cow::Owned(name.to_string()), value))
-                        }
+                        Ok(value) if super::finalize::is_header_value(&value) => response
+                            .headers
+                            .push((std::borrow::Cow::Owned(name.to_string()), value)),
                         Ok(_) => {
                             tracing::warn!(handler = %g.id, header = %name, "error handler header value is not a valid header value; left out")
                         }

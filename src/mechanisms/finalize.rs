@@ -62,7 +62,7 @@ impl HeaderFinalizer {
                 format!("header `{name}`: {e}"),
             )
         })?;
-        if http::HeaderValue::try_from(value.as_str()).is_err() {
+        if !is_header_value(&value) {
             return Err(StepError::new(
                 ErrorKind::Internal,
                 &self.id,
@@ -71,6 +71,14 @@ impl HeaderFinalizer {
         }
         Ok(value)
     }
+}
+
+/// Whether `value` is a valid HTTP header value (visible ASCII, spaces, tabs and obs-text, as
+/// `http::HeaderValue` accepts), checked in place instead of copying it into one.
+pub(super) fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 fn header_name(name: &str) -> Result<Arc<str>, String> {
@@ -141,5 +149,38 @@ impl Finalizer {
             Self::RemoveHeaders(_) => &[],
         };
         list.iter().chain(response).map(|(_, e)| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_values_are_checked_as_http_checks_them() {
+        for b in 0..=u8::MAX {
+            let bytes = [b'a', b, b'z'];
+            // Only UTF-8 reaches the check: expression results are strings.
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                assert_eq!(
+                    super::is_header_value(text),
+                    http::HeaderValue::try_from(text).is_ok(),
+                    "byte {b:#x}"
+                );
+            }
+        }
+        for text in [
+            "",
+            "é",
+            "a\u{80}b",
+            "tab\there",
+            "nul\0",
+            "del\u{7f}",
+            "line\nbreak",
+        ] {
+            assert_eq!(
+                super::is_header_value(text),
+                http::HeaderValue::try_from(text).is_ok(),
+                "{text:?}"
+            );
+        }
     }
 }
