@@ -29,24 +29,6 @@ pub struct Snapshot {
     pub record: Option<Arc<PrincipalRecord>>,
 }
 
-impl Snapshot {
-    /// Merges the stored attributes into `attributes` (a token's claims): the stored facts are
-    /// newer, so they win on a name clash. Returns whether there was a stored document.
-    /// A deep copy: the decision path layers them with [`enrich`] instead.
-    pub fn merge_into(&self, attributes: &mut serde_json::Map<String, serde_json::Value>) -> bool {
-        let Some(record) = &self.record else {
-            return false;
-        };
-        attributes.extend(
-            record
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        true
-    }
-}
-
 /// Where a principal's stored attributes come from. Callers are generic over it, so the
 /// decision path is monomorphic; [`PrincipalStore`] is the implementation.
 pub trait AttributeSource: Send + Sync {

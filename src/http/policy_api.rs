@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::response::{Refusal, json, request_id, status_of};
 use crate::attributes::PrincipalStore;
+use crate::attributes::store::enrich;
 use crate::canonical::RequestLine;
 use crate::cerbos::{Cerbos, CerbosError, Plan, PrincipalInput, ResourceCheck, ResourceInput};
 use crate::config::ApiConfig;
@@ -160,26 +161,26 @@ async fn principal(
     let view = RequestView::new(&line, "http", Headers::Http(headers));
     match authenticator.authenticate(&view).await {
         Ok(p) => {
-            let mut principal = PrincipalInput {
+            // As the `principal_attributes` contextualizer does: the stored facts win.
+            let p = match &state.attributes {
+                Some(store) => enrich(&p, &**store)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "principal attributes unavailable");
+                        Refusal::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "principal attributes are unavailable",
+                        )
+                    })?
+                    .unwrap_or(p),
+                None => p,
+            };
+            Ok(PrincipalInput {
                 id: p.id.to_string(),
                 roles: p.roles.iter().map(|r| r.to_string()).collect(),
                 attr: p.attributes(),
-                attributes_revision: 0,
-            };
-            // As the `principal_attributes` contextualizer does: the stored facts win.
-            if let Some(store) = &state.attributes {
-                let snapshot = store.get(&principal.id).await.map_err(|e| {
-                    tracing::warn!(error = %e, "principal attributes unavailable");
-                    Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "principal attributes are unavailable",
-                    )
-                })?;
-                if snapshot.merge_into(&mut principal.attr) {
-                    principal.attributes_revision = snapshot.revision;
-                }
-            }
-            Ok(principal)
+                attributes_revision: p.attributes_revision(),
+            })
         }
         Err(AuthnError::NotResponsible) => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
