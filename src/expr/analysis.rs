@@ -94,3 +94,51 @@ pub(super) fn walk(
         Ast::Literal(_) | Ast::Unspecified => Ok(()),
     }
 }
+
+/// The names comprehensions bind (`x` in `list.exists(x, x > 1)`, and the accumulator): an
+/// expression may reference them although they are not variables heimdall binds.
+pub(super) fn comprehension_names(expr: &cel::parser::Expression, names: &mut Vec<String>) {
+    use cel::common::ast::{EntryExpr, Expr as Ast};
+    match &expr.expr {
+        Ast::Comprehension(c) => {
+            names.push(c.iter_var.clone());
+            names.extend(c.iter_var2.iter().cloned());
+            names.push(c.accu_var.clone());
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                comprehension_names(e, names);
+            }
+        }
+        Ast::Select(select) => comprehension_names(&select.operand, names),
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                comprehension_names(target, names);
+            }
+            call.args.iter().for_each(|a| comprehension_names(a, names));
+        }
+        Ast::List(list) => list
+            .elements
+            .iter()
+            .for_each(|e| comprehension_names(e, names)),
+        Ast::Map(map) => map.entries.iter().for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => {
+                comprehension_names(&e.key, names);
+                comprehension_names(&e.value, names);
+            }
+            EntryExpr::StructField(f) => comprehension_names(&f.value, names),
+        }),
+        Ast::Struct(st) => st.entries.iter().for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => {
+                comprehension_names(&e.key, names);
+                comprehension_names(&e.value, names);
+            }
+            EntryExpr::StructField(f) => comprehension_names(&f.value, names),
+        }),
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}

@@ -79,10 +79,12 @@ impl Expr {
             message: e.to_string().replace('\n', " "),
         })?;
         let references = program.references();
+        let mut bound = Vec::new();
+        analysis::comprehension_names(program.expression(), &mut bound);
         if let Some(name) = references
             .variables()
             .into_iter()
-            .find(|v| Variable::parse(v).is_none())
+            .find(|v| Variable::parse(v).is_none() && !bound.iter().any(|b| b == v))
         {
             return Err(ExprError::UnknownVariable {
                 expr: expr.to_owned(),
@@ -419,6 +421,29 @@ mod tests {
                 "{source} is not a plain read"
             );
         }
+    }
+
+    #[test]
+    fn comprehension_variables_are_bound_names_not_unknown_variables() {
+        let expr =
+            Expr::compile(r#"subject.roles.exists(r, r == "admin") && [1, 2].all(n, n > 0)"#)
+                .unwrap();
+        let principal = Principal::new(
+            "alice",
+            vec!["admin".to_owned()],
+            serde_json::Map::new(),
+            "bearer",
+        );
+        let mut subject = Subject::default();
+        subject.insert(Arc::from("default"), Arc::new(principal));
+        let mut vars = Vars::default();
+        vars.bind_subject(&subject);
+        assert!(expr.eval_bool(&vars).unwrap());
+        // A name no comprehension binds is still refused.
+        assert!(matches!(
+            Expr::compile(r#"subject.roles.exists(r, y == "admin")"#),
+            Err(ExprError::UnknownVariable { name, .. }) if name == "y"
+        ));
     }
 
     #[test]
