@@ -16,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::canonical::RequestLine;
-use crate::cerbos::{Plan, PrincipalInput, ResourceCheck, ResourceInput};
 use crate::decision::ErrorKind;
 use crate::http::SideState;
 use crate::mechanisms::AuthnError;
+use crate::policy::{
+    OwnedPrincipal as PrincipalInput, Plan, PolicyDecisionPoint as _, ResourceCheck, ResourceInput,
+};
 use crate::request::{Headers, RequestView};
 
 #[derive(Deserialize)]
@@ -287,7 +289,7 @@ async fn check_inner(
         })
         .collect();
     let results = cerbos
-        .check(&request_id(headers), &principal, &checks)
+        .check(&request_id(headers), &principal.as_input(), &checks)
         .await
         .map_err(|e| no_decision("/check", &e))?;
     let all_allowed = results.iter().all(|r| r.all_allowed());
@@ -341,7 +343,12 @@ async fn plan_inner(
         attr: body.resource.attr,
     };
     let plan = cerbos
-        .plan(&request_id(headers), &principal, &resource, &body.actions)
+        .plan(
+            &request_id(headers),
+            &principal.as_input(),
+            &resource,
+            &body.actions,
+        )
         .await
         .map_err(|e| no_decision("/plan/resources", &e))?;
     let filter = match plan {

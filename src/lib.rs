@@ -19,6 +19,7 @@ pub mod listener;
 pub mod mechanisms;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod readiness;
 pub mod redact;
 pub mod request;
