@@ -139,12 +139,21 @@ impl Validation {
         if claims.sub.as_deref().is_none_or(str::is_empty) {
             return Err(TokenError::MissingClaim("sub"));
         }
-        let leeway = self.leeway;
+        // Checked: `OffsetDateTime ± Duration` panics out of range. Configured leeways are
+        // bounded at build time; a `Validation` built otherwise refuses instead of panicking.
+        let leeway =
+            time::Duration::try_from(self.leeway).map_err(|_| TokenError::LeewayOutOfRange)?;
+        let earliest = now
+            .checked_sub(leeway)
+            .ok_or(TokenError::LeewayOutOfRange)?;
+        let latest = now
+            .checked_add(leeway)
+            .ok_or(TokenError::LeewayOutOfRange)?;
         let exp = parse_time(claims.exp.as_deref(), "exp")?;
         let nbf = parse_time(claims.nbf.as_deref(), "nbf")?;
         let iat = parse_time(claims.iat.as_deref(), "iat")?;
         match exp {
-            Some(exp) if now - leeway >= exp => {
+            Some(exp) if earliest >= exp => {
                 return Err(TokenError::Expired(shown(
                     claims.exp.as_deref().unwrap_or_default(),
                 )));
@@ -153,14 +162,14 @@ impl Validation {
             _ => {}
         }
         if let Some(nbf) = nbf
-            && now + leeway < nbf
+            && latest < nbf
         {
             return Err(TokenError::NotYetValid(shown(
                 claims.nbf.as_deref().unwrap_or_default(),
             )));
         }
         if let Some(iat) = iat
-            && now + leeway < iat
+            && latest < iat
         {
             return Err(TokenError::IssuedInFuture(shown(
                 claims.iat.as_deref().unwrap_or_default(),

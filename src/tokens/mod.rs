@@ -77,6 +77,9 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("claim `{0}` is not an RFC 3339 time")]
     BadTime(&'static str),
+    /// The validation's leeway moves `now` out of the representable time range.
+    #[error("the leeway is out of range")]
+    LeewayOutOfRange,
     #[error("token expired at {0}")]
     Expired(String),
     #[error("token is not valid before {0}")]
@@ -310,6 +313,18 @@ mod tests {
         let mut lenient = validation();
         lenient.leeway = Duration::from_secs(300);
         assert!(lenient.check(&claims, later).is_ok());
+        // 20,000 years: refused, not a panic in the date arithmetic.
+        let mut huge = validation();
+        huge.leeway = Duration::from_secs(20_000 * 366 * 24 * 3600);
+        assert_eq!(
+            huge.check(&claims, later).map(|_| ()),
+            Err(TokenError::LeewayOutOfRange)
+        );
+        huge.leeway = Duration::MAX;
+        assert_eq!(
+            huge.check(&claims, later).map(|_| ()),
+            Err(TokenError::LeewayOutOfRange)
+        );
     }
 
     /// The official PASETO v4.public test vectors (4-S-1, 4-S-2, 4-S-3).
