@@ -18,6 +18,7 @@ pub mod listener;
 pub mod mechanisms;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod readiness;
 pub mod redact;
 pub mod request;

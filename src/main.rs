@@ -164,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Each role once (`--roles user,user` is one role), blanks dropped: Cerbos refuses a
             // principal whose roles repeat.
             let roles: Vec<String> = roles.iter().map(|r| r.trim().to_owned()).collect();
-            claims.roles = heimdall::cerbos::dedup_roles(&roles);
+            claims.roles = heimdall::policy::dedup_roles(&roles);
             if let Some(aud) = audience.clone().or_else(|| config.tokens.audience.clone()) {
                 claims.aud = Audience::One(aud);
             }

@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 use time::OffsetDateTime;
 
 use crate::attributes::record::PrincipalRecord;
+use crate::attributes::store::{AttributeSource, LookupError};
 
 /// A verified identity. Cloning it is cheap (shared strings and maps): a contextualizer clones
 /// the principal to layer stored attributes over it on every request.
@@ -135,4 +136,24 @@ impl Subject {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Principal)> {
         self.principals.iter().map(|(n, p)| (&**n, &**p))
     }
+}
+
+/// `principal` with its stored attributes layered over its claims (they win on a name clash:
+/// they are the newer fact), or `None` when it has no stored attributes. Shares the stored
+/// document with the cache: nothing is copied but a few `Arc`s. The `principal_attributes`
+/// contextualizer and the policy API enrich through this one function.
+pub async fn enrich<S: AttributeSource>(
+    principal: &Principal,
+    source: &S,
+) -> Result<Option<Arc<Principal>>, LookupError> {
+    let snapshot = source.get(&principal.id).await?;
+    Ok(snapshot.record.map(|record| {
+        Arc::new(Principal {
+            stored: Some(Stored {
+                revision: snapshot.revision,
+                record,
+            }),
+            ..principal.clone()
+        })
+    }))
 }

@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "vocabulary",
-        &["redact", "canonical", "decision", "subject", "readiness"],
+        &["redact", "canonical", "decision", "readiness"],
     ),
     (
         "request and services",
-        &["request", "tokens", "metrics", "attributes", "cerbos"],
+        &["request", "tokens", "metrics", "attributes"],
     ),
+    ("principals and policy questions", &["subject", "policy"]),
+    ("policy engine", &["cerbos"]),
     ("configuration", &["config", "telemetry", "listener"]),
     ("expressions", &["expr"]),
     ("mechanisms", &["mechanisms"]),

@@ -20,7 +20,6 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::record::{PrincipalRecord, kv_key, principal_of_key};
 use super::{AttributeMetrics, NatsConfig, ResultLabels};
-use crate::subject::{Principal, Stored};
 
 /// A principal's attributes as of one KV revision (0 and no record: the principal has none).
 #[derive(Debug, Clone, Default)]
@@ -46,26 +45,6 @@ impl AttributeSource for PrincipalStore {
     ) -> impl std::future::Future<Output = Result<Snapshot, LookupError>> + Send {
         PrincipalStore::get(self, principal)
     }
-}
-
-/// `principal` with its stored attributes layered over its claims (they win on a name clash:
-/// they are the newer fact), or `None` when it has no stored attributes. Shares the stored
-/// document with the cache: nothing is copied but a few `Arc`s. The `principal_attributes`
-/// contextualizer and the policy API enrich through this one function.
-pub async fn enrich<S: AttributeSource>(
-    principal: &Principal,
-    source: &S,
-) -> Result<Option<Arc<Principal>>, LookupError> {
-    let snapshot = source.get(&principal.id).await?;
-    Ok(snapshot.record.map(|record| {
-        Arc::new(Principal {
-            stored: Some(Stored {
-                revision: snapshot.revision,
-                record,
-            }),
-            ..principal.clone()
-        })
-    }))
 }
 
 /// The lookup counters, resolved once: the decision path only increments them.

@@ -21,13 +21,14 @@ use serde::Deserialize;
 
 use super::response::{Refusal, json, request_id, status_of};
 use crate::attributes::PrincipalStore;
-use crate::attributes::store::enrich;
 use crate::canonical::RequestLine;
-use crate::cerbos::{Cerbos, CerbosError, Plan, PrincipalInput, ResourceCheck, ResourceInput};
+use crate::cerbos::{Cerbos, CerbosError};
 use crate::config::ApiConfig;
 use crate::decision::ErrorKind;
 use crate::mechanisms::{Authenticator, AuthnError};
+use crate::policy::{OwnedPrincipal, Plan, PolicyDecisionPoint as _, ResourceCheck, ResourceInput};
 use crate::request::{Headers, RequestView};
+use crate::subject::enrich;
 
 /// What the policy API asks with.
 #[derive(Clone)]
@@ -55,7 +56,7 @@ where
 #[serde(deny_unknown_fields)]
 struct CheckBody {
     #[serde(default)]
-    principal: Option<PrincipalInput>,
+    principal: Option<OwnedPrincipal>,
     resources: Vec<CheckResource>,
 }
 
@@ -73,7 +74,7 @@ struct CheckResource {
 #[serde(deny_unknown_fields)]
 struct PlanBody {
     #[serde(default)]
-    principal: Option<PrincipalInput>,
+    principal: Option<OwnedPrincipal>,
     resource: PlanResource,
     actions: Vec<String>,
 }
@@ -143,8 +144,8 @@ fn require(ok: bool, message: impl FnOnce() -> String) -> Result<(), Refusal> {
 async fn principal(
     state: &PolicyApi,
     headers: &HeaderMap,
-    body_principal: Option<PrincipalInput>,
-) -> Result<PrincipalInput, Refusal> {
+    body_principal: Option<OwnedPrincipal>,
+) -> Result<OwnedPrincipal, Refusal> {
     if state.config.trust_body_principal
         && let Some(principal) = body_principal
     {
@@ -175,7 +176,7 @@ async fn principal(
                     .unwrap_or(p),
                 None => p,
             };
-            Ok(PrincipalInput {
+            Ok(OwnedPrincipal {
                 id: p.id.to_string(),
                 roles: p.roles.iter().map(|r| r.to_string()).collect(),
                 attr: p.attributes(),
@@ -252,7 +253,7 @@ async fn check(
         })
         .collect();
     let results = cerbos
-        .check(&request_id(&headers), &principal, &checks)
+        .check(&request_id(&headers), &principal.as_input(), &checks)
         .await
         .map_err(|e| no_decision("/check", &e))?;
     let all_allowed = results.iter().all(|r| r.all_allowed());
@@ -301,7 +302,12 @@ async fn plan(
         attr: body.resource.attr,
     };
     let plan = cerbos
-        .plan(&request_id(&headers), &principal, &resource, &body.actions)
+        .plan(
+            &request_id(&headers),
+            &principal.as_input(),
+            &resource,
+            &body.actions,
+        )
         .await
         .map_err(|e| no_decision("/plan/resources", &e))?;
     let filter = match plan {

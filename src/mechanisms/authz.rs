@@ -11,6 +11,7 @@ use serde_yaml_ng::Value;
 use super::{no_config, parse_config};
 use crate::decision::{ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
+use crate::policy::PolicyDecisionPoint;
 
 /// The built-in authorizers.
 pub enum Authorizer {
@@ -40,18 +41,21 @@ struct CerbosAuthorizerConfig {
 /// question Cerbos (or heimdall, before asking) refuses as invalid — an empty resource id,
 /// duplicate actions, a principal without roles and no `cerbos.default_role` — is a denial
 /// (`invalid_policy_request`, 403), so `failure_mode_allow` cannot turn it into an allow.
-pub struct CerbosAuthorizer {
+///
+/// Generic over the policy decision point so each call is static dispatch; the configuration
+/// builds it over [`crate::cerbos::Cerbos`].
+pub struct CerbosAuthorizer<P = crate::cerbos::Cerbos> {
     id: Arc<str>,
-    cerbos: Arc<crate::cerbos::Cerbos>,
+    cerbos: Arc<P>,
     kind: String,
     resource_id: Option<Expr>,
     attr: Box<[(String, Expr)]>,
     actions: Expr,
 }
 
-impl CerbosAuthorizer {
+impl<P: PolicyDecisionPoint> CerbosAuthorizer<P> {
     async fn authorize(&self, vars: &Vars<'_>) -> Result<(), StepError> {
-        use crate::cerbos::{PrincipalInput, ResourceCheck, ResourceInput};
+        use crate::policy::{DecisionError as _, PrincipalInput, ResourceCheck, ResourceInput};
         let fail = |kind, message: String| StepError::new(kind, &self.id, message);
         let principal = vars
             .subject()
@@ -87,13 +91,8 @@ impl CerbosAuthorizer {
         if actions.is_empty() {
             return Err(fail(ErrorKind::BadRequest, "no action to check".into()));
         }
-        // `Cerbos::check` removes repeated roles and applies the default role.
-        let principal = PrincipalInput {
-            id: principal.id.to_string(),
-            roles: principal.roles.iter().map(|r| r.to_string()).collect(),
-            attr: principal.attributes(),
-            attributes_revision: principal.attributes_revision(),
-        };
+        // Borrowed: the PDP removes repeated roles and applies the default role itself.
+        let principal = PrincipalInput::from(principal);
         let check = [ResourceCheck {
             resource: ResourceInput {
                 kind: self.kind.clone(),
@@ -253,5 +252,194 @@ impl Authorizer {
             ),
             Self::Allow | Self::Deny(_) => Box::new(std::iter::empty()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `cerbos` authorizer against an in-test policy decision point: what it asks, and how
+    //! each answer becomes a decision.
+
+    use std::borrow::Cow;
+    use tokio::sync::Mutex;
+
+    use super::*;
+    use crate::policy::{
+        DecisionError, Plan, PrincipalInput, ResourceCheck, ResourceInput, ResourceResult,
+    };
+    use crate::subject::{Principal, Subject};
+
+    #[derive(Debug, thiserror::Error)]
+    enum TestError {
+        #[error("refused: {0}")]
+        Refused(String),
+        #[error("down")]
+        Down,
+    }
+
+    impl DecisionError for TestError {
+        fn is_refusal(&self) -> bool {
+            matches!(self, Self::Refused(_))
+        }
+    }
+
+    /// A question as the PDP saw it: principal id, roles, attributes, revision, resource.
+    type Asked = (String, Vec<String>, serde_json::Value, u64, ResourceCheck);
+
+    /// Allows `view` on anything, denies every other action; resource id `invalid` is refused,
+    /// `down` is an outage and `silent` gets no result. Records each question.
+    #[derive(Default)]
+    struct TestPdp {
+        asked: Mutex<Vec<Asked>>,
+    }
+
+    impl PolicyDecisionPoint for TestPdp {
+        type Error = TestError;
+
+        async fn check(
+            &self,
+            _request_id: &str,
+            principal: &PrincipalInput<'_>,
+            resources: &[ResourceCheck],
+        ) -> Result<Arc<[ResourceResult]>, TestError> {
+            for check in resources {
+                self.asked.lock().await.push((
+                    principal.id.to_owned(),
+                    principal.roles.iter().map(|r| (*r).to_owned()).collect(),
+                    principal
+                        .attr
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    principal.attributes_revision,
+                    check.clone(),
+                ));
+            }
+            match resources.first().map(|c| c.resource.id.as_str()) {
+                Some("invalid") => return Err(TestError::Refused("bad id".into())),
+                Some("down") => return Err(TestError::Down),
+                Some("silent") => return Ok(Arc::from([])),
+                _ => {}
+            }
+            Ok(resources
+                .iter()
+                .map(|c| ResourceResult {
+                    id: c.resource.id.clone(),
+                    kind: c.resource.kind.clone(),
+                    actions: c.actions.iter().map(|a| (a.clone(), a == "view")).collect(),
+                })
+                .collect())
+        }
+
+        async fn plan(
+            &self,
+            _request_id: &str,
+            _principal: &PrincipalInput<'_>,
+            _resource: &ResourceInput,
+            _actions: &[String],
+        ) -> Result<Plan, TestError> {
+            Ok(Plan::AlwaysDenied)
+        }
+    }
+
+    fn authorizer(pdp: &Arc<TestPdp>, actions: &str) -> CerbosAuthorizer<TestPdp> {
+        let compile = |src: &str| Expr::compile(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        CerbosAuthorizer {
+            id: Arc::from("docs"),
+            cerbos: Arc::clone(pdp),
+            kind: "document".into(),
+            resource_id: Some(compile("request.captures.id")),
+            attr: Box::new([("owner".into(), compile("request.captures.owner"))]),
+            actions: compile(actions),
+        }
+    }
+
+    /// Authorizes `/docs/{id}` of `owner`, asked by alice.
+    async fn decide(
+        authorizer: &CerbosAuthorizer<TestPdp>,
+        id: &'static str,
+    ) -> Result<(), StepError> {
+        let mut principal = Principal::new(
+            "alice",
+            vec!["user".into(), "editor".into()],
+            serde_json::json!({"dept": "eng"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            "bearer",
+        );
+        // Stored attributes at revision 7 (none that clash): the revision joins the question.
+        principal.stored = Some(crate::subject::Stored {
+            revision: 7,
+            record: Arc::new(crate::attributes::record::PrincipalRecord::default()),
+        });
+        let subject = Subject::single(principal);
+        let line = crate::canonical::RequestLine::internal("GET", "/docs");
+        let view = crate::request::RequestView::new(&line, "http", crate::request::Headers::None);
+        let captures = [("id", Cow::Borrowed(id)), ("owner", Cow::Borrowed("bob"))];
+        let mut vars = Vars::default();
+        vars.bind_request(&view, &captures);
+        vars.bind_subject(&subject);
+        authorizer.authorize(&vars).await
+    }
+
+    #[tokio::test]
+    async fn asks_about_the_principal_and_resource_and_decides_on_every_action() {
+        let pdp = Arc::new(TestPdp::default());
+        assert_eq!(decide(&authorizer(&pdp, "'view'"), "42").await, Ok(()));
+        let asked = pdp.asked.lock().await.clone();
+        assert_eq!(
+            asked,
+            vec![(
+                "alice".to_owned(),
+                vec!["user".to_owned(), "editor".to_owned()],
+                serde_json::json!({"dept": "eng"}),
+                7,
+                ResourceCheck {
+                    resource: ResourceInput {
+                        kind: "document".into(),
+                        id: "42".into(),
+                        attr: serde_json::json!({"owner": "bob"})
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    },
+                    actions: vec!["view".into()],
+                },
+            )]
+        );
+
+        let denied = decide(&authorizer(&pdp, "['view', 'edit', 'delete']"), "42")
+            .await
+            .expect_err("edit is denied");
+        assert_eq!(denied.kind, ErrorKind::Authorization);
+        assert_eq!(
+            denied.message,
+            "Cerbos denies `delete`, `edit` on document `42`"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_a_denial_and_an_outage_a_communication_error() {
+        let pdp = Arc::new(TestPdp::default());
+        let view = authorizer(&pdp, "'view'");
+        let kind = |result: Result<(), StepError>| result.map_err(|e| e.kind);
+        assert_eq!(
+            kind(decide(&view, "invalid").await),
+            Err(ErrorKind::InvalidPolicyRequest)
+        );
+        assert_eq!(
+            kind(decide(&view, "down").await),
+            Err(ErrorKind::Communication)
+        );
+        assert_eq!(
+            kind(decide(&view, "silent").await),
+            Err(ErrorKind::Communication)
+        );
+        assert_eq!(
+            kind(decide(&authorizer(&pdp, "[]"), "42").await),
+            Err(ErrorKind::BadRequest)
+        );
+        assert_eq!(pdp.asked.lock().await.len(), 3);
     }
 }

@@ -12,9 +12,9 @@ use serde_yaml_ng::Value;
 
 use super::parse_config;
 use crate::attributes::PrincipalStore;
-use crate::attributes::store::enrich;
 use crate::decision::{ErrorKind, StepError};
 use crate::subject::Subject;
+use crate::subject::enrich;
 
 /// The built-in contextualizers.
 pub enum Contextualizer {
