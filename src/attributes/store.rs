@@ -18,8 +18,9 @@ use futures_util::StreamExt as _;
 use moka::ops::compute::Op;
 use prometheus_client::metrics::counter::Counter;
 
+use super::NatsConfig;
+use super::metrics::{AttributeMetrics, ResultLabels};
 use super::record::{PrincipalRecord, kv_key, principal_of_key};
-use super::{AttributeMetrics, NatsConfig, ResultLabels};
 
 /// A principal's attributes as of one KV revision (0 and no record: the principal has none).
 #[derive(Debug, Clone, Default)]
