@@ -35,8 +35,9 @@ pub struct BuildContext<'a> {
     pub attributes: Option<&'a Arc<crate::attributes::PrincipalStore>>,
 }
 
-/// The kinds of mechanism, as named in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kinds of mechanism, as named in the configuration, in pipeline order (an `execute`
+/// list runs authenticators, then contextualizers, authorizers and finalizers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Authenticator,
     Contextualizer,
@@ -55,9 +56,21 @@ impl Kind {
             Self::ErrorHandler => "error_handler",
         }
     }
+
+    /// The name with its indefinite article, for messages.
+    pub const fn with_article(self) -> &'static str {
+        match self {
+            Self::Authenticator => "an authenticator",
+            Self::Contextualizer => "a contextualizer",
+            Self::Authorizer => "an authorizer",
+            Self::Finalizer => "a finalizer",
+            Self::ErrorHandler => "an error handler",
+        }
+    }
 }
 
-/// One built mechanism of any kind.
+/// One built mechanism of any kind; cloning shares the built mechanism.
+#[derive(Clone)]
 pub enum Mechanism {
     Authenticator(Arc<Authenticator>),
     Contextualizer(Arc<Contextualizer>),

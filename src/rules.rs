@@ -321,26 +321,7 @@ fn sample_path(pattern: &str) -> String {
 
 /// Built mechanisms by kind and id, with their specs for per-rule overrides.
 struct Catalogue<'c> {
-    entries: HashMap<(KindKey, &'c str), (&'c MechanismSpec, Mechanism)>,
-}
-
-#[derive(Hash, PartialEq, Eq, Clone, Copy)]
-enum KindKey {
-    Authn,
-    Context,
-    Authz,
-    Finalizer,
-    ErrorHandler,
-}
-
-fn kind_key(kind: Kind) -> KindKey {
-    match kind {
-        Kind::Authenticator => KindKey::Authn,
-        Kind::Contextualizer => KindKey::Context,
-        Kind::Authorizer => KindKey::Authz,
-        Kind::Finalizer => KindKey::Finalizer,
-        Kind::ErrorHandler => KindKey::ErrorHandler,
-    }
+    entries: HashMap<(Kind, &'c str), (&'c MechanismSpec, Mechanism)>,
 }
 
 impl<'c> Catalogue<'c> {
@@ -357,7 +338,7 @@ impl<'c> Catalogue<'c> {
         ];
         for (kind, specs) in groups {
             for spec in specs {
-                let key = (kind_key(kind), spec.id.as_str());
+                let key = (kind, spec.id.as_str());
                 // Tracked apart from `entries`: a definition that failed to build still counts.
                 if !seen.insert(key) {
                     errors.push(format!("{} `{}` is defined twice", kind.as_str(), spec.id));
@@ -389,11 +370,11 @@ impl<'c> Catalogue<'c> {
         rule: &str,
         ctx: &BuildContext<'_>,
     ) -> Result<Mechanism, String> {
-        let Some((spec, built)) = self.entries.get(&(kind_key(kind), id)) else {
+        let Some((spec, built)) = self.entries.get(&(kind, id)) else {
             let mut known: Vec<&str> = self
                 .entries
                 .keys()
-                .filter(|(k, _)| *k == kind_key(kind))
+                .filter(|(k, _)| *k == kind)
                 .map(|(_, id)| *id)
                 .collect();
             known.sort_unstable();
@@ -408,13 +389,7 @@ impl<'c> Catalogue<'c> {
             ));
         };
         if overrides.is_null() {
-            return Ok(match built {
-                Mechanism::Authenticator(m) => Mechanism::Authenticator(Arc::clone(m)),
-                Mechanism::Contextualizer(m) => Mechanism::Contextualizer(Arc::clone(m)),
-                Mechanism::Authorizer(m) => Mechanism::Authorizer(Arc::clone(m)),
-                Mechanism::Finalizer(m) => Mechanism::Finalizer(Arc::clone(m)),
-                Mechanism::ErrorHandler(m) => Mechanism::ErrorHandler(Arc::clone(m)),
-            });
+            return Ok(built.clone());
         }
         let merged = mechanisms::merge_config(&spec.config, overrides);
         let step_id: Arc<str> = Arc::from(format!("{rule}/{id}"));
@@ -427,39 +402,12 @@ impl<'c> Catalogue<'c> {
     }
 }
 
-/// Which stage a step belongs to, for the order check.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
-enum Stage {
-    Authenticate,
-    Contextualize,
-    Authorize,
-    Finalize,
-}
-
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Authenticate => "authenticator",
-        Stage::Contextualize => "contextualizer",
-        Stage::Authorize => "authorizer",
-        Stage::Finalize => "finalizer",
-    }
-}
-
-fn stage_with_article(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Authenticate => "an authenticator",
-        Stage::Contextualize => "a contextualizer",
-        Stage::Authorize => "an authorizer",
-        Stage::Finalize => "a finalizer",
-    }
-}
-
-fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
-    let named: Vec<(Stage, &str)> = [
-        (Stage::Authenticate, &step.authenticator),
-        (Stage::Contextualize, &step.contextualizer),
-        (Stage::Authorize, &step.authorizer),
-        (Stage::Finalize, &step.finalizer),
+fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Kind, &'s str), String> {
+    let named: Vec<(Kind, &str)> = [
+        (Kind::Authenticator, &step.authenticator),
+        (Kind::Contextualizer, &step.contextualizer),
+        (Kind::Authorizer, &step.authorizer),
+        (Kind::Finalizer, &step.finalizer),
     ]
     .into_iter()
     .filter_map(|(stage, id)| id.as_deref().map(|id| (stage, id)))
@@ -506,7 +454,7 @@ fn compile_rule(
     let mut contextualizers = Vec::new();
     let mut authorizers = Vec::new();
     let mut finalizers = Vec::new();
-    let mut stage = Stage::Authenticate;
+    let mut stage = Kind::Authenticator;
     let mut allows_anonymous = false;
     let mut authorizes = false;
     for (index, step) in spec.execute.iter().enumerate() {
@@ -521,13 +469,13 @@ fn compile_rule(
             errors.push(format!(
                 "rule `{rule_id}`: step {} ({} `{id}`) comes after {}; the order is authenticators, contextualizers, authorizers, finalizers",
                 index + 1,
-                stage_name(step_stage),
-                stage_with_article(stage)
+                step_stage.as_str(),
+                stage.with_article()
             ));
             continue;
         }
         stage = step_stage;
-        if step.principal.is_some() && step_stage != Stage::Authenticate {
+        if step.principal.is_some() && step_stage != Kind::Authenticator {
             errors.push(format!(
                 "rule `{rule_id}`: step {}: `principal` applies to authenticators only",
                 index + 1
@@ -539,7 +487,7 @@ fn compile_rule(
         }
         // What a condition may read depends on when it runs: refused here, not on every request.
         if let Some(uses) = when.as_ref().map(Expr::uses) {
-            if step_stage == Stage::Authenticate && uses.reads_subject() {
+            if step_stage == Kind::Authenticator && uses.reads_subject() {
                 errors.push(format!("rule `{rule_id}`: step {} condition reads `subject`, which is known only after authentication", index + 1));
                 continue;
             }
@@ -548,13 +496,7 @@ fn compile_rule(
                 continue;
             }
         }
-        let kind = match step_stage {
-            Stage::Authenticate => Kind::Authenticator,
-            Stage::Contextualize => Kind::Contextualizer,
-            Stage::Authorize => Kind::Authorizer,
-            Stage::Finalize => Kind::Finalizer,
-        };
-        let mechanism = match catalogue.resolve(kind, id, &step.config, rule_id, ctx) {
+        let mechanism = match catalogue.resolve(step_stage, id, &step.config, rule_id, ctx) {
             Ok(m) => m,
             Err(e) => {
                 errors.push(e);
