@@ -5,6 +5,7 @@
 //! not a silently ignored setting. With no file at all, the embedded example configuration
 //! (`config/heimdall.yaml`) is used.
 
+pub mod mechanisms;
 pub mod spec;
 
 use std::collections::HashMap;

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::spec::{MechanismSpec, PipelineSpec, StepSpec};
+use crate::config::mechanisms::merge_config;
+use crate::config::spec::{PipelineSpec, StepSpec};
 use crate::expr::Expr;
 use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
@@ -319,43 +320,44 @@ fn sample_path(pattern: &str) -> String {
         .join("/")
 }
 
-/// Built mechanisms by kind and id, with their specs for per-rule overrides.
+/// Built mechanisms by kind and id, with their type and config for per-rule overrides.
 struct Catalogue<'c> {
-    entries: HashMap<(Kind, &'c str), (&'c MechanismSpec, Mechanism)>,
+    entries: HashMap<(Kind, &'c str), Entry<'c>>,
+}
+
+struct Entry<'c> {
+    type_name: &'c str,
+    config: &'c serde_yaml_ng::Value,
+    built: Mechanism,
 }
 
 impl<'c> Catalogue<'c> {
     fn build(config: &'c Config, ctx: &BuildContext<'_>, errors: &mut Vec<String>) -> Self {
         let mut entries = HashMap::new();
         let mut seen = std::collections::HashSet::new();
-        let m = &config.mechanisms;
-        let groups = [
-            (Kind::Authenticator, &m.authenticators),
-            (Kind::Contextualizer, &m.contextualizers),
-            (Kind::Authorizer, &m.authorizers),
-            (Kind::Finalizer, &m.finalizers),
-            (Kind::ErrorHandler, &m.error_handlers),
-        ];
-        for (kind, specs) in groups {
-            for spec in specs {
-                let key = (kind, spec.id.as_str());
-                // Tracked apart from `entries`: a definition that failed to build still counts.
-                if !seen.insert(key) {
-                    errors.push(format!("{} `{}` is defined twice", kind.as_str(), spec.id));
-                    continue;
+        for (kind, id, type_name, config) in config.mechanisms.entries() {
+            let key = (kind, id);
+            // Tracked apart from `entries`: a definition that failed to build still counts.
+            if !seen.insert(key) {
+                errors.push(format!("{} `{id}` is defined twice", kind.as_str()));
+                continue;
+            }
+            let arc_id: Arc<str> = Arc::from(id);
+            match mechanisms::build(kind, &arc_id, type_name, config, ctx) {
+                Ok(built) => {
+                    entries.insert(
+                        key,
+                        Entry {
+                            type_name,
+                            config,
+                            built,
+                        },
+                    );
                 }
-                let id: Arc<str> = Arc::from(spec.id.as_str());
-                match mechanisms::build(kind, &id, &spec.type_name, &spec.config, ctx) {
-                    Ok(mechanism) => {
-                        entries.insert(key, (spec, mechanism));
-                    }
-                    Err(e) => errors.push(format!(
-                        "{} `{}` (type `{}`): {e}",
-                        kind.as_str(),
-                        spec.id,
-                        spec.type_name
-                    )),
-                }
+                Err(e) => errors.push(format!(
+                    "{} `{id}` (type `{type_name}`): {e}",
+                    kind.as_str()
+                )),
             }
         }
         Self { entries }
@@ -370,7 +372,7 @@ impl<'c> Catalogue<'c> {
         rule: &str,
         ctx: &BuildContext<'_>,
     ) -> Result<Mechanism, String> {
-        let Some((spec, built)) = self.entries.get(&(kind, id)) else {
+        let Some(entry) = self.entries.get(&(kind, id)) else {
             let mut known: Vec<&str> = self
                 .entries
                 .keys()
@@ -389,11 +391,11 @@ impl<'c> Catalogue<'c> {
             ));
         };
         if overrides.is_null() {
-            return Ok(built.clone());
+            return Ok(entry.built.clone());
         }
-        let merged = mechanisms::merge_config(&spec.config, overrides);
+        let merged = merge_config(entry.config, overrides);
         let step_id: Arc<str> = Arc::from(format!("{rule}/{id}"));
-        mechanisms::build(kind, &step_id, &spec.type_name, &merged, ctx).map_err(|e| {
+        mechanisms::build(kind, &step_id, entry.type_name, &merged, ctx).map_err(|e| {
             format!(
                 "rule `{rule}`: {} `{id}` with its override: {e}",
                 kind.as_str()

@@ -717,7 +717,9 @@ pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
 }
 
 /// Which purposes an authenticator accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Accept {
     /// Both `v4.local` and `v4.public`.
