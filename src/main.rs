@@ -24,7 +24,11 @@ enum Command {
     /// Serve ext_authz gRPC and the HTTP side port (the default).
     Serve,
     /// Load and compile the configuration and rules; exit non-zero with every problem found.
-    Validate,
+    Validate {
+        /// `text` (problems on stderr) or `json` (one object on stdout, see docs/configuration.md).
+        #[arg(long, value_enum, default_value = "text")]
+        format: FormatArg,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -70,6 +74,12 @@ enum TokenCommand {
     Inspect { token: String },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PurposeArg {
     Local,
@@ -103,7 +113,12 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Origin)> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         None | Some(Command::Serve) => serve(&cli),
-        Some(Command::Validate) => {
+        Some(Command::Validate {
+            format: FormatArg::Json,
+        }) => validate_json(&cli),
+        Some(Command::Validate {
+            format: FormatArg::Text,
+        }) => {
             let (config, origin) = load(&cli)?;
             let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
             // Building prepares (never dials) the Cerbos channels, which needs a runtime.
@@ -195,6 +210,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `validate --format json`: every problem and warning as one JSON object on stdout,
+/// `{"valid", "origin", "ephemeral_key", "problems": [{"rule", "step", "mechanism": {"kind",
+/// "id"}, "problem", "message"}], "warnings": [..]}`; exits 1 when there is a problem.
+fn validate_json(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use heimdall::config::ConfigError;
+    use heimdall::rules::Problem;
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut origin = None;
+    let mut ephemeral = false;
+    match Config::load(cli.config.as_deref(), &ProcessEnv) {
+        Err(ConfigError::Invalid { field, message }) => {
+            problems.push(Problem::setting(field, message))
+        }
+        Err(e) => problems.push(Problem::config(e.to_string())),
+        Ok((config, from)) => {
+            origin = Some(from.to_string());
+            match heimdall::app::keys_for_serve(&config, &ProcessEnv) {
+                Err(e) => problems.push(Problem::config(format!("{e:#}"))),
+                Ok((keys, eph)) => {
+                    ephemeral = eph;
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("tokio runtime")?;
+                    let _entered = runtime.enter();
+                    match heimdall::rules::check(&config, keys) {
+                        Ok(found) => warnings = found,
+                        Err(e) => problems.extend(e.0),
+                    }
+                }
+            }
+        }
+    }
+    let report = serde_json::json!({
+        "valid": problems.is_empty(),
+        "origin": origin,
+        "ephemeral_key": ephemeral,
+        "problems": problems.iter().map(Problem::to_json).collect::<Vec<_>>(),
+        "warnings": warnings,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
