@@ -173,6 +173,45 @@ default_rule:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The committed key reference and the chart's `config` schema are generated from the types;
+/// these fail when a setting changed and they were not regenerated.
+#[test]
+fn generated_configuration_reference_and_chart_schema_are_current() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = heimdall(&["schema", "--format", "markdown"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let committed = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
+    assert!(
+        committed == text(&out.stdout),
+        "docs/configuration.md is out of date: run `cargo run -- schema --format markdown > docs/configuration.md`"
+    );
+
+    let out = heimdall(&["schema", "--format", "chart"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chart: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/charts/heimdall/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        chart["properties"]["config"] == generated,
+        "charts/heimdall/values.schema.json `properties.config` is out of date: run \
+         `cargo run -- schema --format chart > /tmp/c.json && jq --slurpfile c /tmp/c.json \
+         '.properties.config = $c[0]' charts/heimdall/values.schema.json > /tmp/v.json && \
+         mv /tmp/v.json charts/heimdall/values.schema.json`"
+    );
+
+    let out = heimdall(&["schema"], &[]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    for key in ["server", "tokens", "cerbos", "nats", "mechanisms", "rules"] {
+        assert!(schema["properties"][key].is_object(), "{key} missing");
+    }
+}
+
 #[test]
 fn a_31_byte_symmetric_key_is_refused_with_its_length() {
     let out = heimdall(
