@@ -28,7 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Path settings (`server.paths`); each only makes the canonical form stricter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathPolicy {
     /// `merge` (default: `//` reads as `/`, as nginx, Envoy's `merge_slashes` and most servers
@@ -48,7 +48,7 @@ impl Default for PathPolicy {
 }
 
 /// What to do with an empty path segment (`/a//b`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EmptySegments {
     Merge,

@@ -5,6 +5,8 @@
 //! not a silently ignored setting. With no file at all, the embedded example configuration
 //! (`config/heimdall.yaml`) is used.
 
+pub mod mechanisms;
+pub mod reference;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -115,7 +117,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Format version; `"1"`.
@@ -176,7 +178,7 @@ pub const DEFAULT_REMOVED_CLIENT_HEADERS: &[&str] = &[
 ];
 
 /// Listeners and request handling.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address both ports bind to.
@@ -187,13 +189,16 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// Deadline for one decision; keep it below Envoy's ext_authz timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub check_timeout: Duration,
     /// Peers whose `X-Forwarded-*` headers `/decision` trusts.
+    #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<IpNet>,
     /// The `context_extensions` key that names a rule directly.
     pub rule_extension: String,
     /// How long in-flight requests may finish after SIGTERM.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// Limits of the ext_authz gRPC listener (docs/security.md, "Listener limits").
     pub grpc: GrpcListenerConfig,
@@ -232,7 +237,7 @@ impl Default for ServerConfig {
 
 /// Limits of the ext_authz gRPC port. Every setting bounds what one peer can hold: memory
 /// (message size × streams × connections), file descriptors (connections) or time (timeouts).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcListenerConfig {
     /// Largest gRPC message accepted. An ext_authz `CheckRequest` carries the request headers
@@ -247,18 +252,23 @@ pub struct GrpcListenerConfig {
     /// Time from accept until the first request's headers have arrived (HTTP/2 preface,
     /// settings and a HEADERS frame); a connection that takes longer is closed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// Interval of HTTP/2 PINGs that detect a dead peer.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered before the connection is closed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keepalive_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/2 GOAWAY).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// Deadline of one call, reading its message included; must exceed `server.check_timeout`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 
@@ -278,7 +288,7 @@ impl Default for GrpcListenerConfig {
 }
 
 /// Limits of the HTTP side port (health, readiness, metrics, `/decision`, `/check`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpListenerConfig {
     /// Open connections; further connections wait in the kernel's listen backlog.
@@ -287,13 +297,16 @@ pub struct HttpListenerConfig {
     /// and from the end of the previous one for the next; a connection that takes longer is
     /// closed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// Deadline of one request, reading its body included; must exceed `server.check_timeout`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// A connection with no request in flight for this long is closed. Keep it above the
     /// idle timeout of the proxies' connection pools, so they close first.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// Largest request body on any route; `api.max_body_bytes` limits `/check` and
     /// `/plan/resources` further and may not exceed it.
@@ -313,7 +326,7 @@ impl Default for HttpListenerConfig {
 }
 
 /// The `/check` and `/plan/resources` APIs of the side port.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Use the principal of the request body instead of the bearer token's. Only for callers that
@@ -334,7 +347,7 @@ impl Default for ApiConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// An `EnvFilter` directive (`info`, `heimdall=debug`); `RUST_LOG` overrides it.
@@ -354,7 +367,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Plain,
@@ -362,7 +375,7 @@ pub enum LogFormat {
 }
 
 /// heimdall's own tokens.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     /// `iss` of minted tokens, and the issuer authenticators accept by default.
@@ -371,6 +384,7 @@ pub struct TokensConfig {
     pub audience: Option<String>,
     /// Lifetime of minted tokens.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ttl: Duration,
     /// Keys as PASERK, inline, from a file or from an environment variable. The first
     /// `k4.local` and the first `k4.secret` key mint; every key verifies.
@@ -455,6 +469,56 @@ impl Serialize for KeySource {
         }
         map.end()
     }
+}
+
+/// `{env: NAME}`, `{file: PATH}` or `{paserk: "k4.public.…"}`: exactly one key.
+impl schemars::JsonSchema for KeySource {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeySource".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = |key: &str, description: &str| {
+            serde_json::json!({
+                "type": "object",
+                "properties": { key: { "type": "string", "description": description } },
+                "required": [key],
+                "additionalProperties": false
+            })
+        };
+        schemars::json_schema!({
+            "description": "A PASERK key: from an environment variable, a file, or inline when it is a public key.",
+            "oneOf": [
+                one("env", "An environment variable holding the PASERK."),
+                one("file", "A file holding the PASERK."),
+                one("paserk", "A public key inline (`k4.public.…`); secret keys are refused inline."),
+            ]
+        })
+    }
+}
+
+/// `{env: NAME}` or `{file: PATH}` (written here: the type's serde is hand-made).
+impl schemars::JsonSchema for crate::attributes::Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A secret: from an environment variable or a file, never inline.",
+            "oneOf": [
+                { "type": "object", "properties": { "env": { "type": "string" } }, "required": ["env"], "additionalProperties": false },
+                { "type": "object", "properties": { "file": { "type": "string" } }, "required": ["file"], "additionalProperties": false }
+            ]
+        })
+    }
+}
+
+/// The JSON Schema of the configuration file (`heimdall schema`).
+pub fn schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<Config>()
 }
 
 /// Where the configuration came from, for messages.

@@ -13,10 +13,15 @@ pub mod finalize;
 
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::config::TokensConfig;
+pub use crate::config::mechanisms::Kind;
+use crate::config::mechanisms::{
+    AuthenticatorSpec, AuthorizerSpec, ContextualizerSpec, ErrorHandlerSpec, FinalizerSpec,
+    SpecError, parse,
+};
+use crate::expr::ExprError;
 use crate::tokens::Keyring;
 
 pub use authn::{Authenticator, AuthnError};
@@ -35,29 +40,45 @@ pub struct BuildContext<'a> {
     pub attributes: Option<&'a Arc<crate::attributes::PrincipalStore>>,
 }
 
-/// The kinds of mechanism, as named in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Authenticator,
-    Contextualizer,
-    Authorizer,
-    Finalizer,
-    ErrorHandler,
+/// Why a mechanism cannot be built from its spec.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("no Cerbos is configured: add a `cerbos` section or set CERBOS_GRPC_URL")]
+    NoCerbos,
+    #[error("no attribute store is configured: add a `nats` section or set NATS_URL")]
+    NoAttributeStore,
+    #[error(
+        "no key can verify the accepted tokens: configure `tokens.keys` or PASETO_SYMMETRIC_KEY"
+    )]
+    NoVerifyingKey,
+    /// An expression of the config does not compile; `what` names it (`header `x-user``).
+    #[error("{what}: {source}")]
+    Expr {
+        what: Box<str>,
+        #[source]
+        source: ExprError,
+    },
+    /// The expression that is the whole config (`cel`'s `expression`) does not compile.
+    #[error(transparent)]
+    Expression(ExprError),
+    #[error("`{0}` is not a valid header name")]
+    HeaderName(Box<str>),
+    /// A setting out of its range, with why.
+    #[error("{0}")]
+    Invalid(Box<str>),
 }
 
-impl Kind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Authenticator => "authenticator",
-            Self::Contextualizer => "contextualizer",
-            Self::Authorizer => "authorizer",
-            Self::Finalizer => "finalizer",
-            Self::ErrorHandler => "error_handler",
-        }
+impl BuildError {
+    pub(crate) fn expr(what: impl Into<Box<str>>) -> impl FnOnce(ExprError) -> Self {
+        let what = what.into();
+        move |source| Self::Expr { what, source }
     }
 }
 
-/// One built mechanism of any kind.
+/// One built mechanism of any kind; cloning shares the built mechanism.
+#[derive(Clone)]
 pub enum Mechanism {
     Authenticator(Arc<Authenticator>),
     Contextualizer(Arc<Contextualizer>),
@@ -66,61 +87,45 @@ pub enum Mechanism {
     ErrorHandler(Arc<ErrorHandler>),
 }
 
-/// Builds a mechanism of `kind` and `type` from its YAML config. Errors are messages that the
-/// caller prefixes with the mechanism (and rule) id.
+/// Builds a mechanism of `kind` and `type` from its YAML config: the config is read into the
+/// kind's typed spec, the mechanism is built from that.
 pub fn build(
     kind: Kind,
     id: &Arc<str>,
     type_name: &str,
     config: &Value,
     ctx: &BuildContext<'_>,
-) -> Result<Mechanism, String> {
+) -> Result<Mechanism, BuildError> {
     Ok(match kind {
-        Kind::Authenticator => {
-            Mechanism::Authenticator(Arc::new(Authenticator::build(id, type_name, config, ctx)?))
-        }
-        Kind::Contextualizer => {
-            Mechanism::Contextualizer(Arc::new(Contextualizer::build(id, type_name, config, ctx)?))
-        }
-        Kind::Authorizer => {
-            Mechanism::Authorizer(Arc::new(Authorizer::build(id, type_name, config, ctx)?))
-        }
-        Kind::Finalizer => Mechanism::Finalizer(Arc::new(Finalizer::build(id, type_name, config)?)),
-        Kind::ErrorHandler => {
-            Mechanism::ErrorHandler(Arc::new(ErrorHandler::build(id, type_name, config)?))
-        }
+        Kind::Authenticator => Mechanism::Authenticator(Arc::new(Authenticator::from_spec(
+            id,
+            parse::<AuthenticatorSpec>(type_name, config)?,
+            ctx,
+        )?)),
+        Kind::Contextualizer => Mechanism::Contextualizer(Arc::new(Contextualizer::from_spec(
+            id,
+            parse::<ContextualizerSpec>(type_name, config)?,
+            ctx,
+        )?)),
+        Kind::Authorizer => Mechanism::Authorizer(Arc::new(Authorizer::from_spec(
+            id,
+            parse::<AuthorizerSpec>(type_name, config)?,
+            ctx,
+        )?)),
+        Kind::Finalizer => Mechanism::Finalizer(Arc::new(Finalizer::from_spec(
+            id,
+            parse::<FinalizerSpec>(type_name, config)?,
+        )?)),
+        Kind::ErrorHandler => Mechanism::ErrorHandler(Arc::new(ErrorHandler::from_spec(
+            id,
+            parse::<ErrorHandlerSpec>(type_name, config)?,
+        )?)),
     })
 }
 
-/// Parses a mechanism's config; an absent config means every default.
-pub(crate) fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T, String> {
-    let value = match config {
-        Value::Null => Value::Mapping(serde_yaml_ng::Mapping::new()),
-        other => other.clone(),
-    };
-    serde_yaml_ng::from_value(value).map_err(|e| format!("invalid config: {e}"))
-}
-
-/// Refuses a config for a mechanism type that takes none.
-pub(crate) fn no_config(type_name: &str, config: &Value) -> Result<(), String> {
-    match config {
-        Value::Null => Ok(()),
-        Value::Mapping(m) if m.is_empty() => Ok(()),
-        _ => Err(format!("type `{type_name}` takes no config")),
-    }
-}
-
-/// Merges a rule step's override into a catalogue config (top-level keys replace).
-pub fn merge_config(base: &Value, over: &Value) -> Value {
-    match (base, over) {
-        (Value::Mapping(base), Value::Mapping(over)) => {
-            let mut merged = base.clone();
-            for (k, v) in over {
-                merged.insert(k.clone(), v.clone());
-            }
-            Value::Mapping(merged)
-        }
-        (_, Value::Null) => base.clone(),
-        (_, over) => over.clone(),
-    }
+/// A header name as configured, checked and lower-cased.
+pub(crate) fn header_name(name: &str) -> Result<Arc<str>, BuildError> {
+    let parsed =
+        http::HeaderName::try_from(name).map_err(|_| BuildError::HeaderName(name.into()))?;
+    Ok(Arc::from(parsed.as_str()))
 }

@@ -5,12 +5,14 @@
 //! message, so `heimdall validate` reports them all at once.
 
 pub mod matcher;
+pub mod problem;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::spec::{MechanismSpec, PipelineSpec, StepSpec};
+use crate::config::mechanisms::merge_config;
+use crate::config::spec::{PipelineSpec, StepSpec};
 use crate::expr::Expr;
 use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
@@ -21,10 +23,7 @@ use matcher::{Found, Matcher, PathPattern, RuleMatch};
 /// The id of the rule that takes unmatched requests.
 pub const DEFAULT_RULE_ID: &str = "default";
 
-/// Every problem found while compiling, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct CompileError(pub Vec<String>);
+pub use problem::{CompileError, Problem, ProblemKind};
 
 /// A compiled rule.
 pub struct Rule {
@@ -75,11 +74,11 @@ impl RuleSet {
         let mut matcher = Matcher::default();
         for spec in &config.rules {
             if spec.id.is_empty() || spec.id == DEFAULT_RULE_ID {
-                errors.push(format!("rule id `{}` is reserved or empty", spec.id));
+                errors.push(Problem::rule(&spec.id, ProblemKind::ReservedRuleId));
                 continue;
             }
             if by_id.contains_key(spec.id.as_str()) {
-                errors.push(format!("rule `{}` is defined twice", spec.id));
+                errors.push(Problem::rule(&spec.id, ProblemKind::DuplicateRule));
                 continue;
             }
             let Some(rule) = compile_rule(
@@ -105,16 +104,16 @@ impl RuleSet {
                     .iter()
                     .filter_map(|p| {
                         PathPattern::parse(p)
-                            .map_err(|e| errors.push(format!("rule `{}`: {e}", spec.id)))
+                            .map_err(|e| errors.push(Problem::rule(&spec.id, ProblemKind::Path(e))))
                             .ok()
                     })
                     .collect();
                 let mut methods = Vec::with_capacity(m.methods.len());
                 for method in &m.methods {
                     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        errors.push(format!(
-                            "rule `{}`: method `{method}` is not an HTTP method",
-                            spec.id
+                        errors.push(Problem::rule(
+                            &spec.id,
+                            ProblemKind::Method(method.as_str().into()),
                         ));
                     }
                     methods.push(method.to_ascii_uppercase());
@@ -131,7 +130,7 @@ impl RuleSet {
                         },
                     )
                 {
-                    errors.push(e);
+                    errors.push(Problem::rule(&spec.id, ProblemKind::Matcher(e)));
                 }
             }
             by_id.insert(Box::from(spec.id.as_str()), index);
@@ -304,6 +303,42 @@ impl RuleSet {
     }
 }
 
+/// Compiles `config`'s rules as `serve` does (a Cerbos client is prepared, never dialled, so
+/// this needs a tokio runtime) and lints them: what `heimdall validate --format json` reports.
+/// Problems of the Cerbos or NATS sections join the rules' problems.
+pub fn check(config: &Config, keys: crate::tokens::Keyring) -> Result<Vec<String>, CompileError> {
+    let keys = Arc::new(keys);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let mut problems = Vec::new();
+    let cerbos = config.cerbos.as_ref().and_then(|c| {
+        crate::cerbos::Cerbos::new(c, crate::cerbos::CerbosMetrics::new(&mut registry))
+            .map_err(|e| problems.push(Problem::setting("cerbos", e.to_string())))
+            .ok()
+            .map(Arc::new)
+    });
+    let attributes = config.nats.as_ref().map(|nats| {
+        Arc::new(crate::attributes::PrincipalStore::new(
+            nats,
+            crate::attributes::AttributeMetrics::new(&mut registry),
+        ))
+    });
+    let ctx = BuildContext {
+        keys: &keys,
+        tokens: &config.tokens,
+        cerbos: cerbos.as_ref(),
+        attributes: attributes.as_ref(),
+    };
+    match RuleSet::compile(config, &ctx, &metrics) {
+        Ok(rules) if problems.is_empty() => Ok(rules.lint(config)),
+        Ok(_) => Err(CompileError(problems)),
+        Err(CompileError(more)) => {
+            problems.extend(more);
+            Err(CompileError(problems))
+        }
+    }
+}
+
 /// A concrete path a pattern matches: parameters filled with `x`.
 fn sample_path(pattern: &str) -> String {
     pattern
@@ -319,62 +354,54 @@ fn sample_path(pattern: &str) -> String {
         .join("/")
 }
 
-/// Built mechanisms by kind and id, with their specs for per-rule overrides.
+/// Built mechanisms by kind and id, with their type and config for per-rule overrides.
 struct Catalogue<'c> {
-    entries: HashMap<(KindKey, &'c str), (&'c MechanismSpec, Mechanism)>,
+    entries: HashMap<(Kind, &'c str), Entry<'c>>,
 }
 
-#[derive(Hash, PartialEq, Eq, Clone, Copy)]
-enum KindKey {
-    Authn,
-    Context,
-    Authz,
-    Finalizer,
-    ErrorHandler,
-}
-
-fn kind_key(kind: Kind) -> KindKey {
-    match kind {
-        Kind::Authenticator => KindKey::Authn,
-        Kind::Contextualizer => KindKey::Context,
-        Kind::Authorizer => KindKey::Authz,
-        Kind::Finalizer => KindKey::Finalizer,
-        Kind::ErrorHandler => KindKey::ErrorHandler,
-    }
+struct Entry<'c> {
+    type_name: &'c str,
+    config: &'c serde_yaml_ng::Value,
+    built: Mechanism,
 }
 
 impl<'c> Catalogue<'c> {
-    fn build(config: &'c Config, ctx: &BuildContext<'_>, errors: &mut Vec<String>) -> Self {
+    fn build(config: &'c Config, ctx: &BuildContext<'_>, errors: &mut Vec<Problem>) -> Self {
         let mut entries = HashMap::new();
         let mut seen = std::collections::HashSet::new();
-        let m = &config.mechanisms;
-        let groups = [
-            (Kind::Authenticator, &m.authenticators),
-            (Kind::Contextualizer, &m.contextualizers),
-            (Kind::Authorizer, &m.authorizers),
-            (Kind::Finalizer, &m.finalizers),
-            (Kind::ErrorHandler, &m.error_handlers),
-        ];
-        for (kind, specs) in groups {
-            for spec in specs {
-                let key = (kind_key(kind), spec.id.as_str());
-                // Tracked apart from `entries`: a definition that failed to build still counts.
-                if !seen.insert(key) {
-                    errors.push(format!("{} `{}` is defined twice", kind.as_str(), spec.id));
-                    continue;
+        for (kind, id, type_name, config) in config.mechanisms.entries() {
+            let key = (kind, id);
+            // Tracked apart from `entries`: a definition that failed to build still counts.
+            if !seen.insert(key) {
+                errors.push(Problem {
+                    rule: None,
+                    step: None,
+                    mechanism: Some((kind, id.into())),
+                    what: ProblemKind::DuplicateMechanism,
+                });
+                continue;
+            }
+            let arc_id: Arc<str> = Arc::from(id);
+            match mechanisms::build(kind, &arc_id, type_name, config, ctx) {
+                Ok(built) => {
+                    entries.insert(
+                        key,
+                        Entry {
+                            type_name,
+                            config,
+                            built,
+                        },
+                    );
                 }
-                let id: Arc<str> = Arc::from(spec.id.as_str());
-                match mechanisms::build(kind, &id, &spec.type_name, &spec.config, ctx) {
-                    Ok(mechanism) => {
-                        entries.insert(key, (spec, mechanism));
-                    }
-                    Err(e) => errors.push(format!(
-                        "{} `{}` (type `{}`): {e}",
-                        kind.as_str(),
-                        spec.id,
-                        spec.type_name
-                    )),
-                }
+                Err(error) => errors.push(Problem {
+                    rule: None,
+                    step: None,
+                    mechanism: Some((kind, id.into())),
+                    what: ProblemKind::Mechanism {
+                        type_name: type_name.into(),
+                        error,
+                    },
+                }),
             }
         }
         Self { entries }
@@ -388,92 +415,57 @@ impl<'c> Catalogue<'c> {
         overrides: &serde_yaml_ng::Value,
         rule: &str,
         ctx: &BuildContext<'_>,
-    ) -> Result<Mechanism, String> {
-        let Some((spec, built)) = self.entries.get(&(kind_key(kind), id)) else {
-            let mut known: Vec<&str> = self
+    ) -> Result<Mechanism, Box<Problem>> {
+        let Some(entry) = self.entries.get(&(kind, id)) else {
+            let mut known: Vec<Box<str>> = self
                 .entries
                 .keys()
-                .filter(|(k, _)| *k == kind_key(kind))
-                .map(|(_, id)| *id)
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| Box::from(*id))
                 .collect();
             known.sort_unstable();
-            return Err(format!(
-                "unknown {} `{id}` in rule `{rule}` (known: {})",
-                kind.as_str(),
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
+            return Err(Box::new(
+                Problem::rule(rule, ProblemKind::UnknownMechanism { known })
+                    .with_mechanism(kind, id),
             ));
         };
         if overrides.is_null() {
-            return Ok(match built {
-                Mechanism::Authenticator(m) => Mechanism::Authenticator(Arc::clone(m)),
-                Mechanism::Contextualizer(m) => Mechanism::Contextualizer(Arc::clone(m)),
-                Mechanism::Authorizer(m) => Mechanism::Authorizer(Arc::clone(m)),
-                Mechanism::Finalizer(m) => Mechanism::Finalizer(Arc::clone(m)),
-                Mechanism::ErrorHandler(m) => Mechanism::ErrorHandler(Arc::clone(m)),
-            });
+            return Ok(entry.built.clone());
         }
-        let merged = mechanisms::merge_config(&spec.config, overrides);
+        let merged = merge_config(entry.config, overrides);
         let step_id: Arc<str> = Arc::from(format!("{rule}/{id}"));
-        mechanisms::build(kind, &step_id, &spec.type_name, &merged, ctx).map_err(|e| {
-            format!(
-                "rule `{rule}`: {} `{id}` with its override: {e}",
-                kind.as_str()
-            )
+        mechanisms::build(kind, &step_id, entry.type_name, &merged, ctx).map_err(|e| {
+            Box::new(Problem::rule(rule, ProblemKind::Override(e)).with_mechanism(kind, id))
         })
     }
 }
 
-/// Which stage a step belongs to, for the order check.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
-enum Stage {
-    Authenticate,
-    Contextualize,
-    Authorize,
-    Finalize,
-}
-
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Authenticate => "authenticator",
-        Stage::Contextualize => "contextualizer",
-        Stage::Authorize => "authorizer",
-        Stage::Finalize => "finalizer",
-    }
-}
-
-fn stage_with_article(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Authenticate => "an authenticator",
-        Stage::Contextualize => "a contextualizer",
-        Stage::Authorize => "an authorizer",
-        Stage::Finalize => "a finalizer",
-    }
-}
-
-fn step_kind<'s>(step: &'s StepSpec, rule: &str, index: usize) -> Result<(Stage, &'s str), String> {
-    let named: Vec<(Stage, &str)> = [
-        (Stage::Authenticate, &step.authenticator),
-        (Stage::Contextualize, &step.contextualizer),
-        (Stage::Authorize, &step.authorizer),
-        (Stage::Finalize, &step.finalizer),
+fn step_kind<'s>(
+    step: &'s StepSpec,
+    rule: &str,
+    index: usize,
+) -> Result<(Kind, &'s str), Box<Problem>> {
+    let named: Vec<(Kind, &str)> = [
+        (Kind::Authenticator, &step.authenticator),
+        (Kind::Contextualizer, &step.contextualizer),
+        (Kind::Authorizer, &step.authorizer),
+        (Kind::Finalizer, &step.finalizer),
     ]
     .into_iter()
     .filter_map(|(stage, id)| id.as_deref().map(|id| (stage, id)))
     .collect();
     match named.as_slice() {
         [one] => Ok(*one),
-        [] => Err(format!(
-            "rule `{rule}`: step {} names no mechanism (use `authenticator`, `contextualizer`, `authorizer` or `finalizer`)",
-            index + 1
-        )),
-        _ => Err(format!(
-            "rule `{rule}`: step {} names more than one mechanism",
-            index + 1
-        )),
+        [] => Err(Box::new(Problem::step(
+            rule,
+            index,
+            ProblemKind::StepNamesNone,
+        ))),
+        _ => Err(Box::new(Problem::step(
+            rule,
+            index,
+            ProblemKind::StepNamesMany,
+        ))),
     }
 }
 
@@ -481,13 +473,13 @@ fn compile_condition(
     source: Option<&str>,
     rule: &str,
     step: usize,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<Problem>,
 ) -> Option<Expr> {
     let source = source?;
     match Expr::compile(source) {
         Ok(expr) => Some(expr),
         Err(e) => {
-            errors.push(format!("rule `{rule}`: step {} condition: {e}", step + 1));
+            errors.push(Problem::step(rule, step, ProblemKind::Condition(e)));
             None
         }
     }
@@ -499,39 +491,37 @@ fn compile_rule(
     catalogue: &Catalogue<'_>,
     ctx: &BuildContext<'_>,
     metrics: &Metrics,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<Problem>,
 ) -> Option<Rule> {
     let before = errors.len();
     let mut chains: Vec<(Arc<str>, Vec<Step<mechanisms::Authenticator>>)> = Vec::new();
     let mut contextualizers = Vec::new();
     let mut authorizers = Vec::new();
     let mut finalizers = Vec::new();
-    let mut stage = Stage::Authenticate;
+    let mut stage = Kind::Authenticator;
     let mut allows_anonymous = false;
     let mut authorizes = false;
     for (index, step) in spec.execute.iter().enumerate() {
         let (step_stage, id) = match step_kind(step, rule_id, index) {
             Ok(k) => k,
             Err(e) => {
-                errors.push(e);
+                errors.push(*e);
                 continue;
             }
         };
         if step_stage < stage {
-            errors.push(format!(
-                "rule `{rule_id}`: step {} ({} `{id}`) comes after {}; the order is authenticators, contextualizers, authorizers, finalizers",
-                index + 1,
-                stage_name(step_stage),
-                stage_with_article(stage)
-            ));
+            errors.push(
+                Problem::step(rule_id, index, ProblemKind::OutOfOrder { after: stage })
+                    .with_mechanism(step_stage, id),
+            );
             continue;
         }
         stage = step_stage;
-        if step.principal.is_some() && step_stage != Stage::Authenticate {
-            errors.push(format!(
-                "rule `{rule_id}`: step {}: `principal` applies to authenticators only",
-                index + 1
-            ));
+        if step.principal.is_some() && step_stage != Kind::Authenticator {
+            errors.push(
+                Problem::step(rule_id, index, ProblemKind::PrincipalNotAuthenticator)
+                    .with_mechanism(step_stage, id),
+            );
         }
         let when = compile_condition(step.condition.as_deref(), rule_id, index, errors);
         if step.condition.is_some() && when.is_none() {
@@ -539,25 +529,26 @@ fn compile_rule(
         }
         // What a condition may read depends on when it runs: refused here, not on every request.
         if let Some(uses) = when.as_ref().map(Expr::uses) {
-            if step_stage == Stage::Authenticate && uses.reads_subject() {
-                errors.push(format!("rule `{rule_id}`: step {} condition reads `subject`, which is known only after authentication", index + 1));
+            if step_stage == Kind::Authenticator && uses.reads_subject() {
+                errors.push(
+                    Problem::step(rule_id, index, ProblemKind::ConditionReadsSubject)
+                        .with_mechanism(step_stage, id),
+                );
                 continue;
             }
             if uses.reads_error() {
-                errors.push(format!("rule `{rule_id}`: step {} condition reads `error`, which exists only in `on_error`", index + 1));
+                errors.push(
+                    Problem::step(rule_id, index, ProblemKind::ConditionReadsError)
+                        .with_mechanism(step_stage, id),
+                );
                 continue;
             }
         }
-        let kind = match step_stage {
-            Stage::Authenticate => Kind::Authenticator,
-            Stage::Contextualize => Kind::Contextualizer,
-            Stage::Authorize => Kind::Authorizer,
-            Stage::Finalize => Kind::Finalizer,
-        };
-        let mechanism = match catalogue.resolve(kind, id, &step.config, rule_id, ctx) {
+        let mechanism = match catalogue.resolve(step_stage, id, &step.config, rule_id, ctx) {
             Ok(m) => m,
-            Err(e) => {
-                errors.push(e);
+            Err(mut e) => {
+                e.step = Some(index + 1);
+                errors.push(*e);
                 continue;
             }
         };
@@ -582,10 +573,16 @@ fn compile_rule(
                 mechanism: m,
             }),
             Mechanism::Authorizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
-                errors.push(format!("rule `{rule_id}`: authorizer `{id}` reads `error`, which exists only in `on_error`"));
+                errors.push(
+                    Problem::step(rule_id, index, ProblemKind::MechanismReadsError)
+                        .with_mechanism(Kind::Authorizer, id),
+                );
             }
             Mechanism::Finalizer(m) if m.expressions().any(|e| e.uses().reads_error()) => {
-                errors.push(format!("rule `{rule_id}`: finalizer `{id}` reads `error`, which exists only in `on_error`"));
+                errors.push(
+                    Problem::step(rule_id, index, ProblemKind::MechanismReadsError)
+                        .with_mechanism(Kind::Finalizer, id),
+                );
             }
             Mechanism::Authorizer(m) => {
                 authorizes |= when.is_none() && !matches!(*m, mechanisms::Authorizer::Allow);
@@ -600,13 +597,15 @@ fn compile_rule(
                 when,
                 mechanism: m,
             }),
-            Mechanism::ErrorHandler(_) => errors.push(format!(
-                "rule `{rule_id}`: internal: error handler in execute"
+            Mechanism::ErrorHandler(_) => errors.push(Problem::step(
+                rule_id,
+                index,
+                ProblemKind::Internal("error handler in execute"),
             )),
         }
     }
     if chains.is_empty() && errors.len() == before {
-        errors.push(format!("rule `{rule_id}`: needs at least one authenticator step (use `anonymous` for public routes)"));
+        errors.push(Problem::rule(rule_id, ProblemKind::NoAuthenticator));
     }
     let mut on_error = Vec::with_capacity(spec.on_error.len());
     for (index, step) in spec.on_error.iter().enumerate() {
@@ -623,8 +622,15 @@ fn compile_rule(
                 when,
                 mechanism: m,
             }),
-            Ok(_) => errors.push(format!("rule `{rule_id}`: internal: not an error handler")),
-            Err(e) => errors.push(e),
+            Ok(_) => errors.push(Problem::step(
+                rule_id,
+                index,
+                ProblemKind::Internal("not an error handler"),
+            )),
+            Err(mut e) => {
+                e.step = Some(index + 1);
+                errors.push(*e);
+            }
         }
     }
     if errors.len() != before {
@@ -656,7 +662,23 @@ fn compile_rule(
 mod tests {
     use super::*;
     use crate::config::Origin;
+    use crate::config::mechanisms::SpecError;
+    use crate::mechanisms::BuildError;
     use crate::tokens::Keyring;
+
+    /// The problems of a configuration that does not compile.
+    fn problems(result: Result<RuleSet, CompileError>) -> Vec<Problem> {
+        result.err().unwrap().0
+    }
+
+    /// Where a problem is: (rule, step, mechanism kind and id).
+    fn place(p: &Problem) -> (Option<&str>, Option<usize>, Option<(Kind, &str)>) {
+        (
+            p.rule.as_deref(),
+            p.step,
+            p.mechanism.as_ref().map(|(k, id)| (*k, &**id)),
+        )
+    }
 
     fn compile(yaml: &str) -> Result<RuleSet, CompileError> {
         compile_with(yaml, None)
@@ -702,18 +724,29 @@ mod tests {
         let late = yaml(
             "  - id: late\n    execute: [ { authenticator: bearer }, { authorizer: allow }, { contextualizer: attrs } ]\n",
         );
-        let errors = compile_with(&late, Some(&store)).err().unwrap().0;
+        let errors = problems(compile_with(&late, Some(&store)));
         assert!(
-            errors.iter().any(|e| e.contains(
-                "step 3 (contextualizer `attrs`) comes after an authorizer; the order is authenticators, contextualizers, authorizers, finalizers"
-            )),
+            matches!(
+                errors.as_slice(),
+                [p] if matches!(p.what, ProblemKind::OutOfOrder { after: Kind::Authorizer })
+                    && place(p) == (Some("late"), Some(3), Some((Kind::Contextualizer, "attrs")))
+            ),
             "{errors:#?}"
         );
-        let errors = compile_with(&good, None).err().unwrap().0;
+        assert_eq!(
+            errors.first().unwrap().to_string(),
+            "rule `late`: step 3 (contextualizer `attrs`) comes after an authorizer; the order is authenticators, contextualizers, authorizers, finalizers"
+        );
+        let errors = problems(compile_with(&good, None));
         assert!(
-            errors.iter().any(|e| e.contains(
-                "contextualizer `attrs` (type `principal_attributes`): no attribute store is configured"
-            )),
+            errors.iter().any(|p| matches!(
+                p.what,
+                ProblemKind::Mechanism {
+                    error: BuildError::NoAttributeStore,
+                    ..
+                }
+            ) && place(p)
+                == (None, None, Some((Kind::Contextualizer, "attrs")))),
             "{errors:#?}"
         );
     }
@@ -751,21 +784,71 @@ mechanisms:
     execute: [ { authenticator: bearer } ]
     on_error: [ { error_handler: nope } ]
 "#;
-        let errors = compile(&with_rules(rules)).err().unwrap().0;
-        let expected = [
-            "unknown authenticator `jwt_x` in rule `api` (known: anon, bearer)",
-            "rule `order`: step 3 (authorizer `allow`) comes after a finalizer",
-            "rule `cel`: step 1 condition: invalid CEL `request.method ==`",
-            "rule `none`: needs at least one authenticator step",
-            "unknown error_handler `nope` in rule `handler` (known: challenge)",
-        ];
-        for want in expected {
-            assert!(
-                errors.iter().any(|e| e.contains(want)),
-                "missing `{want}` in {errors:#?}"
-            );
-        }
-        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        let errors = problems(compile(&with_rules(rules)));
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        let unknown = errors
+            .iter()
+            .find(|p| matches!(&p.what, ProblemKind::UnknownMechanism { known } if *known == [Box::from("anon"), Box::from("bearer")]))
+            .unwrap();
+        assert_eq!(
+            place(unknown),
+            (Some("api"), Some(1), Some((Kind::Authenticator, "jwt_x")))
+        );
+        assert_eq!(
+            unknown.to_string(),
+            "unknown authenticator `jwt_x` in rule `api` (known: anon, bearer)"
+        );
+        let order = errors
+            .iter()
+            .find(|p| {
+                matches!(
+                    p.what,
+                    ProblemKind::OutOfOrder {
+                        after: Kind::Finalizer
+                    }
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            place(order),
+            (Some("order"), Some(3), Some((Kind::Authorizer, "allow")))
+        );
+        let cel = errors
+            .iter()
+            .find(|p| {
+                matches!(
+                    p.what,
+                    ProblemKind::Condition(crate::expr::ExprError::Parse { .. })
+                )
+            })
+            .unwrap();
+        assert_eq!(place(cel), (Some("cel"), Some(1), None));
+        assert!(
+            cel.to_string()
+                .starts_with("rule `cel`: step 1 condition: invalid CEL `request.method ==`")
+        );
+        let none = errors
+            .iter()
+            .find(|p| matches!(p.what, ProblemKind::NoAuthenticator))
+            .unwrap();
+        assert_eq!(place(none), (Some("none"), None, None));
+        let handler = errors
+            .iter()
+            .find(|p| {
+                p.mechanism
+                    .as_ref()
+                    .is_some_and(|(k, _)| *k == Kind::ErrorHandler)
+            })
+            .unwrap();
+        assert!(matches!(handler.what, ProblemKind::UnknownMechanism { .. }));
+        assert_eq!(
+            place(handler),
+            (Some("handler"), Some(1), Some((Kind::ErrorHandler, "nope")))
+        );
+        assert_eq!(
+            handler.to_string(),
+            "unknown error_handler `nope` in rule `handler` (known: challenge)"
+        );
     }
 
     #[test]
@@ -782,20 +865,29 @@ mechanisms:
     execute: [ { authenticator: bearer }, { authorizer: allow, if: '"admin" in subject.roles' } ]
     on_error: [ { error_handler: challenge, if: 'error.kind == "authentication"' } ]
 "#;
-        let errors = compile(&with_rules(rules)).err().unwrap().0;
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("rule `early`: step 1 condition reads `subject`")),
-            "{errors:#?}"
+        let errors = problems(compile(&with_rules(rules)));
+        let found: Vec<_> = errors.iter().map(|p| (place(p), p.what.code())).collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    (
+                        Some("early"),
+                        Some(1),
+                        Some((Kind::Authenticator, "bearer"))
+                    ),
+                    "condition_reads_subject"
+                ),
+                (
+                    (
+                        Some("error_outside"),
+                        Some(2),
+                        Some((Kind::Authorizer, "allow"))
+                    ),
+                    "condition_reads_error"
+                ),
+            ]
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("rule `error_outside`: step 2 condition reads `error`")),
-            "{errors:#?}"
-        );
-        assert_eq!(errors.len(), 2, "{errors:#?}");
     }
 
     #[test]
@@ -814,44 +906,49 @@ mechanisms:
     - { id: sneaky, type: generic, config: { status: 200 } }
 rules: []
 "#;
-        let errors = compile(yaml).err().unwrap().0;
+        let errors = problems(compile(yaml));
+        let of = |id: &str, code: &str| {
+            errors
+                .iter()
+                .find(|p| {
+                    p.mechanism.as_ref().is_some_and(|(_, m)| &**m == id) && p.what.code() == code
+                })
+                .unwrap_or_else(|| panic!("no {code} for {id} in {errors:#?}"))
+        };
         // A 2xx "denial" would be an allow behind a forward-auth gateway.
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "error_handler `sneaky` (type `generic`): `status` 200 is not a refusal"
-            )),
-            "{errors:#?}"
+        assert_eq!(
+            of("sneaky", "invalid_mechanism").to_string(),
+            "error_handler `sneaky` (type `generic`): `status` 200 is not a refusal (use 3xx, 4xx or 5xx)"
         );
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "authenticator `bearer` (type `paseto`): `sources` must name at least one"
-            )),
-            "{errors:#?}"
+        assert!(matches!(
+            &of("bearer", "invalid_mechanism").what,
+            ProblemKind::Mechanism { type_name, error: BuildError::Invalid(m) }
+                if &**type_name == "paseto" && m.starts_with("`sources` must name at least one")
+        ));
+        assert_eq!(
+            place(of("bearer", "duplicate_mechanism")),
+            (None, None, Some((Kind::Authenticator, "bearer")))
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("authenticator `bearer` is defined twice")),
-            "{errors:#?}"
+        assert!(matches!(
+            &of("odd", "invalid_mechanism").what,
+            ProblemKind::Mechanism { error: BuildError::Spec(SpecError::Invalid(m)), .. }
+                if m.starts_with("unknown field `acept`")
+        ));
+        assert!(of("odd", "invalid_mechanism").to_string().starts_with(
+            "authenticator `odd` (type `paseto`): invalid config: unknown field `acept`"
+        ));
+        assert!(matches!(
+            &of("expr", "invalid_mechanism").what,
+            ProblemKind::Mechanism {
+                error: BuildError::Expression(crate::expr::ExprError::UnknownVariable { name, .. }),
+                ..
+            } if name == "secret"
+        ));
+        assert_eq!(
+            of("skew", "invalid_mechanism").to_string(),
+            "authenticator `skew` (type `paseto`): `leeway` 2737850years 9months 13days 12h 57m 36s is longer than the 10m allowed"
         );
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "authenticator `odd` (type `paseto`): invalid config: unknown field `acept`"
-            )),
-            "{errors:#?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("uses unknown variable `secret`")),
-            "{errors:#?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "authenticator `skew` (type `paseto`): `leeway` 2737850years 9months 13days 12h 57m 36s is longer than the 10m allowed"
-            )),
-            "{errors:#?}"
-        );
+        assert_eq!(errors.len(), 6, "{errors:#?}");
     }
 
     #[test]

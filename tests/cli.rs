@@ -96,6 +96,123 @@ fn validate_accepts_the_shipped_configs_and_names_problems() {
 }
 
 #[test]
+fn validate_json_reports_problems_and_warnings_as_fields() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("heimdall-cli-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = |config: &str| {
+        let out = heimdall(&["validate", "--format", "json", "--config", config], &[]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+        (out.status.code(), report)
+    };
+
+    let (code, report) = json(&format!("{root}/config/heimdall.yaml"));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert!(report["warnings"].is_array());
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        r#"version: "1"
+mechanisms:
+  authenticators: [ { id: bearer, type: paseto, config: { acept: public } } ]
+rules:
+  - id: api
+    match: { paths: [/api/*rest] }
+    execute: [ { authenticator: jwt_x } ]
+default_rule:
+  execute: [ { authenticator: anonymous_x } ]
+"#,
+    )
+    .unwrap();
+    let (code, report) = json(bad.to_str().unwrap());
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["valid"], false);
+    let problems = report["problems"].as_array().unwrap();
+    let unknown = problems
+        .iter()
+        .find(|p| p["rule"] == "api")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(unknown["problem"], "unknown_mechanism");
+    assert_eq!(unknown["step"], 1);
+    assert_eq!(
+        unknown["mechanism"],
+        serde_json::json!({"kind": "authenticator", "id": "jwt_x"})
+    );
+    assert_eq!(
+        unknown["message"],
+        "unknown authenticator `jwt_x` in rule `api` (known: none)"
+    );
+    let invalid = problems
+        .iter()
+        .find(|p| p["problem"] == "invalid_mechanism")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(invalid["rule"], serde_json::Value::Null);
+    assert_eq!(invalid["mechanism"]["id"], "bearer");
+    assert!(
+        invalid["message"].as_str().unwrap().starts_with(
+            "authenticator `bearer` (type `paseto`): invalid config: unknown field `acept`"
+        ),
+        "{report}"
+    );
+    assert!(problems.iter().any(|p| p["rule"] == "default"), "{report}");
+    assert_eq!(problems.len(), 3, "{report}");
+
+    // A setting serde accepts but heimdall refuses is a problem with its field.
+    std::fs::write(&bad, "version: \"1\"\nserver:\n  check_timeout: 0s\n").unwrap();
+    let (code, report) = json(bad.to_str().unwrap());
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["problems"][0]["problem"], "invalid_setting");
+    assert_eq!(
+        report["problems"][0]["message"],
+        "invalid setting `server.check_timeout`: must be positive"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The committed key reference and the chart's `config` schema are generated from the types;
+/// these fail when a setting changed and they were not regenerated.
+#[test]
+fn generated_configuration_reference_and_chart_schema_are_current() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = heimdall(&["schema", "--format", "markdown"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let committed = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
+    assert!(
+        committed == text(&out.stdout),
+        "docs/configuration.md is out of date: run `cargo run -- schema --format markdown > docs/configuration.md`"
+    );
+
+    let out = heimdall(&["schema", "--format", "chart"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chart: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/charts/heimdall/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        chart["properties"]["config"] == generated,
+        "charts/heimdall/values.schema.json `properties.config` is out of date: run \
+         `cargo run -- schema --format chart > /tmp/c.json && jq --slurpfile c /tmp/c.json \
+         '.properties.config = $c[0]' charts/heimdall/values.schema.json > /tmp/v.json && \
+         mv /tmp/v.json charts/heimdall/values.schema.json`"
+    );
+
+    let out = heimdall(&["schema"], &[]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    for key in ["server", "tokens", "cerbos", "nats", "mechanisms", "rules"] {
+        assert!(schema["properties"][key].is_object(), "{key} missing");
+    }
+}
+
+#[test]
 fn a_31_byte_symmetric_key_is_refused_with_its_length() {
     let out = heimdall(
         &["serve"],

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// The `nats` section: where the events come from and where the attributes live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// `nats://host:port`; several servers separated by commas (`NATS_URL`). Credentials in
@@ -23,13 +23,16 @@ pub struct NatsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<NatsTls>,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Deadline of JetStream API calls and KV writes made by the consumer.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Deadline of a KV read on the decision path (a cache miss); keep it well below Envoy's
     /// ext_authz timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lookup_timeout: Duration,
     pub stream: StreamSettings,
     pub consumer: ConsumerSettings,
@@ -56,7 +59,7 @@ impl Default for NatsConfig {
 }
 
 /// The stream the business events are published on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSettings {
     pub name: String,
@@ -70,6 +73,7 @@ pub struct StreamSettings {
     pub replicas: usize,
     /// How long a created stream keeps events (0 = forever; the KV holds the state anyway).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
 }
 
@@ -87,7 +91,7 @@ impl Default for StreamSettings {
 }
 
 /// The durable pull consumer every replica shares.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerSettings {
     /// Consume events in this replica. Off: the replica only reads attributes (the others apply).
@@ -102,13 +106,16 @@ pub struct ConsumerSettings {
     pub max_ack_pending: i64,
     /// How long the server waits for an ack before redelivering.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ack_wait: Duration,
     /// Largest event accepted; a bigger one is terminated as malformed.
     pub max_event_bytes: usize,
     /// Redelivery delay after a transient failure: doubles per attempt up to `max_backoff`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub backoff: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_backoff: Duration,
 }
 
@@ -129,7 +136,7 @@ impl Default for ConsumerSettings {
 }
 
 /// The KV bucket holding one document per principal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BucketSettings {
     pub name: String,
@@ -152,13 +159,14 @@ impl Default for BucketSettings {
 }
 
 /// The per-replica cache in front of the bucket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
     pub max_principals: u64,
     /// How long an entry serves without a refresh. The watch refreshes entries as they change;
     /// this bounds staleness when the watch cannot (NATS unreachable).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ttl: Duration,
 }
 
@@ -172,7 +180,7 @@ impl Default for CacheSettings {
 }
 
 /// How heimdall authenticates to NATS; secrets come from files or environment variables only.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsAuth {
     /// A `.creds` file (JWT + nkey seed).
@@ -263,7 +271,7 @@ impl Secret {
 }
 
 /// TLS to NATS; a `tls://` URL or `required: true` turns it on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsTls {
     pub required: bool,

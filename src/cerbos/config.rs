@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::CerbosError;
 
 /// How heimdall reaches Cerbos.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CerbosConfig {
     /// `host:port` or `http(s)://host:port` of the PDP's gRPC API (`CERBOS_GRPC_URL`).
@@ -16,8 +16,10 @@ pub struct CerbosConfig {
     pub url: String,
     /// Deadline of one call; keep it below Envoy's ext_authz timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Decision cache: entries and lifetime (0 entries disables it).
     pub cache_entries: u64,
@@ -25,9 +27,11 @@ pub struct CerbosConfig {
     /// frames on one TCP stream under load.
     pub connections: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub cache_ttl: Duration,
     /// How often readiness probes the PDP's health.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub health_interval: Duration,
     /// TLS to the PDP. An `https://` URL turns it on with the system's roots; this section adds
     /// a private CA, a client certificate (mTLS) or the name to verify.
@@ -43,7 +47,7 @@ pub struct CerbosConfig {
 }
 
 /// TLS settings for the connection to Cerbos.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CerbosTls {
     /// PEM file of the CA that signed the PDP's certificate (default: the system's roots).

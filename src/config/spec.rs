@@ -1,33 +1,14 @@
 //! The rule wire format (version "1"): what operators write in YAML. Compiled into
 //! [`crate::rules::RuleSet`] (the rule compiler); kept separate so the runtime types never leak into the format.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-/// The mechanism catalogue, by kind.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MechanismsSpec {
-    pub authenticators: Vec<MechanismSpec>,
-    pub contextualizers: Vec<MechanismSpec>,
-    pub authorizers: Vec<MechanismSpec>,
-    pub finalizers: Vec<MechanismSpec>,
-    pub error_handlers: Vec<MechanismSpec>,
-}
-
-/// One named mechanism.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MechanismSpec {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub config: Value,
-}
+pub use super::mechanisms::{MechanismSpec, MechanismsSpec};
 
 /// A rule: which requests it takes and what it does with them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub id: String,
@@ -39,7 +20,7 @@ pub struct RuleSpec {
 }
 
 /// Hosts × paths × methods; an empty list matches anything.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatchSpec {
     /// `api.example.com`, `*.example.com` (any subdomain) or `*`.
@@ -54,7 +35,7 @@ pub struct MatchSpec {
 }
 
 /// The steps of a rule.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     pub execute: Vec<StepSpec>,
@@ -64,7 +45,7 @@ pub struct PipelineSpec {
 
 /// One step: exactly one of `authenticator`, `contextualizer`, `authorizer` or `finalizer`,
 /// naming a mechanism.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,16 +64,18 @@ pub struct StepSpec {
     pub condition: Option<String>,
     /// Overrides merged into the mechanism's config for this rule.
     #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub config: Value,
 }
 
 /// One error handler step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorStepSpec {
     pub error_handler: String,
     #[serde(default, rename = "if", skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub config: Value,
 }

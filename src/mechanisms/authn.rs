@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
-use serde::Deserialize;
 use serde_yaml_ng::Value;
 use time::OffsetDateTime;
 
-use super::{BuildContext, no_config, parse_config};
+use super::{BuildContext, BuildError};
+use crate::config::mechanisms::{AuthenticatorSpec, PasetoConfig, SourceSpec, parse};
 use crate::decision::{ErrorKind, StepError};
 use crate::request::{HeaderLookup, RequestView};
 use crate::subject::Principal;
@@ -36,37 +36,34 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
+    /// Reads `type` and `config` and builds (the API port's authenticator is built this way).
     pub(crate) fn build(
         id: &Arc<str>,
         type_name: &str,
         config: &Value,
         ctx: &BuildContext<'_>,
-    ) -> Result<Self, String> {
-        match type_name {
-            "paseto" => Ok(Self::Paseto(PasetoAuthenticator::new(
-                id,
-                parse_config(config)?,
-                ctx,
-            )?)),
-            "anonymous" => {
-                let cfg: AnonymousConfig = parse_config(config)?;
-                Ok(Self::Anonymous(AnonymousAuthenticator {
-                    principal: Arc::new(Principal::new(
-                        &cfg.subject,
-                        cfg.roles,
-                        serde_json::Map::new(),
-                        id,
-                    )),
-                }))
-            }
-            "unauthorized" => {
-                no_config(type_name, config)?;
-                Ok(Self::Unauthorized(Arc::clone(id)))
-            }
-            other => Err(format!(
-                "unknown authenticator type `{other}` (known: paseto, anonymous, unauthorized)"
-            )),
-        }
+    ) -> Result<Self, BuildError> {
+        Self::from_spec(id, parse(type_name, config)?, ctx)
+    }
+
+    /// Builds the authenticator a spec describes.
+    pub fn from_spec(
+        id: &Arc<str>,
+        spec: AuthenticatorSpec,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Self, BuildError> {
+        Ok(match spec {
+            AuthenticatorSpec::Paseto(cfg) => Self::Paseto(PasetoAuthenticator::new(id, cfg, ctx)?),
+            AuthenticatorSpec::Anonymous(cfg) => Self::Anonymous(AnonymousAuthenticator {
+                principal: Arc::new(Principal::new(
+                    &cfg.subject,
+                    cfg.roles,
+                    serde_json::Map::new(),
+                    id,
+                )),
+            }),
+            AuthenticatorSpec::Unauthorized => Self::Unauthorized(Arc::clone(id)),
+        })
     }
 
     /// Authenticates the request.
@@ -93,42 +90,12 @@ impl Authenticator {
 
 // === anonymous ===
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct AnonymousConfig {
-    subject: String,
-    roles: Vec<String>,
-}
-
-impl Default for AnonymousConfig {
-    fn default() -> Self {
-        Self {
-            subject: "anonymous".into(),
-            roles: Vec::new(),
-        }
-    }
-}
-
 /// Accepts every request as a fixed principal.
 pub struct AnonymousAuthenticator {
     principal: Arc<Principal>,
 }
 
 // === paseto ===
-
-/// Where a token is read from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, untagged)]
-enum SourceSpec {
-    Header {
-        header: String,
-        #[serde(default)]
-        scheme: Option<String>,
-    },
-    Cookie {
-        cookie: String,
-    },
-}
 
 #[derive(Debug, Clone)]
 enum TokenSource {
@@ -138,64 +105,6 @@ enum TokenSource {
         scheme: Option<Box<str>>,
     },
     Cookie(Box<str>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct PasetoConfig {
-    sources: Vec<SourceSpec>,
-    accept: Accept,
-    issuers: Option<Vec<String>>,
-    audience: Option<String>,
-    #[serde(with = "humantime_serde")]
-    leeway: Duration,
-    required_claims: Vec<String>,
-    allow_non_expiring: bool,
-    max_token_bytes: usize,
-    cache: CacheConfig,
-    /// Reject tokens issued before their principal's revocation (`principal.revoked` events).
-    /// Effective when NATS is configured; then a principal whose revocation state cannot be
-    /// read fails closed.
-    check_revocation: bool,
-}
-
-impl Default for PasetoConfig {
-    fn default() -> Self {
-        Self {
-            sources: vec![SourceSpec::Header {
-                header: "authorization".into(),
-                scheme: Some("Bearer".into()),
-            }],
-            accept: Accept::Any,
-            issuers: None,
-            audience: None,
-            leeway: Duration::from_secs(30),
-            required_claims: Vec::new(),
-            allow_non_expiring: false,
-            max_token_bytes: 8192,
-            cache: CacheConfig::default(),
-            check_revocation: true,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct CacheConfig {
-    enabled: bool,
-    max_entries: u64,
-    #[serde(with = "humantime_serde")]
-    max_ttl: Duration,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_entries: 100_000,
-            max_ttl: Duration::from_secs(300),
-        }
-    }
 }
 
 /// A cached principal lives until the earlier of the configured TTL and the token's expiry.
@@ -241,9 +150,11 @@ pub struct PasetoAuthenticator {
 }
 
 impl PasetoAuthenticator {
-    fn new(id: &Arc<str>, cfg: PasetoConfig, ctx: &BuildContext<'_>) -> Result<Self, String> {
+    fn new(id: &Arc<str>, cfg: PasetoConfig, ctx: &BuildContext<'_>) -> Result<Self, BuildError> {
         if cfg.sources.is_empty() {
-            return Err("`sources` must name at least one header or cookie".into());
+            return Err(BuildError::Invalid(
+                "`sources` must name at least one header or cookie".into(),
+            ));
         }
         let sources = cfg
             .sources
@@ -251,7 +162,7 @@ impl PasetoAuthenticator {
             .map(|s| match s {
                 SourceSpec::Header { header, scheme } => {
                     http::HeaderName::try_from(header.as_str())
-                        .map_err(|_| format!("`{header}` is not a valid header name"))?;
+                        .map_err(|_| BuildError::HeaderName(header.as_str().into()))?;
                     Ok(TokenSource::Header {
                         name: header.to_ascii_lowercase().into(),
                         scheme: scheme.map(Into::into),
@@ -259,7 +170,7 @@ impl PasetoAuthenticator {
                 }
                 SourceSpec::Cookie { cookie } => Ok(TokenSource::Cookie(cookie.into())),
             })
-            .collect::<Result<Box<[_]>, String>>()?;
+            .collect::<Result<Box<[_]>, BuildError>>()?;
         let purposes = match cfg.accept {
             Accept::Any => vec![
                 crate::tokens::Purpose::Local,
@@ -269,18 +180,23 @@ impl PasetoAuthenticator {
             Accept::Public => vec![crate::tokens::Purpose::Public],
         };
         if !purposes.iter().any(|p| ctx.keys.can_verify(*p)) {
-            return Err("no key can verify the accepted tokens: configure `tokens.keys` or PASETO_SYMMETRIC_KEY".into());
+            return Err(BuildError::NoVerifyingKey);
         }
         if cfg.max_token_bytes == 0 {
-            return Err("`max_token_bytes` must be positive".into());
+            return Err(BuildError::Invalid(
+                "`max_token_bytes` must be positive".into(),
+            ));
         }
         // Clock skew is seconds, at most minutes; a huge value would overflow the time
         // arithmetic of every Check (a panic per request), and a long one accepts expired tokens.
         if cfg.leeway > MAX_LEEWAY {
-            return Err(format!(
-                "`leeway` {} is longer than the {} allowed",
-                humantime::format_duration(cfg.leeway),
-                humantime::format_duration(MAX_LEEWAY)
+            return Err(BuildError::Invalid(
+                format!(
+                    "`leeway` {} is longer than the {} allowed",
+                    humantime::format_duration(cfg.leeway),
+                    humantime::format_duration(MAX_LEEWAY)
+                )
+                .into(),
             ));
         }
         let issuers = cfg

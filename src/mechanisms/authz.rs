@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_yaml_ng::Value;
-
-use super::{no_config, parse_config};
+use super::BuildError;
+use crate::config::mechanisms::AuthorizerSpec;
 use crate::decision::{ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
 use crate::policy::PolicyDecisionPoint;
@@ -19,21 +17,6 @@ pub enum Authorizer {
     Deny(Arc<str>),
     Cel(CelAuthorizer),
     Cerbos(CerbosAuthorizer),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CerbosAuthorizerConfig {
-    /// The resource kind, as written (`document`).
-    kind: String,
-    /// CEL for the resource id (e.g. `request.captures.id`); empty when absent.
-    #[serde(default)]
-    id: Option<String>,
-    /// CEL per resource attribute.
-    #[serde(default)]
-    attr: std::collections::BTreeMap<String, String>,
-    /// CEL for the action or actions; every one must be allowed.
-    actions: String,
 }
 
 /// Asks Cerbos `CheckResources` about the request's resource; allows only when every action is
@@ -141,16 +124,6 @@ impl<P: PolicyDecisionPoint> CerbosAuthorizer<P> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CelConfig {
-    /// A boolean CEL expression over `request` and `subject`.
-    expression: String,
-    /// The reason logged when the expression is false.
-    #[serde(default)]
-    message: Option<String>,
-}
-
 /// Allows when a CEL expression is true; false, an error or a non-boolean denies.
 pub struct CelAuthorizer {
     id: Arc<str>,
@@ -159,18 +132,17 @@ pub struct CelAuthorizer {
 }
 
 impl Authorizer {
-    pub(crate) fn build(
+    /// Builds the authorizer a spec describes.
+    pub fn from_spec(
         id: &Arc<str>,
-        type_name: &str,
-        config: &Value,
+        spec: AuthorizerSpec,
         ctx: &super::BuildContext<'_>,
-    ) -> Result<Self, String> {
-        match type_name {
-            "allow" => no_config(type_name, config).map(|()| Self::Allow),
-            "deny" => no_config(type_name, config).map(|()| Self::Deny(Arc::clone(id))),
-            "cel" => {
-                let cfg: CelConfig = parse_config(config)?;
-                let expression = Expr::compile(&cfg.expression).map_err(|e| e.to_string())?;
+    ) -> Result<Self, BuildError> {
+        match spec {
+            AuthorizerSpec::Allow => Ok(Self::Allow),
+            AuthorizerSpec::Deny => Ok(Self::Deny(Arc::clone(id))),
+            AuthorizerSpec::Cel(cfg) => {
+                let expression = Expr::compile(&cfg.expression).map_err(BuildError::Expression)?;
                 let message = cfg
                     .message
                     .unwrap_or_else(|| format!("expression `{}` is false", cfg.expression));
@@ -180,16 +152,13 @@ impl Authorizer {
                     message,
                 }))
             }
-            "cerbos" => {
-                let cfg: CerbosAuthorizerConfig = parse_config(config)?;
-                let cerbos = ctx.cerbos.ok_or(
-                    "no Cerbos is configured: add a `cerbos` section or set CERBOS_GRPC_URL",
-                )?;
+            AuthorizerSpec::Cerbos(cfg) => {
+                let cerbos = ctx.cerbos.ok_or(BuildError::NoCerbos)?;
                 if cfg.kind.is_empty() {
-                    return Err("`kind` must not be empty".into());
+                    return Err(BuildError::Invalid("`kind` must not be empty".into()));
                 }
                 let compile =
-                    |what: &str, src: &str| Expr::compile(src).map_err(|e| format!("{what}: {e}"));
+                    |what: String, src: &str| Expr::compile(src).map_err(BuildError::expr(what));
                 Ok(Self::Cerbos(CerbosAuthorizer {
                     id: Arc::clone(id),
                     cerbos: Arc::clone(cerbos),
@@ -197,19 +166,16 @@ impl Authorizer {
                     resource_id: cfg
                         .id
                         .as_deref()
-                        .map(|src| compile("id", src))
+                        .map(|src| compile("id".into(), src))
                         .transpose()?,
                     attr: cfg
                         .attr
                         .iter()
-                        .map(|(k, src)| Ok((k.clone(), compile(&format!("attr `{k}`"), src)?)))
-                        .collect::<Result<_, String>>()?,
-                    actions: compile("actions", &cfg.actions)?,
+                        .map(|(k, src)| Ok((k.clone(), compile(format!("attr `{k}`"), src)?)))
+                        .collect::<Result<_, BuildError>>()?,
+                    actions: compile("actions".into(), &cfg.actions)?,
                 }))
             }
-            other => Err(format!(
-                "unknown authorizer type `{other}` (known: allow, deny, cel, cerbos)"
-            )),
         }
     }
 

@@ -7,11 +7,9 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_yaml_ng::Value;
-
-use super::parse_config;
+use super::BuildError;
 use crate::attributes::PrincipalStore;
+use crate::config::mechanisms::ContextualizerSpec;
 use crate::decision::{ErrorKind, StepError};
 use crate::subject::Subject;
 use crate::subject::enrich;
@@ -19,15 +17,6 @@ use crate::subject::enrich;
 /// The built-in contextualizers.
 pub enum Contextualizer {
     PrincipalAttributes(PrincipalAttributes),
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct PrincipalAttributesConfig {
-    /// The principal to enrich, by the name the rule gave it (default: the first one).
-    principal: Option<String>,
-    /// Deny (403) a principal that has no stored attributes at all.
-    required: bool,
 }
 
 /// Merges the principal's stored attributes into it.
@@ -39,18 +28,15 @@ pub struct PrincipalAttributes {
 }
 
 impl Contextualizer {
-    pub(crate) fn build(
+    /// Builds the contextualizer a spec describes.
+    pub fn from_spec(
         id: &Arc<str>,
-        type_name: &str,
-        config: &Value,
+        spec: ContextualizerSpec,
         ctx: &super::BuildContext<'_>,
-    ) -> Result<Self, String> {
-        match type_name {
-            "principal_attributes" => {
-                let cfg: PrincipalAttributesConfig = parse_config(config)?;
-                let store = ctx.attributes.ok_or(
-                    "no attribute store is configured: add a `nats` section or set NATS_URL",
-                )?;
+    ) -> Result<Self, BuildError> {
+        match spec {
+            ContextualizerSpec::PrincipalAttributes(cfg) => {
+                let store = ctx.attributes.ok_or(BuildError::NoAttributeStore)?;
                 Ok(Self::PrincipalAttributes(PrincipalAttributes {
                     id: Arc::clone(id),
                     store: Arc::clone(store),
@@ -58,9 +44,6 @@ impl Contextualizer {
                     required: cfg.required,
                 }))
             }
-            other => Err(format!(
-                "unknown contextualizer type `{other}` (known: principal_attributes)"
-            )),
         }
     }
 
@@ -140,10 +123,9 @@ mod tests {
             cerbos: None,
             attributes: Some(&store),
         };
-        let config: Value = serde_yaml_ng::from_str(config).unwrap();
-        let mechanism =
-            Contextualizer::build(&Arc::from("attrs"), "principal_attributes", &config, &ctx)
-                .unwrap();
+        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).unwrap();
+        let spec = crate::config::mechanisms::parse("principal_attributes", &config).unwrap();
+        let mechanism = Contextualizer::from_spec(&Arc::from("attrs"), spec, &ctx).unwrap();
         let token_attributes = json!({"plan": "free", "department": "eng"});
         let mut subject = Subject::single(Principal::new(
             "alice",

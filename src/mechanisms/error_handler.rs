@@ -1,17 +1,15 @@
 //! Error handlers: turn a failed step into the answer the client gets (401, 403, a login
 //! redirect, …). The first handler of a rule whose condition holds answers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Deserialize;
-use serde_yaml_ng::Value;
-
-use super::{no_config, parse_config};
+use super::BuildError;
+use super::finalize::compile_headers;
+use crate::config::mechanisms::ErrorHandlerSpec;
 use crate::decision::{Denial, StepError};
 use crate::expr::{Expr, Vars};
 use crate::request::RequestView;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// The built-in error handlers.
 pub enum ErrorHandler {
@@ -24,58 +22,11 @@ pub enum ErrorHandler {
     Generic(GenericHandler),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct WwwAuthenticateConfig {
-    scheme: String,
-    realm: String,
-}
-
-impl Default for WwwAuthenticateConfig {
-    fn default() -> Self {
-        Self {
-            scheme: "Bearer".into(),
-            realm: "heimdall".into(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RedirectConfig {
-    /// Where to send the browser (the login endpoint).
-    to: String,
-    /// The query parameter that carries the original URL.
-    param: String,
-    status: u16,
-}
-
-impl Default for RedirectConfig {
-    fn default() -> Self {
-        Self {
-            to: "/auth/login".into(),
-            param: "redirect_uri".into(),
-            status: 302,
-        }
-    }
-}
-
 /// Redirects to a login page with the original URL as a parameter.
 pub struct RedirectHandler {
     to: Box<str>,
     param: Box<str>,
     status: u16,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenericConfig {
-    status: u16,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    /// A CEL expression for the body.
-    #[serde(default)]
-    body: Option<String>,
 }
 
 /// A response built from templates.
@@ -94,27 +45,30 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 impl ErrorHandler {
-    pub(crate) fn build(id: &Arc<str>, type_name: &str, config: &Value) -> Result<Self, String> {
-        match type_name {
-            "default" => no_config(type_name, config).map(|()| Self::Default),
-            "www_authenticate" => {
-                let cfg: WwwAuthenticateConfig = parse_config(config)?;
+    /// Builds the error handler a spec describes.
+    pub fn from_spec(id: &Arc<str>, spec: ErrorHandlerSpec) -> Result<Self, BuildError> {
+        match spec {
+            ErrorHandlerSpec::Default => Ok(Self::Default),
+            ErrorHandlerSpec::WwwAuthenticate(cfg) => {
                 if cfg.realm.contains('"') || cfg.scheme.contains(' ') {
-                    return Err(
+                    return Err(BuildError::Invalid(
                         "`realm` must not contain `\"` and `scheme` must be one token".into(),
-                    );
+                    ));
                 }
                 Ok(Self::WwwAuthenticate {
                     challenge: format!("{} realm=\"{}\"", cfg.scheme, cfg.realm).into(),
                 })
             }
-            "redirect" => {
-                let cfg: RedirectConfig = parse_config(config)?;
+            ErrorHandlerSpec::Redirect(cfg) => {
                 if !(300..400).contains(&cfg.status) {
-                    return Err(format!("`status` {} is not a redirect (3xx)", cfg.status));
+                    return Err(BuildError::Invalid(
+                        format!("`status` {} is not a redirect (3xx)", cfg.status).into(),
+                    ));
                 }
                 if cfg.to.is_empty() || cfg.param.is_empty() {
-                    return Err("`to` and `param` must not be empty".into());
+                    return Err(BuildError::Invalid(
+                        "`to` and `param` must not be empty".into(),
+                    ));
                 }
                 Ok(Self::Redirect(RedirectHandler {
                     to: cfg.to.into(),
@@ -122,32 +76,24 @@ impl ErrorHandler {
                     status: cfg.status,
                 }))
             }
-            "generic" => {
-                let cfg: GenericConfig = parse_config(config)?;
+            ErrorHandlerSpec::Generic(cfg) => {
                 // Never 2xx: behind a forward-auth gateway a 2xx answer is an allow.
                 if !(300..600).contains(&cfg.status) {
-                    return Err(format!(
-                        "`status` {} is not a refusal (use 3xx, 4xx or 5xx)",
-                        cfg.status
+                    return Err(BuildError::Invalid(
+                        format!(
+                            "`status` {} is not a refusal (use 3xx, 4xx or 5xx)",
+                            cfg.status
+                        )
+                        .into(),
                     ));
                 }
-                let headers = cfg
-                    .headers
-                    .iter()
-                    .map(|(name, source)| {
-                        let parsed = http::HeaderName::try_from(name.as_str())
-                            .map_err(|_| format!("`{name}` is not a valid header name"))?;
-                        let expr =
-                            Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
-                        Ok((Arc::from(parsed.as_str()), expr))
-                    })
-                    .collect::<Result<Box<[_]>, String>>()?;
+                let headers = compile_headers(&cfg.headers)?;
                 let body = cfg
                     .body
                     .as_deref()
                     .map(Expr::compile)
                     .transpose()
-                    .map_err(|e| format!("body: {e}"))?;
+                    .map_err(BuildError::expr("body"))?;
                 Ok(Self::Generic(GenericHandler {
                     id: Arc::clone(id),
                     status: cfg.status,
@@ -155,9 +101,6 @@ impl ErrorHandler {
                     body,
                 }))
             }
-            other => Err(format!(
-                "unknown error handler type `{other}` (known: default, www_authenticate, redirect, generic)"
-            )),
         }
     }
 

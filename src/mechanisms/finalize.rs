@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_yaml_ng::Value;
-
-use super::parse_config;
+use super::{BuildError, header_name};
+use crate::config::mechanisms::FinalizerSpec;
 use crate::decision::{Allowed, ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
 
@@ -14,23 +12,6 @@ use crate::expr::{Expr, Vars};
 pub enum Finalizer {
     Header(HeaderFinalizer),
     RemoveHeaders(Box<[Arc<str>]>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderConfig {
-    /// Upstream request header name → CEL expression for its value (set, overwriting).
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    /// Downstream response header name → CEL expression (added to the response Envoy returns).
-    #[serde(default)]
-    response_headers: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemoveConfig {
-    headers: Vec<String>,
 }
 
 /// Sets upstream headers to values computed from the subject and the request.
@@ -43,11 +24,15 @@ pub struct HeaderFinalizer {
 /// Header names with the expressions for their values.
 type ComputedHeaders = Box<[(Arc<str>, Expr)]>;
 
-fn compile_headers(headers: &BTreeMap<String, String>) -> Result<ComputedHeaders, String> {
+/// Compiles each header's expression (a generic error handler's headers too).
+pub(crate) fn compile_headers(
+    headers: &BTreeMap<String, String>,
+) -> Result<ComputedHeaders, BuildError> {
     headers
         .iter()
         .map(|(name, source)| {
-            let expr = Expr::compile(source).map_err(|e| format!("header `{name}`: {e}"))?;
+            let expr =
+                Expr::compile(source).map_err(BuildError::expr(format!("header `{name}`")))?;
             Ok((header_name(name)?, expr))
         })
         .collect()
@@ -81,19 +66,15 @@ pub(super) fn is_header_value(value: &str) -> bool {
         .all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
-fn header_name(name: &str) -> Result<Arc<str>, String> {
-    let parsed = http::HeaderName::try_from(name)
-        .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    Ok(Arc::from(parsed.as_str()))
-}
-
 impl Finalizer {
-    pub(crate) fn build(id: &Arc<str>, type_name: &str, config: &Value) -> Result<Self, String> {
-        match type_name {
-            "header" => {
-                let cfg: HeaderConfig = parse_config(config)?;
+    /// Builds the finalizer a spec describes.
+    pub fn from_spec(id: &Arc<str>, spec: FinalizerSpec) -> Result<Self, BuildError> {
+        match spec {
+            FinalizerSpec::Header(cfg) => {
                 if cfg.headers.is_empty() && cfg.response_headers.is_empty() {
-                    return Err("set at least one of `headers` and `response_headers`".into());
+                    return Err(BuildError::Invalid(
+                        "set at least one of `headers` and `response_headers`".into(),
+                    ));
                 }
                 Ok(Self::Header(HeaderFinalizer {
                     id: Arc::clone(id),
@@ -101,18 +82,14 @@ impl Finalizer {
                     response_headers: compile_headers(&cfg.response_headers)?,
                 }))
             }
-            "remove_headers" => {
-                let cfg: RemoveConfig = parse_config(config)?;
+            FinalizerSpec::RemoveHeaders(cfg) => {
                 let headers = cfg
                     .headers
                     .iter()
                     .map(|h| header_name(h))
-                    .collect::<Result<Box<[_]>, String>>()?;
+                    .collect::<Result<Box<[_]>, BuildError>>()?;
                 Ok(Self::RemoveHeaders(headers))
             }
-            other => Err(format!(
-                "unknown finalizer type `{other}` (known: header, remove_headers)"
-            )),
         }
     }
 

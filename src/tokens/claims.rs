@@ -137,7 +137,7 @@ impl Validation {
     /// Checks `sub`, times (with leeway), issuer, audience and required claims at `now`.
     pub fn check(&self, claims: &Claims, now: OffsetDateTime) -> Result<ValidTimes, TokenError> {
         if claims.sub.as_deref().is_none_or(str::is_empty) {
-            return Err(TokenError::MissingClaim("sub"));
+            return Err(TokenError::MissingClaim("sub".into()));
         }
         // Checked: `OffsetDateTime ± Duration` panics out of range. Configured leeways are
         // bounded at build time; a `Validation` built otherwise refuses instead of panicking.
@@ -179,7 +179,7 @@ impl Validation {
             let iss = claims
                 .iss
                 .as_deref()
-                .ok_or(TokenError::MissingClaim("iss"))?;
+                .ok_or_else(|| TokenError::MissingClaim("iss".into()))?;
             if !self.issuers.iter().any(|i| i == iss) {
                 return Err(TokenError::WrongIssuer(shown(iss)));
             }
@@ -191,27 +191,12 @@ impl Validation {
         }
         for name in &self.required {
             if !claims.has(name) {
-                return Err(TokenError::MissingClaim(required_name(name)));
+                return Err(TokenError::MissingClaim(name.as_str().into()));
             }
         }
         Ok(ValidTimes {
             expires_at: exp,
             issued_at: iat,
         })
-    }
-}
-
-/// Maps a configured claim name onto a static name for the error (names are config-bounded).
-fn required_name(name: &str) -> &'static str {
-    match name {
-        "iss" => "iss",
-        "aud" => "aud",
-        "exp" => "exp",
-        "nbf" => "nbf",
-        "iat" => "iat",
-        "jti" => "jti",
-        "roles" => "roles",
-        "attr" => "attr",
-        _ => "required claim",
     }
 }

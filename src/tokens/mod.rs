@@ -73,8 +73,9 @@ pub enum TokenError {
     BadSignature,
     #[error("claims are not a valid JSON object: {0}")]
     BadClaims(String),
+    /// The claim's name (a configured one for `required_claims`, so it is safe to log).
     #[error("claim `{0}` is missing")]
-    MissingClaim(&'static str),
+    MissingClaim(Box<str>),
     #[error("claim `{0}` is not an RFC 3339 time")]
     BadTime(&'static str),
     /// The validation's leeway moves `now` out of the representable time range.
@@ -180,7 +181,9 @@ pub fn token_purpose(token: &str) -> Result<Purpose, TokenError> {
 }
 
 /// Which purposes an authenticator accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Accept {
     /// Both `v4.local` and `v4.public`.
@@ -233,6 +236,20 @@ mod tests {
             .unwrap();
         ring.add_ephemeral_signing_key().unwrap();
         ring
+    }
+
+    #[test]
+    fn a_missing_required_claim_is_named() {
+        let claims = Claims::new("alice", "heimdall", Duration::from_secs(60));
+        let strict = Validation {
+            required: Box::new(["tenant".into()]),
+            ..validation()
+        };
+        let err = strict
+            .check(&claims, OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert_eq!(err, TokenError::MissingClaim("tenant".into()));
+        assert_eq!(err.to_string(), "claim `tenant` is missing");
     }
 
     fn validation() -> Validation {
