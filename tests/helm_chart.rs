@@ -1221,8 +1221,8 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
             "heimdall.yaml",
         );
         let config = yaml(file);
-        let path_ = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path_, file).unwrap();
+        let config_file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_file, file).unwrap();
         let url = if name == "read-only-sidecar" {
             let snippet = find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet");
             let containers = yaml(embedded(snippet, "containers.yaml"));
@@ -1235,7 +1235,7 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
 
         let valid = heimdall_validate(
             heimdall,
-            &path_,
+            &config_file,
             &[
                 ("HEIMDALL_SIGNING_KEY", signing_key.as_str()),
                 ("NATS_URL", url.as_str()),
@@ -1253,7 +1253,7 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
             assert!(try_path(&config, "nats").is_none(), "{file}");
             let without = heimdall_validate(
                 heimdall,
-                &path_,
+                &config_file,
                 &[("HEIMDALL_SIGNING_KEY", signing_key.as_str())],
             );
             let stderr = String::from_utf8_lossy(&without.stderr);
