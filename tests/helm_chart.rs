@@ -3,6 +3,9 @@
 //! the real programs (`heimdall validate` for the configuration, `envoy --mode validate` for the
 //! sidecar's Envoy configuration).
 //!
+//! Rendered manifests, and the files the ConfigMaps embed, are parsed as YAML and checked field by
+//! field, so a change in helm's or the templates' formatting alone cannot fail or pass a test.
+//!
 //! Needs `helm` (from `$HEIMDALL_TOOLS`, `<repo>/.tools/bin` or `$PATH`): without it each test
 //! prints a skip line and passes, except in CI (`CI=true`), where it fails.
 
@@ -19,6 +22,8 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use heimdall::test_helpers::tools;
+use serde::Deserialize as _;
+use serde_yaml_ng::Value;
 
 const RELEASE: &str = "authz";
 const FULLNAME: &str = "authz-heimdall";
@@ -84,94 +89,154 @@ fn helm_refuses(helm: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// One rendered manifest.
-#[derive(Debug)]
-struct Manifest {
-    kind: String,
-    name: String,
-    text: String,
-}
-
-/// `helm template <release> charts/heimdall <args…>`, split into manifests.
-fn render(helm: &Path, args: &[&str]) -> Vec<Manifest> {
+/// `helm template <release> charts/heimdall <args…>`, parsed into manifests.
+fn render(helm: &Path, args: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut all = vec!["template", RELEASE, chart.to_str().unwrap()];
     all.extend_from_slice(args);
-    split_manifests(&helm_ok(helm, &all))
+    manifests(&helm_ok(helm, &all))
 }
 
-fn split_manifests(stream: &str) -> Vec<Manifest> {
-    let mut docs: Vec<String> = vec![String::new()];
-    for line in stream.lines() {
-        if line == "---" {
-            docs.push(String::new());
-        } else {
-            let doc = docs.last_mut().unwrap();
-            doc.push_str(line);
-            doc.push('\n');
-        }
-    }
-    docs.into_iter()
-        .filter_map(|text| {
-            let kind = text
-                .lines()
-                .find_map(|l| l.strip_prefix("kind: "))?
-                .trim()
-                .to_owned();
-            let name = text
-                .lines()
-                .skip_while(|l| *l != "metadata:")
-                .find_map(|l| l.strip_prefix("  name: "))?
-                .trim()
-                .to_owned();
-            Some(Manifest { kind, name, text })
+/// A multi-document YAML stream as one value per document; documents holding nothing (a
+/// template that rendered only comments) are dropped.
+fn manifests(stream: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(stream)
+        .map(|document| {
+            Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("helm rendered invalid YAML ({e}):\n{stream}"))
         })
+        .filter(|document| !document.is_null())
         .collect()
 }
 
-fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Manifest {
+/// A YAML text (a rendered manifest's embedded file, or an expected value) as a value.
+fn yaml(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("invalid YAML ({e}):\n{text}"))
+}
+
+/// A value printed back as YAML, for failure messages.
+fn show(value: &Value) -> String {
+    serde_yaml_ng::to_string(value).unwrap_or_else(|e| format!("{value:?} ({e})"))
+}
+
+/// One step of a path: a mapping's key, or a list's index.
+fn step<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Sequence(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => value.get(key),
+    }
+}
+
+/// The value at a dot-separated path such as `spec.template.spec.containers.0`, if present.
+fn try_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, step)
+}
+
+/// The value at a dot-separated path; an absent one fails the test. Keys holding dots
+/// (`helm.sh/hook`, `heimdall.yaml`) are read with `Value::get` on their parent.
+fn path<'a>(value: &'a Value, path: &str) -> &'a Value {
+    try_path(value, path).unwrap_or_else(|| panic!("no `{path}` in:\n{}", show(value)))
+}
+
+/// The string at a path.
+fn text<'a>(value: &'a Value, at: &str) -> &'a str {
+    path(value, at)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{at}` is not a string in:\n{}", show(value)))
+}
+
+fn kind_of(manifest: &Value) -> &str {
+    text(manifest, "kind")
+}
+
+fn name_of(manifest: &Value) -> &str {
+    text(manifest, "metadata.name")
+}
+
+fn find<'a>(manifests: &'a [Value], kind: &str, name: &str) -> &'a Value {
     manifests
         .iter()
-        .find(|m| m.kind == kind && m.name == name)
+        .find(|m| kind_of(m) == kind && name_of(m) == name)
         .unwrap_or_else(|| {
             let have: Vec<String> = manifests
                 .iter()
-                .map(|m| format!("{}/{}", m.kind, m.name))
+                .map(|m| format!("{}/{}", kind_of(m), name_of(m)))
                 .collect();
             panic!("no {kind}/{name} among {have:?}")
         })
 }
 
-fn kinds(manifests: &[Manifest]) -> Vec<&str> {
-    let mut kinds: Vec<&str> = manifests.iter().map(|m| m.kind.as_str()).collect();
+fn kinds(manifests: &[Value]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = manifests.iter().map(kind_of).collect();
     kinds.sort_unstable();
     kinds.dedup();
     kinds
 }
 
-/// The lines indented under the first line that reads `key` (after its indentation), without
-/// that indentation: a YAML block, or a block scalar's text.
-fn block(text: &str, key: &str) -> String {
-    let mut lines = text.lines();
-    let header = lines
-        .by_ref()
-        .find(|l| l.trim() == key)
-        .unwrap_or_else(|| panic!("no `{key}` in:\n{text}"));
-    let indent = header.len() - header.trim_start().len();
-    let body: Vec<&str> = lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-        .collect();
-    let strip = body
+/// The entry called `name` of a list of named objects (containers, ports, env, volumes, mounts).
+fn try_named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_sequence()?
         .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    body.iter()
-        .map(|l| l.get(strip..).unwrap_or("").trim_end())
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+        .find(|entry| entry.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    try_named(list, name).unwrap_or_else(|| panic!("no entry `{name}` in:\n{}", show(list)))
+}
+
+/// A workload's (Deployment, Job) pod template's container called `name`.
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    named(path(workload, "spec.template.spec.containers"), name)
+}
+
+/// The literal value of a container's environment variable `name`, if it has one.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    try_named(try_path(container, "env")?, name)?
+        .get("value")?
+        .as_str()
+}
+
+/// The `secretKeyRef` a container's environment variable `name` is read from.
+fn secret_key_ref<'a>(container: &'a Value, name: &str) -> &'a Value {
+    path(
+        named(path(container, "env"), name),
+        "valueFrom.secretKeyRef",
+    )
+}
+
+/// One of a manifest's annotations (at `metadata` or `spec.template.metadata`).
+fn annotation<'a>(metadata: &'a Value, key: &str) -> Option<&'a str> {
+    try_path(metadata, "annotations")?.get(key)?.as_str()
+}
+
+/// The file `key` embedded in a ConfigMap's `data`, as text.
+fn embedded<'a>(configmap: &'a Value, key: &str) -> &'a str {
+    path(configmap, "data")
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no data `{key}` in:\n{}", show(configmap)))
+}
+
+/// heimdall's configuration as the release's ConfigMap embeds it, parsed.
+fn heimdall_config(manifests: &[Value]) -> Value {
+    yaml(embedded(
+        find(manifests, "ConfigMap", "authz-heimdall-config"),
+        "heimdall.yaml",
+    ))
+}
+
+/// Whether any key or scalar anywhere in `value` (embedded files included) contains `needle`.
+fn mentions(value: &Value, needle: &str) -> bool {
+    match value {
+        Value::String(s) => s.contains(needle),
+        Value::Number(n) => n.to_string().contains(needle),
+        Value::Sequence(items) => items.iter().any(|v| mentions(v, needle)),
+        Value::Mapping(map) => map
+            .iter()
+            .any(|(k, v)| mentions(k, needle) || mentions(v, needle)),
+        Value::Tagged(tagged) => mentions(&tagged.value, needle),
+        Value::Null | Value::Bool(_) => false,
+    }
 }
 
 /// Standard base64 with padding, as Kubernetes stores a Secret's `data`.
@@ -219,86 +284,78 @@ fn deployment_mode_renders_a_hardened_deployment_and_its_service() {
         "the default release renders no Secret, Job or optional resource"
     );
 
-    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
-    assert!(deployment.contains("  replicas: 2\n"), "{deployment}");
-    let readiness = block(deployment, "readinessProbe:");
-    assert!(readiness.contains("path: /ready"), "{readiness}");
-    assert!(readiness.contains("port: http"), "{readiness}");
-    let liveness = block(deployment, "livenessProbe:");
-    assert!(liveness.contains("path: /health"), "{liveness}");
-    let ports = block(deployment, "ports:");
-    assert!(
-        ports.contains("- name: grpc\n  containerPort: 9001"),
-        "{ports}"
-    );
-    assert!(
-        ports.contains("- name: http\n  containerPort: 8080"),
-        "{ports}"
-    );
-    let container_security = block(deployment, "securityContext:");
-    for want in [
-        "runAsNonRoot: true",
-        "readOnlyRootFilesystem: true",
-        "allowPrivilegeEscalation: false",
-        "- ALL",
-        "type: RuntimeDefault",
-    ] {
-        assert!(
-            deployment.contains(want),
-            "Deployment lacks `{want}`:\n{deployment}"
-        );
-    }
-    assert!(
-        container_security.contains("runAsNonRoot: true"),
-        "{container_security}"
-    );
-    assert!(
-        deployment
-            .contains("- serve\n            - --config\n            - /etc/heimdall/heimdall.yaml"),
-        "{deployment}"
-    );
-    assert!(
-        deployment.contains("checksum/config: "),
-        "pods must roll on config changes:\n{deployment}"
-    );
-    assert!(
-        deployment.contains("name: authz-heimdall-config"),
-        "{deployment}"
-    );
-    assert!(
-        deployment.contains("automountServiceAccountToken: false"),
-        "{deployment}"
-    );
-    assert!(
-        deployment.contains("topologyKey: kubernetes.io/hostname"),
-        "{deployment}"
-    );
-    let env = block(deployment, "env:");
-    assert!(
-        env.contains("- name: GRPC_PORT\n  value: \"9001\""),
-        "{env}"
-    );
-    assert!(env.contains("- name: PORT\n  value: \"8080\""), "{env}");
+    let deployment = find(&manifests, "Deployment", FULLNAME);
+    assert_eq!(*path(deployment, "spec.replicas"), 2);
+    let pod = path(deployment, "spec.template");
+    let heimdall = container(deployment, "heimdall");
+    assert_eq!(*path(heimdall, "readinessProbe.httpGet.path"), "/ready");
+    assert_eq!(*path(heimdall, "readinessProbe.httpGet.port"), "http");
+    assert_eq!(*path(heimdall, "livenessProbe.httpGet.path"), "/health");
+    let ports = path(heimdall, "ports");
+    assert_eq!(*path(named(ports, "grpc"), "containerPort"), 9001);
+    assert_eq!(*path(named(ports, "http"), "containerPort"), 8080);
 
-    let service = &find(&manifests, "Service", FULLNAME).text;
-    assert!(service.contains("type: ClusterIP"), "{service}");
-    assert!(
-        service.contains(
-            "- name: grpc\n      port: 9001\n      targetPort: grpc\n      protocol: TCP\n      appProtocol: grpc"
-        ),
-        "{service}"
+    assert_eq!(*path(pod, "spec.securityContext.runAsNonRoot"), true);
+    let security = path(heimdall, "securityContext");
+    assert_eq!(*path(security, "runAsNonRoot"), true, "{}", show(security));
+    assert_eq!(
+        *path(security, "readOnlyRootFilesystem"),
+        true,
+        "{}",
+        show(security)
     );
-    assert!(
-        service.contains("- name: http\n      port: 8080"),
-        "{service}"
+    assert_eq!(
+        *path(security, "allowPrivilegeEscalation"),
+        false,
+        "{}",
+        show(security)
     );
+    assert_eq!(*path(security, "capabilities.drop"), yaml("[ALL]"));
+    assert_eq!(*path(security, "seccompProfile.type"), "RuntimeDefault");
 
-    let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
-    let file = block(config, "heimdall.yaml: |");
-    assert!(file.contains("version: \"1\""), "{file}");
+    assert_eq!(
+        *path(heimdall, "args"),
+        yaml("[serve, --config, /etc/heimdall/heimdall.yaml]")
+    );
     assert!(
-        file.contains("keys:\n  - env: HEIMDALL_SIGNING_KEY"),
-        "{file}"
+        annotation(path(pod, "metadata"), "checksum/config").is_some_and(|c| !c.is_empty()),
+        "pods must roll on config changes:\n{}",
+        show(pod)
+    );
+    assert_eq!(
+        *path(named(path(pod, "spec.volumes"), "config"), "configMap.name"),
+        "authz-heimdall-config"
+    );
+    assert_eq!(*path(pod, "spec.automountServiceAccountToken"), false);
+    let spread = path(pod, "spec.topologySpreadConstraints");
+    assert!(
+        spread
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|c| *path(c, "topologyKey") == "kubernetes.io/hostname"),
+        "{}",
+        show(spread)
+    );
+    assert_eq!(env_value(heimdall, "GRPC_PORT"), Some("9001"));
+    assert_eq!(env_value(heimdall, "PORT"), Some("8080"));
+
+    let service = find(&manifests, "Service", FULLNAME);
+    assert_eq!(*path(service, "spec.type"), "ClusterIP");
+    let ports = path(service, "spec.ports");
+    assert_eq!(
+        *named(ports, "grpc"),
+        yaml("{name: grpc, port: 9001, targetPort: grpc, protocol: TCP, appProtocol: grpc}")
+    );
+    assert_eq!(*path(named(ports, "http"), "port"), 8080);
+
+    let config = heimdall_config(&manifests);
+    assert_eq!(*path(&config, "version"), "1", "{}", show(&config));
+    assert_eq!(
+        *path(&config, "tokens.keys.0.env"),
+        "HEIMDALL_SIGNING_KEY",
+        "{}",
+        show(&config)
     );
 }
 
@@ -338,71 +395,60 @@ fn keys_go_to_a_secret_and_never_to_a_configmap() {
         args.extend_from_slice(mode);
         let manifests = render(&helm, &args);
 
-        for manifest in manifests.iter().filter(|m| m.kind != "Secret") {
+        for manifest in manifests.iter().filter(|m| kind_of(m) != "Secret") {
             for secret in &secrets {
                 assert!(
-                    !manifest.text.contains(secret.as_str()),
+                    !mentions(manifest, secret),
                     "{} {} shows a key:\n{}",
-                    manifest.kind,
-                    manifest.name,
-                    manifest.text
+                    kind_of(manifest),
+                    name_of(manifest),
+                    show(manifest)
                 );
             }
         }
-        let secret = &find(&manifests, "Secret", "authz-heimdall-keys").text;
-        assert!(
-            secret.contains(&format!(
-                "PASETO_SYMMETRIC_KEY: \"{}\"",
-                b64(SYMMETRIC_KEY.as_bytes())
-            )),
-            "{secret}"
+        let secret = find(&manifests, "Secret", "authz-heimdall-keys");
+        assert_eq!(
+            *path(secret, "data.PASETO_SYMMETRIC_KEY"),
+            b64(SYMMETRIC_KEY.as_bytes())
         );
-        assert!(
-            secret.contains(&format!(
-                "HEIMDALL_SIGNING_KEY: \"{}\"",
-                b64(SIGNING_KEY.as_bytes())
-            )),
-            "{secret}"
+        assert_eq!(
+            *path(secret, "data.HEIMDALL_SIGNING_KEY"),
+            b64(SIGNING_KEY.as_bytes())
         );
 
         // The pre-install hook cannot read the release's Secret (not created yet): it has a copy.
-        let job = &find(&manifests, "Job", "authz-heimdall-validate").text;
-        assert!(
-            job.contains("secretKeyRef:\n                  name: authz-heimdall-validate\n                  key: HEIMDALL_SIGNING_KEY"),
-            "{job}"
-        );
-        let hook_secret = &find(&manifests, "Secret", "authz-heimdall-validate").text;
-        assert!(
-            hook_secret.contains("helm.sh/hook: pre-install,pre-upgrade"),
-            "{hook_secret}"
+        let job = find(&manifests, "Job", "authz-heimdall-validate");
+        let from = secret_key_ref(container(job, "validate"), "HEIMDALL_SIGNING_KEY");
+        assert_eq!(*path(from, "name"), "authz-heimdall-validate");
+        assert_eq!(*path(from, "key"), "HEIMDALL_SIGNING_KEY");
+        let hook_secret = find(&manifests, "Secret", "authz-heimdall-validate");
+        assert_eq!(
+            annotation(path(hook_secret, "metadata"), "helm.sh/hook"),
+            Some("pre-install,pre-upgrade")
         );
     }
 
     let manifests = render(&helm, &keys);
-    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
-    let env = block(deployment, "env:");
+    let deployment = find(&manifests, "Deployment", FULLNAME);
+    let heimdall = container(deployment, "heimdall");
     for var in ["PASETO_SYMMETRIC_KEY", "HEIMDALL_SIGNING_KEY"] {
-        assert!(
-            env.contains(&format!(
-                "- name: {var}\n  valueFrom:\n    secretKeyRef:\n      name: authz-heimdall-keys\n      key: {var}\n"
-            )),
-            "{env}"
-        );
+        let from = secret_key_ref(heimdall, var);
+        assert_eq!(*path(from, "name"), "authz-heimdall-keys", "{var}");
+        assert_eq!(*path(from, "key"), var);
     }
     assert!(
-        deployment.contains("checksum/keys: "),
-        "pods must roll on key changes:\n{deployment}"
+        annotation(path(deployment, "spec.template.metadata"), "checksum/keys").is_some(),
+        "pods must roll on key changes:\n{}",
+        show(deployment)
     );
 
     // An existing Secret: referenced by name, nothing created.
     let manifests = render(&helm, &["--set", "keys.existingSecret=my-keys"]);
     assert!(!kinds(&manifests).contains(&"Secret"));
-    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
-    assert!(
-        deployment.contains(
-            "secretKeyRef:\n                  name: my-keys\n                  key: HEIMDALL_SIGNING_KEY\n                  optional: true"
-        ),
-        "{deployment}"
+    let deployment = find(&manifests, "Deployment", FULLNAME);
+    assert_eq!(
+        *secret_key_ref(container(deployment, "heimdall"), "HEIMDALL_SIGNING_KEY"),
+        yaml("{name: my-keys, key: HEIMDALL_SIGNING_KEY, optional: true}")
     );
 }
 
@@ -556,74 +602,80 @@ fn optional_resources_render_when_enabled() {
         );
     }
 
-    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
+    let deployment = find(&manifests, "Deployment", FULLNAME);
     assert!(
-        !deployment.contains("replicas:"),
-        "the HPA owns the replica count:\n{deployment}"
+        try_path(deployment, "spec.replicas").is_none(),
+        "the HPA owns the replica count:\n{}",
+        show(deployment)
     );
-    let env = block(deployment, "env:");
+    let heimdall = container(deployment, "heimdall");
     for (var, value) in [
         ("NATS_URL", "nats://nats.messaging.svc:4222"),
         ("CERBOS_GRPC_URL", "cerbos.cerbos.svc:3593"),
         ("HYDRA_ADMIN_URL", "http://hydra-admin.ory.svc:4445"),
         ("KRATOS_ADMIN_URL", "http://kratos-admin.ory.svc:4434"),
     ] {
-        assert!(
-            env.contains(&format!("- name: {var}\n  value: \"{value}\"")),
-            "{env}"
-        );
+        assert_eq!(env_value(heimdall, var), Some(value), "{var}");
     }
-    assert!(block(deployment, "lifecycle:").contains("seconds: 5"));
+    assert_eq!(*path(heimdall, "lifecycle.preStop.sleep.seconds"), 5);
 
-    let hpa = &find(&manifests, "HorizontalPodAutoscaler", FULLNAME).text;
-    assert!(hpa.contains("apiVersion: autoscaling/v2"), "{hpa}");
+    let hpa = find(&manifests, "HorizontalPodAutoscaler", FULLNAME);
+    assert_eq!(*path(hpa, "apiVersion"), "autoscaling/v2");
+    assert_eq!(*path(hpa, "spec.scaleTargetRef.kind"), "Deployment");
+    assert_eq!(*path(hpa, "spec.scaleTargetRef.name"), FULLNAME);
+
+    let monitor = find(&manifests, "ServiceMonitor", FULLNAME);
+    let endpoints = path(monitor, "spec.endpoints");
     assert!(
-        hpa.contains("kind: Deployment\n    name: authz-heimdall"),
-        "{hpa}"
+        endpoints
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|e| *path(e, "port") == "http" && *path(e, "path") == "/metrics"),
+        "{}",
+        show(endpoints)
+    );
+    assert_eq!(*path(monitor, "metadata.labels.release"), "prometheus");
+
+    let pdb = find(&manifests, "PodDisruptionBudget", FULLNAME);
+    assert_eq!(*path(pdb, "spec.minAvailable"), 1);
+    assert!(
+        try_path(pdb, "spec.maxUnavailable").is_none(),
+        "{}",
+        show(pdb)
     );
 
-    let monitor = &find(&manifests, "ServiceMonitor", FULLNAME).text;
-    assert!(
-        monitor.contains("- port: http\n      path: /metrics"),
-        "{monitor}"
-    );
-    assert!(monitor.contains("release: prometheus"), "{monitor}");
+    let headless = find(&manifests, "Service", "authz-heimdall-headless");
+    assert_eq!(*path(headless, "spec.clusterIP"), "None");
 
-    let pdb = &find(&manifests, "PodDisruptionBudget", FULLNAME).text;
-    assert!(pdb.contains("minAvailable: 1"), "{pdb}");
-    assert!(!pdb.contains("maxUnavailable"), "{pdb}");
-
-    let headless = &find(&manifests, "Service", "authz-heimdall-headless").text;
-    assert!(headless.contains("clusterIP: None"), "{headless}");
-
-    let job = &find(&manifests, "Job", "authz-heimdall-validate").text;
-    assert!(
-        job.contains("helm.sh/hook: pre-install,pre-upgrade"),
-        "{job}"
+    let job = find(&manifests, "Job", "authz-heimdall-validate");
+    assert_eq!(
+        annotation(path(job, "metadata"), "helm.sh/hook"),
+        Some("pre-install,pre-upgrade")
     );
-    assert!(
-        job.contains(
-            "- validate\n            - --config\n            - /etc/heimdall/heimdall.yaml"
-        ),
-        "{job}"
+    let validate = container(job, "validate");
+    assert_eq!(
+        *path(validate, "args"),
+        yaml("[validate, --config, /etc/heimdall/heimdall.yaml]")
     );
-    assert!(
-        job.contains("secretKeyRef:\n                  name: heimdall-keys"),
-        "{job}"
+    assert_eq!(
+        *path(secret_key_ref(validate, "HEIMDALL_SIGNING_KEY"), "name"),
+        "heimdall-keys"
     );
     // The hook's pod must not be taken for a heimdall replica by the Service or the PDB.
-    let pod_labels = block(&block(job, "template:"), "labels:");
-    assert!(
-        pod_labels.contains("app.kubernetes.io/name: heimdall-validate"),
-        "{pod_labels}"
-    );
-    let hook_config = &find(&manifests, "ConfigMap", "authz-heimdall-validate").text;
+    let pod_labels = path(job, "spec.template.metadata.labels");
     assert_eq!(
-        block(hook_config, "heimdall.yaml: |"),
-        block(
-            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
-            "heimdall.yaml: |"
-        ),
+        pod_labels
+            .get("app.kubernetes.io/name")
+            .and_then(Value::as_str),
+        Some("heimdall-validate"),
+        "{}",
+        show(pod_labels)
+    );
+    let hook_config = find(&manifests, "ConfigMap", "authz-heimdall-validate");
+    assert_eq!(
+        yaml(embedded(hook_config, "heimdall.yaml")),
+        heimdall_config(&manifests),
         "the hook validates the configuration being deployed"
     );
 }
@@ -652,24 +704,56 @@ fn sidecar_mode_renders_no_deployment_but_a_container_to_include() {
         find(&manifests, "ConfigMap", "authz-heimdall-config");
         find(&manifests, "ConfigMap", "authz-heimdall-envoy");
 
-        let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
-        let container = block(snippet, "containers.yaml: |");
-        assert!(container.starts_with("- name: heimdall\n"), "{container}");
-        for want in [
-            "containerPort: 9001",
-            "containerPort: 8090",
-            "- name: PORT\n      value: \"8090\"",
-            "path: /ready\n      port: 8090",
-            "path: /health\n      port: 8090",
-            "readOnlyRootFilesystem: true",
-            "mountPath: /etc/heimdall",
-        ] {
-            assert!(container.contains(want), "no `{want}` in:\n{container}");
+        let snippet = find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet");
+        let containers = yaml(embedded(snippet, "containers.yaml"));
+        assert_eq!(
+            *path(&containers, "0.name"),
+            "heimdall",
+            "{}",
+            show(&containers)
+        );
+        let heimdall = path(&containers, "0");
+        let ports: Vec<&Value> = path(heimdall, "ports")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| path(p, "containerPort"))
+            .collect();
+        for port in [9001, 8090] {
+            assert!(
+                ports.iter().any(|p| **p == port),
+                "no port {port} in {ports:?}"
+            );
         }
-        let volumes = block(snippet, "volumes.yaml: |");
+        assert_eq!(env_value(heimdall, "PORT"), Some("8090"));
+        assert_eq!(*path(heimdall, "readinessProbe.httpGet.path"), "/ready");
+        assert_eq!(*path(heimdall, "readinessProbe.httpGet.port"), 8090);
+        assert_eq!(*path(heimdall, "livenessProbe.httpGet.path"), "/health");
+        assert_eq!(*path(heimdall, "livenessProbe.httpGet.port"), 8090);
+        assert_eq!(
+            *path(heimdall, "securityContext.readOnlyRootFilesystem"),
+            true
+        );
+        let mounts = path(heimdall, "volumeMounts");
         assert!(
-            volumes.contains("configMap:\n    name: authz-heimdall-config"),
-            "{volumes}"
+            mounts
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|m| *path(m, "mountPath") == "/etc/heimdall"),
+            "{}",
+            show(mounts)
+        );
+        let volumes = yaml(embedded(snippet, "volumes.yaml"));
+        assert!(
+            volumes
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|v| try_path(v, "configMap.name")
+                    .is_some_and(|name| *name == "authz-heimdall-config")),
+            "{}",
+            show(&volumes)
         );
     }
 }
@@ -714,23 +798,35 @@ spec:
 "#,
     )
     .unwrap();
-    let manifests = split_manifests(&helm_ok(
+    let manifests = manifests(&helm_ok(
         &helm,
         &["template", "shop", dir.to_str().unwrap()],
     ));
-    let deployment = &find(&manifests, "Deployment", "shop").text;
-    let containers = block(deployment, "containers:");
+    let deployment = find(&manifests, "Deployment", "shop");
+    container(deployment, "shop");
+    let from = secret_key_ref(container(deployment, "heimdall"), "HEIMDALL_SIGNING_KEY");
+    assert_eq!(*path(from, "name"), "shop-keys");
+    assert_eq!(*path(from, "key"), "HEIMDALL_SIGNING_KEY");
+    let volumes = path(deployment, "spec.template.spec.volumes");
     assert!(
-        containers.contains("- name: shop\n") && containers.contains("- name: heimdall\n"),
-        "{containers}"
+        volumes
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| try_path(v, "configMap.name")
+                .is_some_and(|name| *name == "shop-heimdall-config")),
+        "{}",
+        show(volumes)
     );
     assert!(
-        containers.contains("name: shop-keys\n          key: HEIMDALL_SIGNING_KEY"),
-        "{containers}"
+        annotation(
+            path(deployment, "spec.template.metadata"),
+            "checksum/config"
+        )
+        .is_some(),
+        "{}",
+        show(deployment)
     );
-    let volumes = block(deployment, "volumes:");
-    assert!(volumes.contains("name: shop-heimdall-config"), "{volumes}");
-    assert!(deployment.contains("checksum/config: "), "{deployment}");
     find(&manifests, "ConfigMap", "shop-heimdall-config");
 }
 
@@ -781,14 +877,6 @@ fn heimdall_validate(heimdall: &str, path: &Path, env: &[(&str, &str)]) -> Outpu
     command.output().unwrap()
 }
 
-/// The value of a plain `- name: NAME\n  value: "…"` entry in a rendered `env:` block.
-fn env_value(env: &str, name: &str) -> Option<String> {
-    let mut lines = env.lines();
-    lines.find(|l| l.trim() == format!("- name: {name}"))?;
-    let value = lines.next()?.trim().strip_prefix("value: ")?;
-    Some(value.trim_matches('"').to_owned())
-}
-
 /// The configuration the chart renders is one this heimdall accepts, with the key the chart
 /// hands it, and refuses without it (fail closed, no ephemeral key).
 #[test]
@@ -803,9 +891,9 @@ fn rendered_configuration_is_valid_for_this_heimdall() {
         ("sidecar", vec!["--set", "mode=sidecar"]),
     ] {
         let manifests = render(&helm, &args);
-        let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
+        let config = find(&manifests, "ConfigMap", "authz-heimdall-config");
         let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, block(config, "heimdall.yaml: |")).unwrap();
+        std::fs::write(&path, embedded(config, "heimdall.yaml")).unwrap();
 
         let valid = heimdall_validate(
             heimdall,
@@ -840,22 +928,18 @@ fn nats_url_and_credentials_from_an_existing_secret_are_wired_into_the_config() 
 
     // Without credentials: only the variable; no `nats` section, no volume.
     let manifests = render(&helm, &["--set", &url]);
-    let deployment = &find(&manifests, "Deployment", FULLNAME).text;
-    let env = block(deployment, "env:");
+    let deployment = find(&manifests, "Deployment", FULLNAME);
     assert_eq!(
-        env_value(&env, "NATS_URL").as_deref(),
-        Some(NATS_URL),
-        "{env}"
+        env_value(container(deployment, "heimdall"), "NATS_URL"),
+        Some(NATS_URL)
     );
     assert!(
-        !deployment.contains("secrets/heimdall/nats"),
-        "{deployment}"
+        !mentions(deployment, "secrets/heimdall/nats"),
+        "{}",
+        show(deployment)
     );
-    let file = block(
-        &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
-        "heimdall.yaml: |",
-    );
-    assert!(!file.contains("nats:"), "{file}");
+    let config = heimdall_config(&manifests);
+    assert!(try_path(&config, "nats").is_none(), "{}", show(&config));
 
     // Environment-variable credentials: (type, variable, default entry, rendered nats.auth).
     for (kind, var, entry, auth) in [
@@ -863,19 +947,19 @@ fn nats_url_and_credentials_from_an_existing_secret_are_wired_into_the_config() 
             "nkey",
             "NATS_NKEY_SEED",
             "NATS_NKEY_SEED",
-            "auth:\n    nkey_seed:\n      env: NATS_NKEY_SEED\n",
+            "nkey_seed: {env: NATS_NKEY_SEED}",
         ),
         (
             "token",
             "NATS_TOKEN",
             "NATS_TOKEN",
-            "auth:\n    token:\n      env: NATS_TOKEN\n",
+            "token: {env: NATS_TOKEN}",
         ),
         (
             "userPassword",
             "NATS_PASSWORD",
             "NATS_PASSWORD",
-            "auth:\n    password:\n      env: NATS_PASSWORD\n    user: heimdall\n",
+            "{password: {env: NATS_PASSWORD}, user: heimdall}",
         ),
     ] {
         let mut args = vec![
@@ -893,28 +977,31 @@ fn nats_url_and_credentials_from_an_existing_secret_are_wired_into_the_config() 
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let manifests = render(&helm, &args);
-        let file = block(
-            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
-            "heimdall.yaml: |",
+        let config = heimdall_config(&manifests);
+        assert_eq!(
+            *path(&config, "nats.auth"),
+            yaml(auth),
+            "{kind}:\n{}",
+            show(&config)
         );
-        assert!(
-            file.contains(&format!("nats:\n  {auth}")),
-            "{kind}:\n{file}"
-        );
-        let secret_ref = format!(
-            "- name: {var}\n  valueFrom:\n    secretKeyRef:\n      name: heimdall-nats\n      key: {entry}\n"
-        );
-        for (what, manifest) in [
-            ("Deployment", &find(&manifests, "Deployment", FULLNAME).text),
+        for (what, manifest, name) in [
+            (
+                "Deployment",
+                find(&manifests, "Deployment", FULLNAME),
+                "heimdall",
+            ),
             (
                 "Job",
-                &find(&manifests, "Job", "authz-heimdall-validate").text,
+                find(&manifests, "Job", "authz-heimdall-validate"),
+                "validate",
             ),
         ] {
-            let env = block(manifest, "env:");
-            assert!(env.contains(&secret_ref), "{kind} {what}:\n{env}");
-            assert_eq!(env_value(&env, "NATS_URL").as_deref(), Some(NATS_URL));
-            assert!(!manifest.contains("nats-credentials"), "{kind} {what}");
+            let container = container(manifest, name);
+            let from = secret_key_ref(container, var);
+            assert_eq!(*path(from, "name"), "heimdall-nats", "{kind} {what}");
+            assert_eq!(*path(from, "key"), entry, "{kind} {what}");
+            assert_eq!(env_value(container, "NATS_URL"), Some(NATS_URL));
+            assert!(!mentions(manifest, "nats-credentials"), "{kind} {what}");
         }
         assert!(
             !kinds(&manifests).contains(&"Secret"),
@@ -940,82 +1027,134 @@ fn nats_url_and_credentials_from_an_existing_secret_are_wired_into_the_config() 
         "--set",
         "validateConfig.enabled=true",
     ];
-    let rendered_nats = "nats:\n  auth:\n    credentials_file: /var/run/secrets/heimdall/nats/nats.creds\n  tls:\n    ca_file: /var/run/secrets/heimdall/nats-tls/ca.crt\n    cert_file: /var/run/secrets/heimdall/nats-tls/tls.crt\n    key_file: /var/run/secrets/heimdall/nats-tls/tls.key\n    required: true\n";
-    let creds_volume = "secret:\n    secretName: heimdall-nats\n    items:\n      - key: heimdall.creds\n        path: nats.creds\n";
-    let tls_volume = "secret:\n    secretName: nats-client-tls\n    items:\n      - key: ca.crt\n        path: ca.crt\n      - key: tls.crt\n        path: tls.crt\n      - key: tls.key\n        path: tls.key\n";
+    let rendered_auth = yaml("credentials_file: /var/run/secrets/heimdall/nats/nats.creds");
+    let rendered_tls = yaml(
+        "ca_file: /var/run/secrets/heimdall/nats-tls/ca.crt
+cert_file: /var/run/secrets/heimdall/nats-tls/tls.crt
+key_file: /var/run/secrets/heimdall/nats-tls/tls.key
+required: true",
+    );
+    let creds_volume = yaml(
+        "secretName: heimdall-nats
+items: [{key: heimdall.creds, path: nats.creds}]",
+    );
+    let tls_volume = yaml(
+        "secretName: nats-client-tls
+items:
+  - {key: ca.crt, path: ca.crt}
+  - {key: tls.crt, path: tls.crt}
+  - {key: tls.key, path: tls.key}",
+    );
+    let mount = |name: &str, at: &str| {
+        yaml(&format!(
+            "{{name: {name}, mountPath: {at}, readOnly: true}}"
+        ))
+    };
 
     let manifests = render(&helm, &creds);
-    let config = &find(&manifests, "ConfigMap", "authz-heimdall-config").text;
-    let file = block(config, "heimdall.yaml: |");
-    assert!(file.contains(rendered_nats), "{file}");
-    for (what, manifest) in [
-        ("Deployment", &find(&manifests, "Deployment", FULLNAME).text),
+    let config = heimdall_config(&manifests);
+    assert_eq!(
+        *path(&config, "nats.auth"),
+        rendered_auth,
+        "{}",
+        show(&config)
+    );
+    assert_eq!(
+        *path(&config, "nats.tls"),
+        rendered_tls,
+        "{}",
+        show(&config)
+    );
+    for (what, manifest, name) in [
+        (
+            "Deployment",
+            find(&manifests, "Deployment", FULLNAME),
+            "heimdall",
+        ),
         (
             "Job",
-            &find(&manifests, "Job", "authz-heimdall-validate").text,
+            find(&manifests, "Job", "authz-heimdall-validate"),
+            "validate",
         ),
     ] {
-        let mounts = block(manifest, "volumeMounts:");
-        for want in [
-            "- name: nats-credentials\n  mountPath: /var/run/secrets/heimdall/nats\n  readOnly: true",
-            "- name: nats-tls\n  mountPath: /var/run/secrets/heimdall/nats-tls\n  readOnly: true",
-        ] {
-            assert!(mounts.contains(want), "{what}: no `{want}` in:\n{mounts}");
-        }
-        let volumes = block(manifest, "volumes:");
-        assert!(
-            volumes.contains(&format!("- name: nats-credentials\n  {creds_volume}")),
-            "{what}:\n{volumes}"
+        let container = container(manifest, name);
+        let mounts = path(container, "volumeMounts");
+        assert_eq!(
+            *named(mounts, "nats-credentials"),
+            mount("nats-credentials", "/var/run/secrets/heimdall/nats"),
+            "{what}"
         );
-        assert!(
-            volumes.contains(&format!("- name: nats-tls\n  {tls_volume}")),
-            "{what}:\n{volumes}"
+        assert_eq!(
+            *named(mounts, "nats-tls"),
+            mount("nats-tls", "/var/run/secrets/heimdall/nats-tls"),
+            "{what}"
         );
-        assert!(!block(manifest, "env:").contains("NATS_TOKEN"), "{what}");
+        let volumes = path(manifest, "spec.template.spec.volumes");
+        assert_eq!(
+            *path(named(volumes, "nats-credentials"), "secret"),
+            creds_volume,
+            "{what}"
+        );
+        assert_eq!(
+            *path(named(volumes, "nats-tls"), "secret"),
+            tls_volume,
+            "{what}"
+        );
+        assert!(!mentions(path(container, "env"), "NATS_TOKEN"), "{what}");
     }
     // The credentials are part of the configuration: pods roll when they change.
     let plain = render(&helm, &["--set", &url]);
-    let checksum = |m: &[Manifest]| {
-        find(m, "Deployment", FULLNAME)
-            .text
-            .lines()
-            .find(|l| l.contains("checksum/config: "))
-            .unwrap()
-            .to_owned()
+    let checksum = |m: &[Value]| {
+        annotation(
+            path(find(m, "Deployment", FULLNAME), "spec.template.metadata"),
+            "checksum/config",
+        )
+        .unwrap()
+        .to_owned()
     };
     assert_ne!(checksum(&manifests), checksum(&plain));
 
     let mut sidecar = creds.to_vec();
     sidecar.extend(["--set", "mode=sidecar"]);
     let manifests = render(&helm, &sidecar);
-    let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
-    let container = block(snippet, "containers.yaml: |");
+    let snippet = find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet");
+    let containers = yaml(embedded(snippet, "containers.yaml"));
+    let heimdall = named(&containers, "heimdall");
+    assert_eq!(env_value(heimdall, "NATS_URL"), Some(NATS_URL));
+    let mounts = path(heimdall, "volumeMounts");
     assert_eq!(
-        env_value(&block(&container, "env:"), "NATS_URL").as_deref(),
-        Some(NATS_URL)
+        *named(mounts, "heimdall-nats-credentials"),
+        mount(
+            "heimdall-nats-credentials",
+            "/var/run/secrets/heimdall/nats"
+        )
     );
-    for want in [
-        "- name: heimdall-nats-credentials\n      mountPath: /var/run/secrets/heimdall/nats\n      readOnly: true",
-        "- name: heimdall-nats-tls\n      mountPath: /var/run/secrets/heimdall/nats-tls\n      readOnly: true",
-    ] {
-        assert!(container.contains(want), "no `{want}` in:\n{container}");
-    }
-    let volumes = block(snippet, "volumes.yaml: |");
-    assert!(
-        volumes.contains(&format!(
-            "- name: heimdall-nats-credentials\n  {creds_volume}"
-        )),
-        "{volumes}"
+    assert_eq!(
+        *named(mounts, "heimdall-nats-tls"),
+        mount("heimdall-nats-tls", "/var/run/secrets/heimdall/nats-tls")
     );
-    assert!(
-        volumes.contains(&format!("- name: heimdall-nats-tls\n  {tls_volume}")),
-        "{volumes}"
+    let volumes = yaml(embedded(snippet, "volumes.yaml"));
+    assert_eq!(
+        *path(named(&volumes, "heimdall-nats-credentials"), "secret"),
+        creds_volume
     );
-    let file = block(
-        &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
-        "heimdall.yaml: |",
+    assert_eq!(
+        *path(named(&volumes, "heimdall-nats-tls"), "secret"),
+        tls_volume
     );
-    assert!(file.contains(rendered_nats), "{file}");
+    let config = heimdall_config(&manifests);
+    assert_eq!(
+        *path(&config, "nats.auth"),
+        rendered_auth,
+        "{}",
+        show(&config)
+    );
+    assert_eq!(
+        *path(&config, "nats.tls"),
+        rendered_tls,
+        "{}",
+        show(&config)
+    );
 }
 
 /// The first YAML example of the chart README's NATS section: the values this test renders.
@@ -1077,23 +1216,26 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
         ),
     ] {
         let manifests = render(&helm, &args);
-        let file = block(
-            &find(&manifests, "ConfigMap", "authz-heimdall-config").text,
-            "heimdall.yaml: |",
+        let file = embedded(
+            find(&manifests, "ConfigMap", "authz-heimdall-config"),
+            "heimdall.yaml",
         );
-        let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, &file).unwrap();
-        let env = if name == "read-only-sidecar" {
-            let snippet = &find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet").text;
-            block(&block(snippet, "containers.yaml: |"), "env:")
+        let config = yaml(file);
+        let config_file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_file, file).unwrap();
+        let url = if name == "read-only-sidecar" {
+            let snippet = find(&manifests, "ConfigMap", "authz-heimdall-sidecar-snippet");
+            let containers = yaml(embedded(snippet, "containers.yaml"));
+            env_value(named(&containers, "heimdall"), "NATS_URL").map(str::to_owned)
         } else {
-            block(&find(&manifests, "Deployment", FULLNAME).text, "env:")
-        };
-        let url = env_value(&env, "NATS_URL").unwrap();
+            let deployment = find(&manifests, "Deployment", FULLNAME);
+            env_value(container(deployment, "heimdall"), "NATS_URL").map(str::to_owned)
+        }
+        .unwrap();
 
         let valid = heimdall_validate(
             heimdall,
-            &path,
+            &config_file,
             &[
                 ("HEIMDALL_SIGNING_KEY", signing_key.as_str()),
                 ("NATS_URL", url.as_str()),
@@ -1108,10 +1250,10 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
 
         if name == "url-only" {
             // The rendered file has no `nats` section: only NATS_URL turns the store on.
-            assert!(!file.contains("nats:"), "{file}");
+            assert!(try_path(&config, "nats").is_none(), "{file}");
             let without = heimdall_validate(
                 heimdall,
-                &path,
+                &config_file,
                 &[("HEIMDALL_SIGNING_KEY", signing_key.as_str())],
             );
             let stderr = String::from_utf8_lossy(&without.stderr);
@@ -1120,10 +1262,10 @@ fn rendered_nats_configuration_is_valid_for_this_heimdall() {
                 "without NATS_URL the contextualizer has no store: {stderr}"
             );
         } else {
-            assert!(file.contains("nats:\n  auth:\n"), "{file}");
+            assert!(path(&config, "nats.auth").is_mapping(), "{file}");
         }
         if name == "read-only-sidecar" {
-            assert!(file.contains("  consumer:\n    enabled: false\n"), "{file}");
+            assert_eq!(*path(&config, "nats.consumer.enabled"), false, "{file}");
         }
     }
 }
@@ -1137,14 +1279,37 @@ fn rendered_sidecar_envoy_configuration_is_valid() {
         &helm,
         &["--set", "mode=sidecar", "--set", "ports.grpc=9101"],
     );
-    let config = &find(&manifests, "ConfigMap", "authz-heimdall-envoy").text;
-    let envoy_yaml = block(config, "envoy.yaml: |");
-    assert!(
-        envoy_yaml.contains("socket_address: { address: 127.0.0.1, port_value: 9101 }"),
+    let envoy_yaml = embedded(
+        find(&manifests, "ConfigMap", "authz-heimdall-envoy"),
+        "envoy.yaml",
+    );
+    let envoy_config = yaml(envoy_yaml);
+    let cluster = named(path(&envoy_config, "static_resources.clusters"), "heimdall");
+    assert_eq!(
+        *path(
+            cluster,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address"
+        ),
+        yaml("{address: 127.0.0.1, port_value: 9101}"),
         "{envoy_yaml}"
     );
-    assert!(
-        envoy_yaml.contains("failure_mode_allow: false"),
+    let listeners = path(&envoy_config, "static_resources.listeners");
+    let manager = path(listeners, "0.filter_chains.0.filters.0.typed_config");
+    let ext_authz = path(
+        named(
+            path(manager, "http_filters"),
+            "envoy.filters.http.ext_authz",
+        ),
+        "typed_config",
+    );
+    assert_eq!(
+        *path(ext_authz, "grpc_service.envoy_grpc.cluster_name"),
+        "heimdall",
+        "{envoy_yaml}"
+    );
+    assert_eq!(
+        *path(ext_authz, "failure_mode_allow"),
+        false,
         "{envoy_yaml}"
     );
 
@@ -1153,7 +1318,7 @@ fn rendered_sidecar_envoy_configuration_is_valid() {
     };
     let dir = scratch("envoy");
     let path = dir.join("envoy.yaml");
-    std::fs::write(&path, &envoy_yaml).unwrap();
+    std::fs::write(&path, envoy_yaml).unwrap();
     let out = Command::new(envoy)
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
         .arg(&path)
