@@ -74,13 +74,26 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         cerbos: cerbos.as_ref(),
         attributes: attributes.as_ref(),
     };
-    let api_id: Arc<str> = Arc::from("api");
-    let api_authenticator =
-        Authenticator::build(&api_id, "paseto", &serde_yaml_ng::Value::Null, &ctx)
-            .ok()
-            .map(Arc::new);
     let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
+    // The policy API verifies callers with `api.authenticator`, or a built-in `paseto` one.
+    let api_authenticator = match rules.api_authenticator() {
+        Some(authenticator) => Some(Arc::clone(authenticator)),
+        None => {
+            let api_id: Arc<str> = Arc::from("api");
+            match Authenticator::build(&api_id, "paseto", &serde_yaml_ng::Value::Null, &ctx) {
+                Ok(authenticator) => Some(Arc::new(authenticator)),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "/check and /plan/resources answer 401 to every token: set \
+                         api.authenticator or configure a verifying key"
+                    );
+                    None
+                }
+            }
+        }
+    };
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
     }

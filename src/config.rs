@@ -329,6 +329,11 @@ impl Default for HttpListenerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// The id of an authenticator in `mechanisms.authenticators` that verifies the callers'
+    /// bearer tokens, with that mechanism's sources, issuers, audience, leeway, cache and
+    /// revocation check. Unset: a built-in `paseto` authenticator with the `tokens` settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authenticator: Option<String>,
     /// Use the principal of the request body instead of the bearer token's. Only for callers that
     /// are trusted to speak for any principal (service-to-service, behind network policy): anyone
     /// who can reach the port can then ask about anyone.
@@ -340,6 +345,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
+            authenticator: None,
             trust_body_principal: false,
             max_body_bytes: 64 * 1024,
         }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::config::mechanisms::merge_config;
 use crate::config::spec::{PipelineSpec, StepSpec};
 use crate::expr::Expr;
-use crate::mechanisms::{self, BuildContext, Kind, Mechanism};
+use crate::mechanisms::{self, Authenticator, BuildContext, Kind, Mechanism};
 use crate::metrics::{Metrics, RuleMetrics};
 use crate::pipeline::{AuthnChain, Pipeline, Step};
 use crate::subject::DEFAULT_PRINCIPAL;
@@ -42,6 +42,8 @@ pub struct RuleSet {
     default: Option<Rule>,
     matcher: Matcher,
     by_id: HashMap<Box<str>, usize>,
+    /// `api.authenticator`, resolved in the catalogue.
+    api_authenticator: Option<Arc<Authenticator>>,
 }
 
 /// The rule chosen for a request.
@@ -141,16 +143,42 @@ impl RuleSet {
             .default_rule
             .as_ref()
             .and_then(|p| compile_rule(DEFAULT_RULE_ID, p, &catalogue, ctx, metrics, &mut errors));
+        let api_authenticator =
+            config.api.authenticator.as_deref().and_then(|id| {
+                match catalogue.resolve(
+                    Kind::Authenticator,
+                    id,
+                    &serde_yaml_ng::Value::Null,
+                    "",
+                    ctx,
+                ) {
+                    Ok(Mechanism::Authenticator(authenticator)) => Some(authenticator),
+                    Ok(_) => None,
+                    Err(problem) => {
+                        errors.push(Problem {
+                            rule: None,
+                            ..*problem
+                        });
+                        None
+                    }
+                }
+            });
         if errors.is_empty() {
             Ok(Self {
                 rules: rules.into(),
                 default,
                 matcher,
                 by_id,
+                api_authenticator,
             })
         } else {
             Err(CompileError(errors))
         }
+    }
+
+    /// The authenticator `api.authenticator` names, if it names one.
+    pub fn api_authenticator(&self) -> Option<&Arc<Authenticator>> {
+        self.api_authenticator.as_ref()
     }
 
     /// The rule for a request: the one named by `context_extensions`, else the most specific
@@ -762,6 +790,32 @@ mechanisms:
 
     fn with_rules(rules: &str) -> String {
         format!("{CATALOGUE}rules:\n{rules}")
+    }
+
+    #[test]
+    fn the_policy_api_authenticator_comes_from_the_catalogue() {
+        let named = |id: &str| format!("{CATALOGUE}api: {{ authenticator: {id} }}\nrules: []\n");
+        let rules = compile(&named("bearer")).unwrap();
+        let authenticator = rules.api_authenticator().unwrap();
+        assert!(matches!(**authenticator, Authenticator::Paseto(_)));
+        assert!(
+            compile(&format!("{CATALOGUE}rules: []\n"))
+                .unwrap()
+                .api_authenticator()
+                .is_none()
+        );
+
+        let problems = problems(compile(&named("jwt")));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let problem = problems.first().unwrap();
+        assert_eq!(
+            place(problem),
+            (None, None, Some((Kind::Authenticator, "jwt")))
+        );
+        assert!(matches!(
+            &problem.what,
+            ProblemKind::UnknownMechanism { known } if known.iter().map(|k| &**k).eq(["anon", "bearer"])
+        ));
     }
 
     #[test]

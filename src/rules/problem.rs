@@ -161,15 +161,21 @@ impl fmt::Display for Problem {
             ProblemKind::Override(error) => {
                 write!(f, "rule `{rule}`: {kind} `{id}` with its override: {error}")
             }
-            ProblemKind::UnknownMechanism { known } => write!(
-                f,
-                "unknown {kind} `{id}` in rule `{rule}` (known: {})",
-                if known.is_empty() {
+            ProblemKind::UnknownMechanism { known } => {
+                let known = if known.is_empty() {
                     "none".to_owned()
                 } else {
                     known.join(", ")
+                };
+                match &self.rule {
+                    Some(_) => write!(f, "unknown {kind} `{id}` in rule `{rule}` (known: {known})"),
+                    // Named outside the rules: `api.authenticator`.
+                    None => write!(
+                        f,
+                        "unknown {kind} `{id}` in `api.authenticator` (known: {known})"
+                    ),
                 }
-            ),
+            }
             ProblemKind::Path(e) => write!(f, "rule `{rule}`: {e}"),
             ProblemKind::Method(m) => {
                 write!(f, "rule `{rule}`: method `{m}` is not an HTTP method")
