@@ -21,8 +21,8 @@ use std::sync::LazyLock;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use heimdall::app::Built;
+use heimdall::decision::Decision;
 use heimdall::extauthz::{check_response, request_line, view};
-use heimdall::pipeline::Decision;
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use tokio::runtime::Runtime;
@@ -76,7 +76,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let response = check_response(decided.outcome.decision, rule);
+    let kind = decided.outcome.error.as_ref().map(|e| e.kind);
+    let response = check_response(decided.outcome.decision, kind, rule);
     let code = response.status.as_ref().map(|s| s.code);
     match response.http_response {
         Some(HttpResponse::OkResponse(_)) => {

@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 
 use heimdall::canonical::RequestLine;
 use heimdall::config::{Config, KeySource, Origin};
-use heimdall::pipeline::Decision;
+use heimdall::decision::Decision;
 use heimdall::request::{Headers, RequestView};
 use heimdall::tokens::Purpose;
 use libfuzzer_sys::fuzz_target;
