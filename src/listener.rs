@@ -32,11 +32,11 @@ use crate::config::{GrpcListenerConfig, HttpListenerConfig};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed response future; one allocation per request, next to tonic's and axum's own.
-pub type ResponseFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
+pub(crate) type ResponseFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
 /// The deadlines and the cap of one port.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Open connections; the accept loop waits for a free permit before accepting.
     pub max_connections: usize,
     /// From accept until the first request's headers have arrived.
@@ -48,7 +48,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn grpc(config: &GrpcListenerConfig) -> Self {
+    pub(crate) fn grpc(config: &GrpcListenerConfig) -> Self {
         Self {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
@@ -57,7 +57,7 @@ impl Limits {
         }
     }
 
-    pub fn http(config: &HttpListenerConfig) -> Self {
+    pub(crate) fn http(config: &HttpListenerConfig) -> Self {
         Self {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
@@ -68,7 +68,7 @@ impl Limits {
 }
 
 /// What a port does with one request.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
 
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture<Self::Body>;
@@ -78,7 +78,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// The ext_authz port: HTTP/2 only, as tonic's server is by default.
-pub fn grpc_builder(config: &GrpcListenerConfig) -> Builder<TokioExecutor> {
+pub(crate) fn grpc_builder(config: &GrpcListenerConfig) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new()).http2_only();
     builder
         .http2()
@@ -90,7 +90,7 @@ pub fn grpc_builder(config: &GrpcListenerConfig) -> Builder<TokioExecutor> {
 }
 
 /// The side port: HTTP/1.1 (probes, scrapers, forward-auth) and HTTP/2 with prior knowledge.
-pub fn http_builder(config: &HttpListenerConfig) -> Builder<TokioExecutor> {
+pub(crate) fn http_builder(config: &HttpListenerConfig) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     // hyper enforces the header read deadline of later keep-alive requests only with a timer.
     builder
@@ -109,7 +109,7 @@ pub fn http_builder(config: &HttpListenerConfig) -> Builder<TokioExecutor> {
 /// Accepts on `listener` and serves every connection with `handler` until `shutdown` turns true
 /// (or its sender is dropped); then stops accepting, closes connections gracefully and returns
 /// once all are gone. The caller bounds that wait.
-pub async fn serve<H: Handler>(
+pub(crate) async fn serve<H: Handler>(
     port: &'static str,
     listener: TcpListener,
     builder: Builder<TokioExecutor>,
@@ -386,7 +386,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Connection<H> {
 }
 
 /// A response body that keeps its request counted as in flight until it is sent.
-pub struct Tracked<B> {
+pub(crate) struct Tracked<B> {
     body: B,
     _in_flight: InFlight,
 }
@@ -412,12 +412,12 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 }
 
 /// The ext_authz port: tonic's routes (ext_authz and grpc.health.v1).
-pub struct GrpcHandler {
+pub(crate) struct GrpcHandler {
     routes: tonic::service::Routes,
 }
 
 impl GrpcHandler {
-    pub fn new(routes: tonic::service::Routes) -> Self {
+    pub(crate) fn new(routes: tonic::service::Routes) -> Self {
         Self {
             routes: routes.prepare(),
         }
@@ -439,13 +439,13 @@ impl Handler for GrpcHandler {
 }
 
 /// The side port: the axum router, behind a body limit.
-pub struct HttpHandler {
+pub(crate) struct HttpHandler {
     router: axum::Router,
     max_body_bytes: usize,
 }
 
 impl HttpHandler {
-    pub fn new(router: axum::Router, max_body_bytes: usize) -> Self {
+    pub(crate) fn new(router: axum::Router, max_body_bytes: usize) -> Self {
         Self {
             router,
             max_body_bytes,
@@ -521,7 +521,7 @@ where
 }
 
 /// The soft limit on open files, from `/proc/self/limits` (Linux); `None` when unknown.
-pub fn open_files_limit() -> Option<u64> {
+pub(crate) fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()

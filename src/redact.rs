@@ -9,7 +9,7 @@ use std::fmt;
 /// DEL and C1 including NEL), the Unicode line and paragraph separators, and the invisible
 /// format characters that reorder or hide text (bidi overrides and isolates, zero-width marks,
 /// the BOM).
-pub fn needs_escape(c: char) -> bool {
+pub(crate) fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -24,8 +24,10 @@ pub fn needs_escape(c: char) -> bool {
 
 /// `text` with every character of [`needs_escape`] written as a Rust-style escape (`\n`, `\r`,
 /// `\t`, `\u{1b}`); other text, backslashes included, is unchanged. Borrowed when nothing
-/// needs escaping, which is the common case.
-pub fn escape(text: &str) -> Cow<'_, str> {
+/// needs escaping, which is the common case. The log formatter writes escapes in place
+/// ([`write_escaped`]); tests read them back through this.
+#[cfg(test)]
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
@@ -53,7 +55,7 @@ pub(crate) fn write_escaped(out: &mut dyn fmt::Write, text: &str) -> fmt::Result
 
 /// Untrusted text for an error message: escaped, and cut to `max` characters (with `…`) so a
 /// 1 KiB footer cannot flood a log line.
-pub fn untrusted(text: &str, max: usize) -> String {
+pub(crate) fn untrusted(text: &str, max: usize) -> String {
     let mut out = String::new();
     let mut chars = text.chars();
     let head: String = chars.by_ref().take(max).collect();
@@ -67,7 +69,7 @@ pub fn untrusted(text: &str, max: usize) -> String {
 /// `url` with the credentials of its userinfo hidden: `nats://user:pass@host` shows as
 /// `nats://user:***@host`, `nats://token@host` as `nats://***@host`. Comma-separated server
 /// lists (NATS) are handled server by server; a URL without `@` is returned as is.
-pub fn redact_url(url: &str) -> Cow<'_, str> {
+pub(crate) fn redact_url(url: &str) -> Cow<'_, str> {
     if !url.contains('@') {
         return Cow::Borrowed(url);
     }
@@ -113,7 +115,7 @@ fn redact_server(server: &str) -> String {
 
 /// Credentials taken out of a URL's userinfo (percent-decoded). `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct UrlCredentials {
+pub(crate) struct UrlCredentials {
     /// The user, or the token when the userinfo has no `:` (`nats://token@host`).
     pub user: String,
     pub password: Option<String>,
@@ -134,7 +136,9 @@ impl fmt::Debug for UrlCredentials {
 /// or reports its server address (async-nats logs the parsed URL, password included, at
 /// debug) never holds a secret to show. Every server of a comma-separated list must carry the
 /// same credentials or none. Errors never quote the URL.
-pub fn split_credentials(url: &str) -> Result<(String, Option<UrlCredentials>), &'static str> {
+pub(crate) fn split_credentials(
+    url: &str,
+) -> Result<(String, Option<UrlCredentials>), &'static str> {
     if !url.contains('@') {
         return Ok((url.to_owned(), None));
     }
@@ -188,7 +192,10 @@ pub fn split_credentials(url: &str) -> Result<(String, Option<UrlCredentials>), 
 
 /// Serializes a URL field through [`redact_url`] (`#[serde(serialize_with = …)]`): the
 /// configuration dump never shows credentials.
-pub fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_redacted_url<S: serde::Serializer>(
+    url: &str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url))
 }
 

@@ -311,7 +311,7 @@ mod oracle {
     }
 
     /// Every plausible upstream reading of a request target: `(name, path)`.
-    pub fn interpretations(target: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn interpretations(target: &str) -> Vec<(&'static str, String)> {
         let raw = target_path(target);
         let lossy = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
 
@@ -355,7 +355,7 @@ mod oracle {
     }
 
     /// The authority of an absolute-form request target (`http://host/path`).
-    pub fn absolute_authority(target: &str) -> Option<&str> {
+    pub(crate) fn absolute_authority(target: &str) -> Option<&str> {
         if target.starts_with('/') {
             return None;
         }
@@ -364,7 +364,7 @@ mod oracle {
     }
 
     /// Whether any reading of an authority names the intranet host.
-    pub fn names_intranet(authority: &str) -> bool {
+    pub(crate) fn names_intranet(authority: &str) -> bool {
         let mut seen = vec![authority.to_owned()];
         // Bounded closure over the transformations servers apply to a Host.
         for _ in 0..4 {
@@ -397,7 +397,12 @@ mod oracle {
     ///
     /// Resources are compared as RFC 3986 §6.2.2 says equivalent URIs are: percent-encoded
     /// unreserved characters decoded, and a trailing slash names the same resource.
-    pub fn permitted(principal: Principal, method: &str, intranet: bool, path: &str) -> bool {
+    pub(crate) fn permitted(
+        principal: Principal,
+        method: &str,
+        intranet: bool,
+        path: &str,
+    ) -> bool {
         let path = String::from_utf8_lossy(&decode(path.as_bytes(), is_unreserved)).into_owned();
         let path = if path.len() > 1 {
             path.strip_suffix('/').unwrap_or(&path)
@@ -426,7 +431,7 @@ mod oracle {
 
     /// `Err` names the first reading of `target` by `method` (or one of `methods_also`, such as
     /// a method override that reached the upstream) that `principal` may not have.
-    pub fn check(
+    pub(crate) fn check(
         principal: Principal,
         methods: &[&str],
         authorities: &[&str],

@@ -26,7 +26,7 @@ use crate::subject::{Principal, Subject};
 type Entries<'a> = HashMap<CelMapKey<'a>, Box<dyn Val + 'a>>;
 
 /// The path parameters of the matched rule (decoded).
-pub type Captures<'a> = &'a [(&'a str, Cow<'a, str>)];
+pub(super) type Captures<'a> = &'a [(&'a str, Cow<'a, str>)];
 
 /// What a [`LazyMap`] looks its string keys up in.
 pub(super) trait Source<'a>: Clone + std::fmt::Debug + Send + Sync + 'a {
@@ -511,7 +511,7 @@ impl<'a> Source<'a> for ObjectSource<'a> {
 
 /// A JSON value as a CEL value, borrowing its strings; an object stays lazy, an array is built
 /// (its elements are, again, lazy objects or scalars).
-pub fn json_val(value: &serde_json::Value) -> Box<dyn Val + '_> {
+pub(super) fn json_val(value: &serde_json::Value) -> Box<dyn Val + '_> {
     use serde_json::Value as J;
     match value {
         J::Null => Box::new(CelNull),

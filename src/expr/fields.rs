@@ -6,33 +6,35 @@ macro_rules! fields {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name {
+        pub(crate) enum $name {
             $($variant),+
         }
 
         impl $name {
             /// Every field, in bit order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant),+];
 
             /// The name expressions use.
-            pub const fn name(self) -> &'static str {
+            pub(crate) const fn name(self) -> &'static str {
                 match self {
                     $(Self::$variant => $text),+
                 }
             }
 
             /// The field called `name`.
-            pub fn parse(name: &str) -> Option<Self> {
+            pub(crate) fn parse(name: &str) -> Option<Self> {
                 Self::ALL.iter().copied().find(|f| f.name() == name)
             }
 
             /// Every name, for messages.
-            pub fn names() -> String {
+            #[allow(dead_code, reason = "generated for every field set; not every set is named in a message")]
+            pub(crate) fn names() -> String {
                 Self::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
             }
 
             /// Its bit in [`Uses`].
-            pub const fn bit(self) -> u16 {
+            #[allow(dead_code, reason = "generated for every field set; not every set is tracked in `Uses`")]
+            pub(crate) const fn bit(self) -> u16 {
                 1 << (self as u16)
             }
         }
@@ -86,16 +88,16 @@ fields!(
 
 /// The variables an expression may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variable {
+pub(crate) enum Variable {
     Request,
     Subject,
     Error,
 }
 
 impl Variable {
-    pub const ALL: [Self; 3] = [Self::Request, Self::Subject, Self::Error];
+    pub(crate) const ALL: [Self; 3] = [Self::Request, Self::Subject, Self::Error];
 
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Request => "request",
             Self::Subject => "subject",
@@ -103,7 +105,7 @@ impl Variable {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.name() == name)
     }
 }
@@ -119,8 +121,21 @@ pub struct Uses {
 }
 
 impl Uses {
+    /// Whether `request.<field>` is read.
+    #[cfg(test)]
+    pub(crate) fn reads_request(self, field: RequestField) -> bool {
+        self.request & field.bit() != 0
+    }
+
+    /// Whether `subject.<field>` is read.
+    #[cfg(test)]
+    pub(crate) fn reads_subject_field(self, field: SubjectField) -> bool {
+        self.subject & field.bit() != 0
+    }
+
     /// Every field of every variable.
-    pub const ALL: Self = Self {
+    #[cfg(test)]
+    pub(crate) const ALL: Self = Self {
         request: u16::MAX,
         subject: u16::MAX,
         error: true,
@@ -149,16 +164,6 @@ impl Uses {
     /// Whether `request` is read at all.
     pub fn any_request(self) -> bool {
         self.request != 0
-    }
-
-    /// Whether `request.<field>` is read.
-    pub fn reads_request(self, field: RequestField) -> bool {
-        self.request & field.bit() != 0
-    }
-
-    /// Whether `subject.<field>` is read.
-    pub fn reads_subject_field(self, field: SubjectField) -> bool {
-        self.subject & field.bit() != 0
     }
 
     pub(super) fn add_request(&mut self, field: RequestField) {

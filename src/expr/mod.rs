@@ -11,7 +11,7 @@
 mod analysis;
 mod bind;
 mod direct;
-pub mod fields;
+pub(crate) mod fields;
 mod render;
 
 use std::sync::{Arc, LazyLock};
@@ -20,9 +20,9 @@ use cel::common::types::CelBool;
 use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
-pub use bind::{Captures, Vars, json_val};
+pub(crate) use bind::Vars;
 use direct::Direct;
-pub use fields::{ErrorField, RequestField, SubjectField, Uses, Variable};
+pub(crate) use fields::{Uses, Variable};
 
 static ENV: LazyLock<Option<Arc<Env>>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
@@ -199,6 +199,7 @@ mod tests {
 
     use serde_json::json;
 
+    use super::fields::{RequestField, SubjectField};
     use super::*;
     use crate::canonical::RequestLine;
     use crate::request::{Headers, RequestView};

@@ -21,7 +21,7 @@ use crate::request::{Headers, Peer, RequestView};
 
 /// What forward-auth decides with.
 #[derive(Clone)]
-pub struct ForwardAuth {
+pub(crate) struct ForwardAuth {
     pub engine: Arc<Engine>,
     /// Only these peers may describe a request with `X-Forwarded-*` headers.
     pub trusted_proxies: Arc<[IpNet]>,

@@ -9,21 +9,21 @@
 //! Each handler extracts only the sub-state it needs (axum's `FromRef`), so a router's
 //! dependencies are visible in its type and a test builds only those.
 
-pub mod forward_auth;
-pub mod ops;
-pub mod policy_api;
+pub(crate) mod forward_auth;
+pub(crate) mod ops;
+pub(crate) mod policy_api;
 mod response;
 
 use axum::Router;
 use axum::extract::FromRef;
 
-pub use forward_auth::ForwardAuth;
-pub use ops::Ops;
-pub use policy_api::PolicyApi;
+pub(crate) use forward_auth::ForwardAuth;
+pub(crate) use ops::Ops;
+pub(crate) use policy_api::PolicyApi;
 
 /// Everything the side port serves from, one field per router.
 #[derive(Clone)]
-pub struct SideState {
+pub(crate) struct SideState {
     pub ops: Ops,
     pub forward_auth: ForwardAuth,
     pub policy_api: PolicyApi,
@@ -48,7 +48,7 @@ impl FromRef<SideState> for PolicyApi {
 }
 
 /// The side-port router (tests drive it with `oneshot`).
-pub fn router(state: SideState) -> Router {
+pub(crate) fn router(state: SideState) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(forward_auth::router())

@@ -15,7 +15,7 @@ use crate::tokens::Keyring;
 
 /// What the operations endpoints read.
 #[derive(Clone)]
-pub struct Ops {
+pub(crate) struct Ops {
     pub readiness: Readiness,
     pub registry: Arc<Registry>,
     pub keys: Arc<Keyring>,

@@ -32,7 +32,7 @@ use crate::subject::enrich;
 
 /// What the policy API asks with.
 #[derive(Clone)]
-pub struct PolicyApi {
+pub(crate) struct PolicyApi {
     /// The policy engine; without one every question is a 503.
     pub cerbos: Option<Arc<Cerbos>>,
     /// Verifies the caller's bearer token; without one (no token key) a question is a 401.
