@@ -284,16 +284,27 @@ pub(crate) fn describe_denied(kind: &str, denied: &DeniedHttpResponse) -> String
     format!("{kind} HTTP {http}, body {body:?}")
 }
 
+/// The message of a call that answered, or the error outcome of one that timed out (`None`) or
+/// failed at the gRPC level.
+fn answered<T>(answer: Option<Result<tonic::Response<T>, tonic::Status>>) -> Result<T, Outcome> {
+    match answer {
+        None => Err(Outcome::Error(format!("no answer within {CALL_TIMEOUT:?}"))),
+        Some(Err(status)) => Err(Outcome::Error(format!(
+            "gRPC {:?}: {}",
+            status.code(),
+            status.message()
+        ))),
+        Some(Ok(response)) => Ok(response.into_inner()),
+    }
+}
+
 /// Sorts an answer out; `None` is a call that timed out.
 pub(crate) fn classify(
     answer: Option<Result<tonic::Response<CheckResponse>, tonic::Status>>,
 ) -> Outcome {
-    let response = match answer {
-        None => return Outcome::Error(format!("no answer within {CALL_TIMEOUT:?}")),
-        Some(Err(status)) => {
-            return Outcome::Error(format!("gRPC {:?}: {}", status.code(), status.message()));
-        }
-        Some(Ok(response)) => response.into_inner(),
+    let response = match answered(answer) {
+        Ok(response) => response,
+        Err(outcome) => return outcome,
     };
     let (code, message) = response
         .status
@@ -319,12 +330,9 @@ pub(crate) fn classify(
 pub(crate) fn classify_cerbos(
     answer: Option<Result<tonic::Response<CheckResourcesResponse>, tonic::Status>>,
 ) -> Outcome {
-    let response = match answer {
-        None => return Outcome::Error(format!("no answer within {CALL_TIMEOUT:?}")),
-        Some(Err(status)) => {
-            return Outcome::Error(format!("gRPC {:?}: {}", status.code(), status.message()));
-        }
-        Some(Ok(response)) => response.into_inner(),
+    let response = match answered(answer) {
+        Ok(response) => response,
+        Err(outcome) => return outcome,
     };
     let Some(result) = response.results.first() else {
         return Outcome::Error("CheckResources answered without a result".into());
