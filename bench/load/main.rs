@@ -22,6 +22,7 @@
 //! cargo build --release && cargo run --release --example load -- --cerbos --duration 5
 //! ```
 
+mod h2load;
 mod report;
 mod targets;
 mod worker;
@@ -41,9 +42,10 @@ use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
 use report::Report;
+use h2load::{CpuTarget, NoopChild};
 use targets::{
-    CERBOS_FIXED_ID, CERBOS_PATH_PREFIX, Load, NoopServer, PATH, Target, cerbos_request,
-    check_request, preflight,
+    CERBOS_FIXED_ID, CERBOS_PATH_PREFIX, Load, NoopServer, PATH, Target, anonymous_request,
+    cerbos_request, check_request, preflight,
 };
 use worker::run_phase;
 
@@ -66,6 +68,9 @@ const CERBOS_OVERHEAD_TARGET: f64 = 1.10;
 
 const PLAIN_SETUP: &str = "the request is GET /api/documents/42 with a token for bench-user, \
                            roles user and editor";
+const PUBLIC_PATH: &str = "/public/index.html";
+const PUBLIC_SETUP: &str = "the request is GET /public/index.html without a credential, which the \
+                            embedded configuration's `public` rule allows";
 const CERBOS_SETUP: &str = "the request is alice (role user, department eng) viewing document \
                             alice/<id> (department eng, not public, published), which Cerbos's \
                             example policies in infra/cerbos/policies allow";
@@ -111,6 +116,22 @@ struct Args {
     /// The Cerbos binary for --cerbos (default: `.tools/bin/cerbos` in the repository).
     #[arg(long, requires = "cerbos")]
     cerbos_bin: Option<PathBuf>,
+    /// `builtin`: this process's tonic client drives every target (throughput and latency).
+    /// `h2load`: h2load (Debian nghttp2-client) drives them and the report is each server
+    /// process's CPU time per Check against the no-op's, for the documents and public rules
+    /// (and the cached Cerbos decision with --cerbos).
+    #[arg(long, value_enum, default_value_t = Generator::Builtin)]
+    generator: Generator,
+    /// Internal (the h2load mode's baseline process): serve the no-op authorizer on a free
+    /// loopback port, print its address and serve until killed.
+    #[arg(long, hide = true)]
+    serve_noop: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Generator {
+    Builtin,
+    H2load,
 }
 
 /// Accepts plain seconds (`3`, `0.5`) as well as humantime durations (`3s`, `250ms`).
@@ -146,7 +167,14 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args).await {
+    let result = if args.serve_noop {
+        h2load::serve_noop().await.map(|()| true)
+    } else if args.generator == Generator::H2load {
+        run_h2load(&args).await
+    } else {
+        run(&args).await
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -278,6 +306,110 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         report.print_table();
     }
     Ok(phases.iter().all(|p| p.clean()))
+}
+
+/// `--generator h2load`: CPU per Check of each server process, against the no-op's.
+async fn run_h2load(args: &Args) -> anyhow::Result<bool> {
+    args.validate()?;
+    h2load::h2load_binary()?;
+    let noop = NoopChild::start().await?;
+    eprintln!("load: no-op authorizer (child process) on {}", noop.addr);
+    let env = HeimdallEnv::new(args)?;
+    let plain = env.plain();
+    let token = mint_token(&plain, &["--sub", "bench-user", "--roles", "user,editor"]).await?;
+    let heimdall = start_heimdall(&plain, "heimdall").await?;
+    let heimdall_pid = heimdall.pid().context("heimdall is not running")?;
+    let documents = check_request(&token, PATH, &[]);
+    let mut targets = vec![
+        CpuTarget {
+            name: "no-op",
+            pid: noop.pid()?,
+            addr: noop.addr,
+            request: documents.clone(),
+            baseline: "no-op",
+            cpu_goal: 1.0,
+            setup: PLAIN_SETUP,
+        },
+        CpuTarget {
+            name: "heimdall-documents",
+            pid: heimdall_pid,
+            addr: heimdall.grpc_addr(),
+            request: documents.clone(),
+            baseline: "no-op",
+            cpu_goal: 1.15,
+            setup: PLAIN_SETUP,
+        },
+        CpuTarget {
+            name: "heimdall-public",
+            pid: heimdall_pid,
+            addr: heimdall.grpc_addr(),
+            request: anonymous_request(PUBLIC_PATH),
+            baseline: "no-op",
+            cpu_goal: 1.05,
+            setup: PUBLIC_SETUP,
+        },
+    ];
+    let mut others = Vec::new();
+    let mut pdp = None;
+    if args.cerbos {
+        let cerbos = start_cerbos(args).await?;
+        let cached_env = env.for_cerbos(CERBOS_BENCH_CACHED_CONFIG, cerbos.grpc_addr())?;
+        let token = mint_token(
+            &cached_env,
+            &[
+                "--sub",
+                "alice",
+                "--roles",
+                "user",
+                "--attr",
+                "department=eng",
+            ],
+        )
+        .await?;
+        let cached = start_heimdall(&cached_env, "heimdall-cerbos-cached").await?;
+        let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
+        targets.push(CpuTarget {
+            name: "heimdall-cerbos-cached",
+            pid: cached.pid().context("heimdall is not running")?,
+            addr: cached.grpc_addr(),
+            request: check_request(&token, &path, &[("x-department", "eng")]),
+            baseline: "no-op",
+            cpu_goal: 1.3,
+            setup: CERBOS_SETUP,
+        });
+        others.push(cached);
+        pdp = Some(cerbos);
+    }
+    if args.repeat {
+        targets.push(CpuTarget {
+            name: "no-op-again",
+            pid: noop.pid()?,
+            addr: noop.addr,
+            request: documents,
+            baseline: "no-op",
+            cpu_goal: f64::INFINITY,
+            setup: PLAIN_SETUP,
+        });
+    }
+    let mut phases = Vec::with_capacity(targets.len());
+    for target in &targets {
+        phases.push(h2load::measure(target, args).await?);
+    }
+    let mut heimdall = heimdall;
+    heimdall.kill().await;
+    for mut child in others {
+        child.kill().await;
+    }
+    if let Some(mut cerbos) = pdp {
+        cerbos.stop().await;
+    }
+    drop(noop);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&h2load::to_json(&phases))?);
+    } else {
+        h2load::print_table(&phases);
+    }
+    Ok(phases.iter().all(|p| p.failed == 0))
 }
 
 // ---------------------------------------------------------------------------------------------

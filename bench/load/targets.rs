@@ -9,14 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    CheckRequest, CheckResponse, DeniedHttpResponse,
 };
-use envoy_types::pb::google::rpc;
 use heimdall::cerbos::pb::cerbos::effect::v1::Effect;
 use heimdall::cerbos::pb::cerbos::engine::v1::{Principal, Resource};
 use heimdall::cerbos::pb::cerbos::request::v1::{CheckResourcesRequest, check_resources_request};
@@ -24,9 +20,9 @@ use heimdall::cerbos::pb::cerbos::response::v1::CheckResourcesResponse;
 use heimdall::cerbos::pb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 use heimdall::test_helpers::CheckRequestBuilder;
 use heimdall::test_helpers::check_request::with_path;
+use heimdall::test_helpers::noop::serve_noop;
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint};
 
 /// Bound on one `Check` call: a call that hangs counts as an error instead of stalling a worker
 /// past the end of its phase.
@@ -52,23 +48,6 @@ pub(crate) struct Target {
     pub(crate) setup: &'static str,
 }
 
-/// Answers every `Check` with OK and an empty `ok_response`, the least an authorizer can do.
-pub(crate) struct Noop;
-
-#[tonic::async_trait]
-impl Authorization for Noop {
-    async fn check(
-        &self,
-        _request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status::default()),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
-    }
-}
-
 /// The no-op server, on a runtime of its own: like heimdall in its own process, it then gets
 /// its own worker threads instead of sharing the load generator's.
 pub(crate) struct NoopServer {
@@ -92,14 +71,10 @@ impl NoopServer {
         runtime.spawn(async move {
             let served = async {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                // Same socket options as heimdall's listener, so only the handler differs.
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                Server::builder()
-                    .add_service(AuthorizationServer::new(Noop))
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await?;
+                serve_noop(listener, async {
+                    let _ = stopped.await;
+                })
+                .await?;
                 anyhow::Ok(())
             };
             if let Err(e) = served.await {
@@ -134,21 +109,27 @@ pub(crate) const REQUEST_ID: &str = "heimdall-load-0001";
 /// `Authorization: Bearer <token>` and the `extra` headers (lower-case names), e.g. for
 /// `/api/documents/42?x=1`.
 pub(crate) fn check_request(token: &str, path: &str, extra: &[(&str, &str)]) -> CheckRequest {
+    envoy_shaped(path).bearer(token).headers(extra).build()
+}
+
+/// The same request without a credential, e.g. for `/public/index.html`.
+pub(crate) fn anonymous_request(path: &str) -> CheckRequest {
+    envoy_shaped(path).build()
+}
+
+fn envoy_shaped(path: &str) -> CheckRequestBuilder {
     CheckRequestBuilder::get(path)
         .host(HOST)
         .scheme("http")
         .without_scheme_header()
         .id(REQUEST_ID)
-        .bearer(token)
         .header("accept", "application/json")
         .header("user-agent", "heimdall-load/1")
         .header("x-request-id", REQUEST_ID)
-        .headers(extra)
         .peers(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 54_321)),
             SocketAddr::from((Ipv4Addr::LOCALHOST, 10_000)),
         )
-        .build()
 }
 
 pub(crate) fn pb_string(text: &str) -> prost_types::Value {

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod heimdall;
 pub mod nats;
 pub mod nginx;
+pub mod noop;
 pub mod ports;
 pub mod process;
 pub mod stack;
