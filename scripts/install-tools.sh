@@ -281,12 +281,12 @@ verify_h2load() {
 
 install_oha() {
   need cargo oha
-  # Plain HTTP on loopback is all the benchmark needs: without the default TLS feature the build
-  # is smaller. A build directory of its own: a CARGO_TARGET_DIR of the caller's would be locked
-  # against (or filled by) the project's own builds.
+  # oha needs one TLS feature to compile; the system OpenSSL (native-tls) builds in seconds where
+  # the default rustls brings a C crypto library to compile. A build directory of its own: a
+  # CARGO_TARGET_DIR of the caller's would be locked against (or filled by) the project's builds.
   local build="${TOOLS}/cargo-build"
   CARGO_TARGET_DIR="$build" cargo install --quiet --locked --force --no-default-features \
-    --version "${OHA_VERSION}" --root "${TOOLS}/cargo" oha >&2
+    --features native-tls --version "${OHA_VERSION}" --root "${TOOLS}/cargo" oha >&2
   rm -rf "$build"
   link "${TOOLS}/cargo/bin/oha" oha
 }

@@ -712,7 +712,7 @@ fn print_table(phases: &[Phase], args: &Args, oha_version: &str) {
     );
     println!();
     println!(
-        "{:<16} {:<13} {:>9} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>9} {:>6}",
+        "{:<16} {:<13} {:>9} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>9} {:>6}",
         "load",
         "Envoy",
         "achieved",
