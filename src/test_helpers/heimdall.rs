@@ -8,6 +8,8 @@
 //! `HEIMDALL_BIND=127.0.0.1`. Its output goes to a log file that stays after the test, for
 //! post-mortems. Starting does not wait for readiness: tests that expect a failed start need the
 //! process as it is.
+//!
+//! [`mint_token`] and [`start_heimdall`] are the benches' way to get a token and a ready child.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
 use super::process::{ManagedProcess, fail, fresh_dir};
@@ -43,6 +46,12 @@ const CLEARED_ENV: &[&str] = &[
 
 /// How long [`serve_in_process`] waits for readiness.
 const IN_PROCESS_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`start_heimdall`] waits for `/ready`.
+const START_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on `heimdall token mint` ([`mint_token`]).
+const MINT_TIMEOUT: Duration = Duration::from_secs(30);
+/// heimdall log lines kept to explain a failed start.
+const LOG_TAIL: usize = 40;
 
 /// Builds heimdall from `config` and `keys`, serves it in this process on the configuration's
 /// addresses (loopback port 0 with [`super::test_config`]) and waits (at most 20 s) until it is
@@ -200,6 +209,68 @@ impl HeimdallCommand {
             client,
         })
     }
+}
+
+/// `heimdall token mint <claims> --purpose local` with `heimdall`'s key and configuration, e.g.
+/// `--sub bench-user --roles user,editor`; the token is the trimmed standard output, which must
+/// be a v4.local token. Bounded by 30 s.
+pub async fn mint_token(heimdall: &HeimdallCommand, claims: &[&str]) -> anyhow::Result<String> {
+    let mut command = heimdall.command(None);
+    command
+        .args(["token", "mint"])
+        .args(claims)
+        .args(["--purpose", "local"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(MINT_TIMEOUT, command.output())
+        .await
+        .context("`heimdall token mint` did not finish within 30s")?
+        .with_context(|| format!("running {}", heimdall.binary_path().display()))?;
+    if !output.status.success() {
+        bail!(
+            "`heimdall token mint` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let token = String::from_utf8(output.stdout)
+        .context("`heimdall token mint` printed something that is not UTF-8")?
+        .trim()
+        .to_owned();
+    if !token.starts_with("v4.local.") {
+        bail!("`heimdall token mint` printed `{token}`, not a v4.local token");
+    }
+    Ok(token)
+}
+
+/// Runs `heimdall serve` and waits until `/ready` answers 200, it exits, or 30 s pass; `name`
+/// labels the instance in the error and in the line printed to stderr once it is ready. A
+/// failed start carries the last lines of its log.
+pub async fn start_heimdall(
+    heimdall: &HeimdallCommand,
+    name: &str,
+) -> anyhow::Result<HeimdallProcess> {
+    let child = heimdall
+        .spawn()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("starting {name}"))?;
+    if !child.wait_ready(START_READY_TIMEOUT).await {
+        let why = match child.exit_status() {
+            Some(status) => format!("heimdall exited before it was ready ({status})"),
+            None => format!("heimdall was not ready within {START_READY_TIMEOUT:?}"),
+        };
+        return Err(anyhow::anyhow!(
+            "{why}; its last log lines:\n{}",
+            child.log_tail(LOG_TAIL)
+        ))
+        .with_context(|| format!("starting {name}"));
+    }
+    eprintln!(
+        "{name}: ready on {} (side port {})",
+        child.grpc_addr(),
+        child.http_addr()
+    );
+    Ok(child)
 }
 
 /// A `heimdall serve` child process on loopback; killed when dropped (its log file stays).
