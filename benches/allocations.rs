@@ -15,6 +15,7 @@
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::indexing_slicing,
     clippy::print_stdout,
     reason = "bench: a failure is a broken bench, the report is the output"
 )]
@@ -174,30 +175,33 @@ where
     PerCheck::of(&server.join().unwrap(), COUNTED)
 }
 
-fn start_noop() -> impl std::future::Future<Output = (SocketAddr, Box<dyn std::any::Any>)> {
-    async {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_noop(listener, async {
-            let _ = stopped.await;
-        }));
-        (addr, Box::new(stop) as Box<dyn std::any::Any>)
-    }
+async fn start_noop() -> (SocketAddr, Box<dyn std::any::Any>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_noop(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, Box::new(stop) as Box<dyn std::any::Any>)
 }
 
-fn start_heimdall() -> impl std::future::Future<Output = (SocketAddr, Box<dyn std::any::Any>)> {
-    async {
-        let built = heimdall::app::build(embedded_config(), test_keys()).unwrap();
-        let running = built.serve().await.unwrap();
-        (running.grpc_addr, Box::new(running) as Box<dyn std::any::Any>)
-    }
+async fn start_heimdall() -> (SocketAddr, Box<dyn std::any::Any>) {
+    let built = heimdall::app::build(embedded_config(), test_keys()).unwrap();
+    let running = built.serve().await.unwrap();
+    (
+        running.grpc_addr,
+        Box::new(running) as Box<dyn std::any::Any>,
+    )
 }
 
 /// Allocations per `ExtAuthz::check` in process, on this thread.
-fn in_process(runtime: &tokio::runtime::Runtime, service: &ExtAuthz, request: &CheckRequest) -> PerCheck {
+fn in_process(
+    runtime: &tokio::runtime::Runtime,
+    service: &ExtAuthz,
+    request: &CheckRequest,
+) -> PerCheck {
     let call = |request: CheckRequest| {
         runtime.block_on(async {
             let answer = service
@@ -227,7 +231,11 @@ fn in_process(runtime: &tokio::runtime::Runtime, service: &ExtAuthz, request: &C
 
 fn main() {
     let keys = test_keys();
-    let token = mint(&keys, Purpose::Local, &claims("bench-user", &["user", "editor"]));
+    let token = mint(
+        &keys,
+        Purpose::Local,
+        &claims("bench-user", &["user", "editor"]),
+    );
     let documents = documents_request(&token);
     let public = public_request();
 
@@ -245,16 +253,35 @@ fn main() {
         .build()
         .unwrap();
     let built = heimdall::app::build(embedded_config(), test_keys()).unwrap();
-    let service = ExtAuthz::new(built.engine);
+    let engine = built.engine;
+    let service = ExtAuthz::new(std::sync::Arc::clone(&engine));
     let engine_documents = in_process(&runtime, &service, &documents);
     let engine_public = in_process(&runtime, &service, &public);
+
+    // The decision future is boxed once per Check (by the service trait), so its size is bytes
+    // allocated and, where a future is moved into its box, copied on every call.
+    let line = heimdall::extauthz::request_line(&documents, engine.path_policy()).unwrap();
+    let view = heimdall::extauthz::view(&documents, &line);
+    let decide_future_bytes = std::mem::size_of_val(&engine.decide(&view));
 
     let served_budget = noop.allocations + SERVED_EXTRA_BUDGET;
     let rows = [
         ("served: no-op server", &noop, None),
-        ("served: heimdall, documents", &heimdall_documents, Some(served_budget)),
-        ("served: heimdall, public", &heimdall_public, Some(served_budget)),
-        ("in process: documents", &engine_documents, Some(ENGINE_BUDGET)),
+        (
+            "served: heimdall, documents",
+            &heimdall_documents,
+            Some(served_budget),
+        ),
+        (
+            "served: heimdall, public",
+            &heimdall_public,
+            Some(served_budget),
+        ),
+        (
+            "in process: documents",
+            &engine_documents,
+            Some(ENGINE_BUDGET),
+        ),
         ("in process: public", &engine_public, Some(ENGINE_BUDGET)),
     ];
     println!(
@@ -281,6 +308,7 @@ fn main() {
         heimdall_documents.allocations - noop.allocations,
         heimdall_public.allocations - noop.allocations
     );
+    println!("size of the Engine::decide future: {decide_future_bytes} bytes");
     if over {
         eprintln!("allocations: a budget is exceeded");
         std::process::exit(1);

@@ -299,6 +299,62 @@ mod tests {
         ));
     }
 
+    /// `server.remove_client_headers` are found whatever case the client spelled them in and
+    /// however Envoy sent the headers, once each; a header the rule's finalizer sets is
+    /// overwritten, not removed.
+    #[tokio::test]
+    async fn client_sent_identity_headers_are_removed_in_any_spelling() {
+        use crate::test_helpers::{CheckRequestBuilder, claims, embedded_config, mint, test_keys};
+        let keys = test_keys();
+        let token = mint(
+            &keys,
+            crate::tokens::Purpose::Local,
+            &claims("alice", &["user"]),
+        );
+        let built = crate::app::build(embedded_config(), keys).unwrap();
+        let service = ExtAuthz::new(built.engine);
+        let removals = |response: CheckResponse| match response.http_response {
+            Some(EnvoyHttpResponse::OkResponse(ok)) => {
+                let mut removed = ok.headers_to_remove;
+                removed.sort();
+                removed
+            }
+            other => panic!("not allowed: {other:?}"),
+        };
+        for raw in [false, true] {
+            let public = CheckRequestBuilder::get("/public/index.html")
+                .header("X-Forwarded-User", "mallory")
+                .header("x-forwarded-user", "mallory-again")
+                .header("X-AUTH-REQUEST-EMAIL", "m@example.com")
+                .header("accept", "text/html")
+                .raw_headers(raw)
+                .build();
+            let answer = service.check(Request::new(public)).await.unwrap();
+            let removed = removals(answer.into_inner());
+            assert!(
+                removed.iter().any(|h| h == "x-forwarded-user")
+                    && removed.iter().any(|h| h == "x-auth-request-email"),
+                "raw {raw}: {removed:?}"
+            );
+            let mut unique = removed.clone();
+            unique.dedup();
+            assert_eq!(unique, removed, "each name once");
+            assert!(!removed.iter().any(|h| h == "accept"));
+
+            let documents = CheckRequestBuilder::get("/api/documents/42")
+                .bearer(&token)
+                .header("X-User-Id", "mallory")
+                .raw_headers(raw)
+                .build();
+            let answer = service.check(Request::new(documents)).await.unwrap();
+            let removed = removals(answer.into_inner());
+            assert!(
+                !removed.iter().any(|h| h == "x-user-id"),
+                "set, not removed: {removed:?}"
+            );
+        }
+    }
+
     #[test]
     fn an_allow_sets_overwrites_removes_and_names_the_rule() {
         let mut allowed = Allowed::default();

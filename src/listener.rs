@@ -31,9 +31,6 @@ use crate::config::{GrpcListenerConfig, HttpListenerConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A boxed response future; one allocation per request, next to tonic's and axum's own.
-pub(crate) type ResponseFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
-
 /// The deadlines and the cap of one port.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -71,7 +68,12 @@ impl Limits {
 pub(crate) trait Handler: Send + Sync + 'static {
     type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
 
-    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture<Self::Body>;
+    /// The response future; the connection boxes it once, with the request deadline around it.
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
 
     /// The answer when the request deadline passes first.
     fn timed_out(&self) -> Response<Self::Body>;
@@ -427,9 +429,12 @@ impl GrpcHandler {
 impl Handler for GrpcHandler {
     type Body = tonic::body::Body;
 
-    fn call(&self, request: Request<Incoming>, _peer: SocketAddr) -> ResponseFuture<Self::Body> {
-        let routes = self.routes.clone();
-        Box::pin(call_service(routes, request))
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static {
+        call_service(self.routes.clone(), request)
     }
 
     fn timed_out(&self) -> Response<Self::Body> {
@@ -456,23 +461,32 @@ impl HttpHandler {
 impl Handler for HttpHandler {
     type Body = axum::body::Body;
 
-    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture<Self::Body> {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static {
         let limit = self.max_body_bytes;
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > u64::try_from(limit).unwrap_or(u64::MAX)) {
-            return Box::pin(std::future::ready(too_large(limit)));
-        }
+        let too_large_declared =
+            declared.is_some_and(|len| len > u64::try_from(limit).unwrap_or(u64::MAX));
         // Without a length (chunked, HTTP/2), reading past the limit fails in the handler.
         let mut request =
             request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        Box::pin(call_service(self.router.clone(), request))
+        let router = self.router.clone();
+        async move {
+            if too_large_declared {
+                return too_large(limit);
+            }
+            call_service(router, request).await
+        }
     }
 
     fn timed_out(&self) -> Response<Self::Body> {

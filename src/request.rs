@@ -98,6 +98,16 @@ impl<'a> Headers<'a> {
         }
     }
 
+    /// Every header name, once per header line, whatever its value (even one that is not UTF-8).
+    pub fn for_each_name(&self, mut f: impl FnMut(&'a str)) {
+        match *self {
+            Self::Map(map) => map.keys().for_each(|k| f(k)),
+            Self::List(list) => list.iter().for_each(|h| f(&h.key)),
+            Self::Http(map) => map.keys().for_each(|k| f(k.as_str())),
+            Self::None => {}
+        }
+    }
+
     /// Every header as `(name, value)`; names as received (Envoy: lower-case).
     pub fn for_each(&self, mut f: impl FnMut(&'a str, &'a str)) {
         match *self {

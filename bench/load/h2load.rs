@@ -263,7 +263,7 @@ pub(crate) async fn measure(target: &CpuTarget, args: &Args) -> anyhow::Result<C
     let body = heimdall::test_helpers::tools::scratch_dir().join(format!(
         "h2load-{}-{}.bin",
         std::process::id(),
-        target.name
+        target.name.replace('/', "-")
     ));
     std::fs::write(&body, grpc_frame(&target.request)?)
         .with_context(|| format!("writing the request frame to {}", body.display()))?;
@@ -294,66 +294,144 @@ pub(crate) async fn measure(target: &CpuTarget, args: &Args) -> anyhow::Result<C
     })
 }
 
+/// One target over every round: the medians of its figures and of its per-round ratios (each
+/// round's ratio is taken against the baseline measured in the same round, so slow drift of a
+/// shared host cancels out).
+pub(crate) struct Summary {
+    pub(crate) name: &'static str,
+    pub(crate) baseline: &'static str,
+    pub(crate) cpu_goal: f64,
+    pub(crate) rounds: usize,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) req_per_sec: f64,
+    pub(crate) cpu_per_check_us: f64,
+    pub(crate) cpu_ratio: f64,
+    pub(crate) throughput_ratio: f64,
+    /// The smallest and largest per-round CPU ratio: how much the host moved.
+    pub(crate) cpu_ratio_range: (f64, f64),
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values.get(mid).copied().unwrap_or(f64::NAN)
+    } else {
+        let (a, b) = (values.get(mid - 1), values.get(mid));
+        a.zip(b).map_or(f64::NAN, |(a, b)| (a + b) / 2.0)
+    }
+}
+
+/// `rounds[r][t]` is target `t` in round `r`; every round measures the same targets in order.
+pub(crate) fn summarize(rounds: &[Vec<CpuPhase>]) -> Vec<Summary> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            let mine: Vec<&CpuPhase> = rounds.iter().filter_map(|r| r.get(index)).collect();
+            let ratios: Vec<(f64, f64)> = rounds
+                .iter()
+                .filter_map(|round| {
+                    let phase = round.get(index)?;
+                    let base = round.iter().find(|p| p.name == phase.baseline)?;
+                    Some((
+                        phase.cpu_per_check_us() / base.cpu_per_check_us(),
+                        phase.req_per_sec / base.req_per_sec,
+                    ))
+                })
+                .collect();
+            let cpu_ratios: Vec<f64> = ratios.iter().map(|r| r.0).collect();
+            let lowest = cpu_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = cpu_ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Summary {
+                name: target.name,
+                baseline: target.baseline,
+                cpu_goal: target.cpu_goal,
+                rounds: mine.len(),
+                requests: mine.iter().map(|p| p.requests).sum(),
+                failed: mine.iter().map(|p| p.failed).sum(),
+                req_per_sec: median(mine.iter().map(|p| p.req_per_sec).collect()),
+                cpu_per_check_us: median(mine.iter().map(|p| p.cpu_per_check_us()).collect()),
+                cpu_ratio: median(cpu_ratios),
+                throughput_ratio: median(ratios.iter().map(|r| r.1).collect()),
+                cpu_ratio_range: (lowest, highest),
+            }
+        })
+        .collect()
+}
+
 /// The table: per target, throughput and CPU per Check, and both relative to its baseline.
-pub(crate) fn print_table(phases: &[CpuPhase]) {
+pub(crate) fn print_table(summaries: &[Summary]) {
     println!(
-        "{:<22} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8}",
-        "target", "requests", "req/s", "CPU µs/Check", "CPU ratio", "req/s ×", "goal"
+        "{:<24} {:>6} {:>10} {:>14} {:>10} {:>13} {:>9} {:>14}",
+        "target", "rounds", "req/s", "CPU µs/Check", "CPU ratio", "ratio range", "req/s ×", "goal"
     );
-    for phase in phases {
-        let base = phases.iter().find(|p| p.name == phase.baseline);
-        let (cpu_ratio, throughput_ratio) = base.map_or((f64::NAN, f64::NAN), |base| {
-            (
-                phase.cpu_per_check_us() / base.cpu_per_check_us(),
-                phase.req_per_sec / base.req_per_sec,
-            )
-        });
-        let goal = if phase.name == phase.baseline {
+    for s in summaries {
+        let goal = if s.name == s.baseline || !s.cpu_goal.is_finite() {
             "-".to_owned()
-        } else if cpu_ratio <= phase.cpu_goal {
-            format!("≤{:.2} met", phase.cpu_goal)
+        } else if s.cpu_ratio <= s.cpu_goal {
+            format!("≤{:.2} met", s.cpu_goal)
         } else {
-            format!("≤{:.2} MISSED", phase.cpu_goal)
+            format!("≤{:.2} MISSED", s.cpu_goal)
         };
         println!(
-            "{:<22} {:>10} {:>10.0} {:>14.1} {:>10.2} {:>10.2} {:>8}",
-            phase.name,
-            phase.requests,
-            phase.req_per_sec,
-            phase.cpu_per_check_us(),
-            cpu_ratio,
-            throughput_ratio,
+            "{:<24} {:>6} {:>10.0} {:>14.1} {:>10.2} {:>6.2}–{:<6.2} {:>9.2} {:>14}",
+            s.name,
+            s.rounds,
+            s.req_per_sec,
+            s.cpu_per_check_us,
+            s.cpu_ratio,
+            s.cpu_ratio_range.0,
+            s.cpu_ratio_range.1,
+            s.throughput_ratio,
             goal
         );
-        if phase.failed > 0 {
-            println!("  ! {} requests failed at the HTTP/2 level", phase.failed);
+        if s.failed > 0 {
+            println!("  ! {} requests failed at the HTTP/2 level", s.failed);
         }
     }
     println!(
-        "CPU ratio: the target's process CPU per Check over its baseline's (no-op); req/s ×: \
-         throughput over the baseline's. Both come from the same run; read them, not the \
-         absolute figures."
+        "Medians over the rounds. CPU ratio: the target's process CPU per Check over the no-op's in \
+         the same round; req/s ×: throughput over the no-op's. Read the ratios, not the absolute \
+         figures: the host is shared and h2load runs on it too."
     );
 }
 
-pub(crate) fn to_json(phases: &[CpuPhase]) -> serde_json::Value {
-    serde_json::Value::Array(
-        phases
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "target": p.name,
-                    "baseline": p.baseline,
-                    "requests": p.requests,
-                    "failed": p.failed,
-                    "req_per_sec": p.req_per_sec,
-                    "cpu_seconds": p.cpu_seconds,
-                    "cpu_per_check_us": p.cpu_per_check_us(),
-                    "cpu_goal": p.cpu_goal,
-                })
-            })
-            .collect(),
-    )
+pub(crate) fn to_json(rounds: &[Vec<CpuPhase>], summaries: &[Summary]) -> serde_json::Value {
+    let phase = |p: &CpuPhase| {
+        serde_json::json!({
+            "target": p.name,
+            "requests": p.requests,
+            "failed": p.failed,
+            "req_per_sec": p.req_per_sec,
+            "cpu_seconds": p.cpu_seconds,
+            "cpu_per_check_us": p.cpu_per_check_us(),
+        })
+    };
+    serde_json::json!({
+        "summary": summaries.iter().map(|s| serde_json::json!({
+            "target": s.name,
+            "baseline": s.baseline,
+            "rounds": s.rounds,
+            "requests": s.requests,
+            "req_per_sec": s.req_per_sec,
+            "cpu_per_check_us": s.cpu_per_check_us,
+            "cpu_ratio": s.cpu_ratio,
+            "cpu_ratio_min": s.cpu_ratio_range.0,
+            "cpu_ratio_max": s.cpu_ratio_range.1,
+            "throughput_ratio": s.throughput_ratio,
+            "cpu_goal": if s.cpu_goal.is_finite() { Some(s.cpu_goal) } else { None },
+        })).collect::<Vec<_>>(),
+        "rounds": rounds.iter().map(|r| r.iter().map(phase).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]
@@ -370,5 +448,40 @@ mod tests {
         assert_eq!(run.failed, 3);
         assert!((run.req_per_sec - 33_210.30).abs() < 1e-6);
         assert!(parse_h2load("nothing useful").is_err());
+    }
+
+    #[test]
+    fn ratios_are_taken_within_a_round_and_their_median_reported() {
+        let phase = |name, baseline, requests, cpu_seconds| CpuPhase {
+            name,
+            baseline,
+            cpu_goal: 1.15,
+            requests,
+            failed: 0,
+            req_per_sec: requests as f64,
+            cpu_seconds,
+        };
+        // Round 2's host is twice as slow for both targets: the ratio stays 1.5.
+        let rounds = vec![
+            vec![
+                phase("no-op", "no-op", 100, 1.0),
+                phase("x", "no-op", 100, 1.5),
+            ],
+            vec![
+                phase("no-op", "no-op", 100, 2.0),
+                phase("x", "no-op", 100, 3.0),
+            ],
+            vec![
+                phase("no-op", "no-op", 100, 1.0),
+                phase("x", "no-op", 100, 1.2),
+            ],
+        ];
+        let summaries = summarize(&rounds);
+        let x = summaries.get(1).unwrap();
+        assert_eq!(x.rounds, 3);
+        assert!((x.cpu_ratio - 1.5).abs() < 1e-9);
+        assert!((x.cpu_ratio_range.0 - 1.2).abs() < 1e-9);
+        assert!((x.cpu_ratio_range.1 - 1.5).abs() < 1e-9);
+        assert_eq!(x.requests, 300);
     }
 }

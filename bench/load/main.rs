@@ -35,14 +35,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use heimdall::test_helpers::cerbos::{self, Cerbos};
 use heimdall::test_helpers::heimdall::{ConfigSource, HeimdallCommand, mint_token, start_heimdall};
 use heimdall::test_helpers::tools;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
-use report::Report;
 use h2load::{CpuTarget, NoopChild};
+use report::Report;
 use targets::{
     CERBOS_FIXED_ID, CERBOS_PATH_PREFIX, Load, NoopServer, PATH, Target, anonymous_request,
     cerbos_request, check_request, preflight,
@@ -120,6 +121,14 @@ struct Args {
     /// loopback port, print its address and serve until killed.
     #[arg(long, hide = true)]
     serve_noop: bool,
+    /// With `--generator h2load`: measure every target this many times, in turn, and report
+    /// the medians (each ratio against the no-op of the same round).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+    rounds: u16,
+    /// With `--generator h2load`: another heimdall binary (e.g. the previous commit's) measured
+    /// in the same rounds as `before-documents` and `before-public`, to see what a change did.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -314,36 +323,69 @@ async fn run_h2load(args: &Args) -> anyhow::Result<bool> {
     let heimdall = start_heimdall(&plain, "heimdall").await?;
     let heimdall_pid = heimdall.pid().context("heimdall is not running")?;
     let documents = check_request(&token, PATH, &[]);
+    let public = anonymous_request(PUBLIC_PATH);
+    let noop_pid = noop.pid()?;
+    // Every heimdall target is compared with the no-op server answering the very same frame:
+    // a smaller request costs the no-op less too.
+    let noop_for = |name: &'static str, request: &CheckRequest, setup: &'static str| CpuTarget {
+        name,
+        pid: noop_pid,
+        addr: noop.addr,
+        request: request.clone(),
+        baseline: name,
+        cpu_goal: f64::INFINITY,
+        setup,
+    };
     let mut targets = vec![
-        CpuTarget {
-            name: "no-op",
-            pid: noop.pid()?,
-            addr: noop.addr,
-            request: documents.clone(),
-            baseline: "no-op",
-            cpu_goal: 1.0,
-            setup: PLAIN_SETUP,
-        },
+        noop_for("no-op/documents", &documents, PLAIN_SETUP),
         CpuTarget {
             name: "heimdall-documents",
             pid: heimdall_pid,
             addr: heimdall.grpc_addr(),
             request: documents.clone(),
-            baseline: "no-op",
+            baseline: "no-op/documents",
             cpu_goal: 1.15,
             setup: PLAIN_SETUP,
         },
+        noop_for("no-op/public", &public, PUBLIC_SETUP),
         CpuTarget {
             name: "heimdall-public",
             pid: heimdall_pid,
             addr: heimdall.grpc_addr(),
-            request: anonymous_request(PUBLIC_PATH),
-            baseline: "no-op",
+            request: public.clone(),
+            baseline: "no-op/public",
             cpu_goal: 1.05,
             setup: PUBLIC_SETUP,
         },
     ];
     let mut others = Vec::new();
+    if let Some(before) = &args.compare_bin {
+        // Same key and configuration, another binary: an A/B of two builds in one run.
+        let command = plain.on_fresh_ports().binary(before.clone());
+        let child = start_heimdall(&command, "before").await?;
+        let pid = child
+            .pid()
+            .context("the --compare-bin heimdall is not running")?;
+        targets.push(CpuTarget {
+            name: "before-documents",
+            pid,
+            addr: child.grpc_addr(),
+            request: documents.clone(),
+            baseline: "no-op/documents",
+            cpu_goal: f64::INFINITY,
+            setup: PLAIN_SETUP,
+        });
+        targets.push(CpuTarget {
+            name: "before-public",
+            pid,
+            addr: child.grpc_addr(),
+            request: public.clone(),
+            baseline: "no-op/public",
+            cpu_goal: f64::INFINITY,
+            setup: PUBLIC_SETUP,
+        });
+        others.push(child);
+    }
     let mut pdp = None;
     if args.cerbos {
         let cerbos = start_cerbos(args).await?;
@@ -362,33 +404,30 @@ async fn run_h2load(args: &Args) -> anyhow::Result<bool> {
         .await?;
         let cached = start_heimdall(&cached_env, "heimdall-cerbos-cached").await?;
         let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
+        let request = check_request(&token, &path, &[("x-department", "eng")]);
+        targets.push(noop_for("no-op/cerbos", &request, CERBOS_SETUP));
         targets.push(CpuTarget {
             name: "heimdall-cerbos-cached",
             pid: cached.pid().context("heimdall is not running")?,
             addr: cached.grpc_addr(),
-            request: check_request(&token, &path, &[("x-department", "eng")]),
-            baseline: "no-op",
+            request,
+            baseline: "no-op/cerbos",
             cpu_goal: 1.3,
             setup: CERBOS_SETUP,
         });
         others.push(cached);
         pdp = Some(cerbos);
     }
-    if args.repeat {
-        targets.push(CpuTarget {
-            name: "no-op-again",
-            pid: noop.pid()?,
-            addr: noop.addr,
-            request: documents,
-            baseline: "no-op",
-            cpu_goal: f64::INFINITY,
-            setup: PLAIN_SETUP,
-        });
+    let mut rounds = Vec::with_capacity(usize::from(args.rounds));
+    for round in 1..=args.rounds {
+        eprintln!("load: round {round} of {}", args.rounds);
+        let mut phases = Vec::with_capacity(targets.len());
+        for target in &targets {
+            phases.push(h2load::measure(target, args).await?);
+        }
+        rounds.push(phases);
     }
-    let mut phases = Vec::with_capacity(targets.len());
-    for target in &targets {
-        phases.push(h2load::measure(target, args).await?);
-    }
+    let summaries = h2load::summarize(&rounds);
     let mut heimdall = heimdall;
     heimdall.kill().await;
     for mut child in others {
@@ -399,11 +438,14 @@ async fn run_h2load(args: &Args) -> anyhow::Result<bool> {
     }
     drop(noop);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&h2load::to_json(&phases))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&h2load::to_json(&rounds, &summaries))?
+        );
     } else {
-        h2load::print_table(&phases);
+        h2load::print_table(&summaries);
     }
-    Ok(phases.iter().all(|p| p.failed == 0))
+    Ok(summaries.iter().all(|s| s.failed == 0))
 }
 
 // ---------------------------------------------------------------------------------------------

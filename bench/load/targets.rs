@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse,
-};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse};
 use heimdall::cerbos::pb::cerbos::effect::v1::Effect;
 use heimdall::cerbos::pb::cerbos::engine::v1::{Principal, Resource};
 use heimdall::cerbos::pb::cerbos::request::v1::{CheckResourcesRequest, check_resources_request};

@@ -12,6 +12,7 @@ mod analysis;
 mod bind;
 mod direct;
 pub(crate) mod fields;
+mod predicate;
 mod render;
 
 use std::sync::{Arc, LazyLock};
@@ -23,6 +24,7 @@ use cel::{Context, Env, Program, Value};
 pub(crate) use bind::Vars;
 use direct::Direct;
 pub(crate) use fields::{Uses, Variable};
+use predicate::Predicate;
 
 static ENV: LazyLock<Option<Arc<Env>>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
@@ -69,6 +71,9 @@ pub struct Expr {
     /// Set for a plain field read (`subject.id`, `request.headers.accept`): evaluated without the
     /// interpreter, with the same result and errors.
     direct: Option<Direct>,
+    /// Set for a condition of the usual shapes (`"admin" in subject.roles`): decided without the
+    /// interpreter where it can be, with the same result.
+    predicate: Option<Predicate>,
 }
 
 impl Expr {
@@ -94,11 +99,13 @@ impl Expr {
         let mut uses = Uses::default();
         analysis::walk(program.expression(), &mut uses, expr)?;
         let direct = Direct::detect(program.expression());
+        let predicate = Predicate::detect(program.expression());
         Ok(Self {
             expr: Arc::from(expr),
             program: Arc::new(program),
             uses,
             direct,
+            predicate,
         })
     }
 
@@ -136,6 +143,9 @@ impl Expr {
 
     /// Evaluates a condition. Anything but a boolean is an error, never "true".
     pub fn eval_bool(&self, vars: &Vars<'_>) -> Result<bool, ExprError> {
+        if let Some(decided) = self.predicate.as_ref().and_then(|p| p.decide(vars)) {
+            return Ok(decided);
+        }
         if let Some(direct) = &self.direct {
             return match direct.json(self, vars)? {
                 serde_json::Value::Bool(b) => Ok(b),
@@ -255,6 +265,7 @@ mod tests {
             program: Arc::new(env().unwrap().compile(src).unwrap()),
             uses: Uses::ALL,
             direct: None,
+            predicate: None,
         };
         expr.eval_json(vars)
     }
@@ -420,6 +431,100 @@ mod tests {
             assert!(
                 Expr::compile(source).unwrap().direct.is_none(),
                 "{source} is not a plain read"
+            );
+        }
+    }
+
+    /// Conditions decided without the interpreter decide exactly as it does: for every binding
+    /// (no subject, no principal, roles or not, headers present, missing or pseudo), the
+    /// predicate's answer — or its deferral to the interpreter — gives the interpreter's result.
+    #[test]
+    fn predicates_decide_as_the_interpreter_does() {
+        let conditions = [
+            r#""admin" in subject.roles"#,
+            r#""editor" in subject.roles"#,
+            r#"request.method in ["GET", "HEAD"]"#,
+            r#"request.method in ["GET", "HEAD"] || "editor" in subject.roles"#,
+            r#"request.method == "PUT" && "user" in subject.roles"#,
+            r#""PUT" == request.method"#,
+            r#"request.method != "GET""#,
+            r#"!("admin" in subject.roles)"#,
+            r#"subject.id == "alice""#,
+            r#"subject.id in ["bob", "alice"]"#,
+            r#"request.host == "api.example.com" && request.path == "/documents/42""#,
+            r#"request.scheme == "https" || request.authority == "x""#,
+            r#"request.raw_query == "x=1""#,
+            r#"request.id == """#,
+            r#""accept" in request.headers"#,
+            r#""missing" in request.headers"#,
+            r#"":authority" in request.headers"#,
+            r#"request.headers.accept.contains("text/html")"#,
+            r#"request.headers.accept.startsWith("text/")"#,
+            r#"request.headers.accept.endsWith("xml")"#,
+            r#"request.headers.missing.contains("x")"#,
+            r#""accept" in request.headers && request.headers.accept.contains("text/html")"#,
+            r#""missing" in request.headers && request.headers.missing.contains("x")"#,
+            r#"request.headers.missing.contains("x") && request.method == "GET""#,
+            r#"request.headers.missing.contains("x") || "user" in subject.roles"#,
+            r#""user" in subject.roles || request.headers.missing.contains("x")"#,
+        ];
+        let with_accept = HashMap::from([
+            ("accept".to_string(), "text/html".to_string()),
+            (":authority".to_string(), "api.example.com".to_string()),
+        ]);
+        let without = HashMap::new();
+        let line = RequestLine::parse(
+            "PUT",
+            "api.example.com:8443",
+            "/documents/42?x=1",
+            &Default::default(),
+        )
+        .unwrap();
+        let plain = subject();
+        let layered = layered();
+        let empty = Subject::default();
+        let captures = vec![];
+        for headers in [&with_accept, &without] {
+            let req = RequestView::new(&line, "https", Headers::Map(headers));
+            let bindings: Vec<Vars<'_>> = [Some(&plain), Some(&layered), Some(&empty), None]
+                .into_iter()
+                .map(|subject| {
+                    let mut vars = Vars::default();
+                    vars.bind_request(&req, &captures);
+                    if let Some(subject) = subject {
+                        vars.bind_subject(subject);
+                    }
+                    vars
+                })
+                .chain(std::iter::once(Vars::default()))
+                .collect();
+            for source in conditions {
+                let fast = Expr::compile(source).unwrap();
+                assert!(fast.predicate.is_some(), "{source} should be a predicate");
+                let mut interpreted = fast.clone();
+                interpreted.predicate = None;
+                interpreted.direct = None;
+                for vars in &bindings {
+                    assert_eq!(
+                        fast.eval_bool(vars),
+                        interpreted.eval_bool(vars),
+                        "{source}"
+                    );
+                }
+            }
+        }
+        for source in [
+            r#"subject.roles.exists(r, r == "admin")"#,
+            r#"request.method in subject.roles"#,
+            r#""a" in request.query"#,
+            r#"request.headers["accept"].contains("x")"#,
+            r#"subject.attr.plan == "pro""#,
+            r#"request.method in ["GET", 1]"#,
+            r#"size(request.path) > 1"#,
+        ] {
+            assert!(
+                Expr::compile(source).unwrap().predicate.is_none(),
+                "{source} is not one of the plain shapes"
             );
         }
     }

@@ -71,7 +71,12 @@ impl Authenticator {
         match self {
             Self::Paseto(a) => {
                 let principal = a.authenticate(req)?;
-                a.check_revocation(principal).await
+                if a.revocations.is_none() {
+                    return Ok(principal);
+                }
+                // Boxed: the store lookup's state would otherwise make every Check's future
+                // (allocated and moved per request) as large as the rarely taken I/O path.
+                Box::pin(a.check_revocation(principal)).await
             }
             Self::Anonymous(a) => Ok(Arc::clone(&a.principal)),
             Self::Unauthorized(id) => Err(AuthnError::Failed(StepError::new(

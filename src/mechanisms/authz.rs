@@ -202,7 +202,9 @@ impl Authorizer {
                     e.to_string(),
                 )),
             },
-            Self::Cerbos(a) => a.authorize(vars).await,
+            // Boxed: a gRPC call's state is kilobytes, and without the box every Check's future
+            // (allocated and moved per request) would be that large, whatever the rule.
+            Self::Cerbos(a) => Box::pin(a.authorize(vars)).await,
         }
     }
 

@@ -50,7 +50,8 @@ impl Contextualizer {
     /// Enriches `subject` in place.
     pub async fn contextualize(&self, subject: &mut Subject) -> Result<(), StepError> {
         match self {
-            Self::PrincipalAttributes(c) => c.contextualize(subject).await,
+            // Boxed, like the other I/O steps: only rules that enrich pay for the lookup's state.
+            Self::PrincipalAttributes(c) => Box::pin(c.contextualize(subject)).await,
         }
     }
 }
