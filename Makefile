@@ -5,7 +5,8 @@
 #                     Envoy in the foreground (Ctrl-C stops all); publish events with
 #                     scripts/publish-event.py
 #   make test         tools, then rustfmt check, clippy (warnings are errors) and every test target
-#   make bench        criterion benches of the pipeline, then the load harness
+#   make bench        criterion benches of the pipeline, allocations per Check, the load harness,
+#                     then CPU per Check against a no-op server driven by h2load (installed first)
 #   make bench-envoy  open-loop latency through Envoy, with heimdall's ext_authz and without
 #                     (bench/envoy/, bench/README.md); installs Envoy and the opt-in oha first.
 #                     ENVOY_BENCH_ARGS passes flags, e.g. ENVOY_BENCH_ARGS="--duration 5 --json"
@@ -35,9 +36,12 @@ test:
 	scripts/test.sh
 
 bench:
+	scripts/install-tools.sh h2load
 	cargo build --release
 	cargo bench --bench pipeline
+	cargo bench --bench allocations
 	cargo run --release --example load
+	cargo run --release --example load -- --generator h2load --connections 8 --concurrency 128 --rounds 3
 
 bench-envoy:
 	scripts/install-tools.sh envoy oha

@@ -36,18 +36,36 @@ use heimdall::tokens::Purpose;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
-/// Calls before counting (connections, caches, lazily built state), then counted calls.
-const WARM_UP: usize = 2_000;
-const COUNTED: usize = 10_000;
+/// Calls before counting (connections, caches, lazily built state), then counted calls; under
+/// `cargo test` (no `--bench` argument, a debug build) a short run that checks the bench works
+/// and holds no budget, since debug builds allocate differently.
+struct Calls {
+    warm_up: usize,
+    counted: usize,
+}
+
+const BENCH: Calls = Calls {
+    warm_up: 2_000,
+    counted: 10_000,
+};
+const SMOKE: Calls = Calls {
+    warm_up: 50,
+    counted: 200,
+};
 /// Calls in flight at once, over this many HTTP/2 connections.
 const IN_FLIGHT: usize = 16;
 const CONNECTIONS: usize = 4;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Allocations per served Check: heimdall's budget is the no-op's figure plus this many.
-const SERVED_EXTRA_BUDGET: f64 = 30.0;
-/// Allocations per in-process Check (the engine, the request view, the response message).
-const ENGINE_BUDGET: f64 = 30.0;
+/// Allocations per served Check: heimdall's budget is the no-op's figure plus this many (what
+/// the documents rule measured at the time of writing: +2, its response carries two headers
+/// and a removal more than the no-op's).
+const SERVED_EXTRA_BUDGET: f64 = 8.0;
+/// Allocations per in-process Check (the engine, the request view, the response message): the
+/// documents rule (token, CEL, two header values, one removal, the rule's metadata) measured 11,
+/// the public rule 7. Most are the response's own strings.
+const DOCUMENTS_BUDGET: f64 = 14.0;
+const PUBLIC_BUDGET: f64 = 9.0;
 
 fn documents_request(token: &str) -> CheckRequest {
     CheckRequestBuilder::get("/api/documents/42")
@@ -149,7 +167,12 @@ async fn drive(channels: &[Channel], request: &CheckRequest, calls: usize) {
 }
 
 /// Allocations per Check on the server thread for `request`, served by what `start` starts.
-fn served<S, F>(client: &tokio::runtime::Runtime, start: S, request: &CheckRequest) -> PerCheck
+fn served<S, F>(
+    client: &tokio::runtime::Runtime,
+    calls: &Calls,
+    start: S,
+    request: &CheckRequest,
+) -> PerCheck
 where
     S: FnOnce() -> F + Send + 'static,
     F: std::future::Future<Output = (SocketAddr, Box<dyn std::any::Any>)>,
@@ -167,12 +190,12 @@ where
                     .unwrap(),
             );
         }
-        drive(&channels, request, WARM_UP).await;
+        drive(&channels, request, calls.warm_up).await;
         warmed.send(()).unwrap();
-        drive(&channels, request, COUNTED).await;
+        drive(&channels, request, calls.counted).await;
         measured.send(()).unwrap();
     });
-    PerCheck::of(&server.join().unwrap(), COUNTED)
+    PerCheck::of(&server.join().unwrap(), calls.counted)
 }
 
 async fn start_noop() -> (SocketAddr, Box<dyn std::any::Any>) {
@@ -198,6 +221,7 @@ async fn start_heimdall() -> (SocketAddr, Box<dyn std::any::Any>) {
 
 /// Allocations per `ExtAuthz::check` in process, on this thread.
 fn in_process(
+    calls: &Calls,
     runtime: &tokio::runtime::Runtime,
     service: &ExtAuthz,
     request: &CheckRequest,
@@ -215,18 +239,18 @@ fn in_process(
             ));
         });
     };
-    for _ in 0..WARM_UP {
+    for _ in 0..calls.warm_up {
         call(request.clone());
     }
     // The copies are made before counting: Envoy's request arrives decoded, not cloned.
-    let requests: Vec<CheckRequest> = (0..COUNTED).map(|_| request.clone()).collect();
+    let requests: Vec<CheckRequest> = (0..calls.counted).map(|_| request.clone()).collect();
     let mut requests = requests.into_iter();
     let info = allocation_counter::measure(|| {
         for request in requests.by_ref() {
             call(request);
         }
     });
-    PerCheck::of(&info, COUNTED)
+    PerCheck::of(&info, calls.counted)
 }
 
 fn main() {
@@ -244,9 +268,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let noop = served(&client, start_noop, &documents);
-    let heimdall_documents = served(&client, start_heimdall, &documents);
-    let heimdall_public = served(&client, start_heimdall, &public);
+    let benchmarking = std::env::args().any(|arg| arg == "--bench");
+    let calls = if benchmarking { &BENCH } else { &SMOKE };
+    let noop = served(&client, calls, start_noop, &documents);
+    let heimdall_documents = served(&client, calls, start_heimdall, &documents);
+    let heimdall_public = served(&client, calls, start_heimdall, &public);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -255,8 +281,8 @@ fn main() {
     let built = heimdall::app::build(embedded_config(), test_keys()).unwrap();
     let engine = built.engine;
     let service = ExtAuthz::new(std::sync::Arc::clone(&engine));
-    let engine_documents = in_process(&runtime, &service, &documents);
-    let engine_public = in_process(&runtime, &service, &public);
+    let engine_documents = in_process(calls, &runtime, &service, &documents);
+    let engine_public = in_process(calls, &runtime, &service, &public);
 
     // The decision future is boxed once per Check (by the service trait), so its size is bytes
     // allocated and, where a future is moved into its box, copied on every call.
@@ -280,9 +306,9 @@ fn main() {
         (
             "in process: documents",
             &engine_documents,
-            Some(ENGINE_BUDGET),
+            Some(DOCUMENTS_BUDGET),
         ),
-        ("in process: public", &engine_public, Some(ENGINE_BUDGET)),
+        ("in process: public", &engine_public, Some(PUBLIC_BUDGET)),
     ];
     println!(
         "{:<30} {:>12} {:>12} {:>16}",
@@ -309,7 +335,10 @@ fn main() {
         heimdall_public.allocations - noop.allocations
     );
     println!("size of the Engine::decide future: {decide_future_bytes} bytes");
-    if over {
+    if !benchmarking {
+        println!("(a short smoke run under `cargo test`: budgets are held by `cargo bench` only)");
+    }
+    if over && benchmarking {
         eprintln!("allocations: a budget is exceeded");
         std::process::exit(1);
     }

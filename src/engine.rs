@@ -133,10 +133,13 @@ impl Engine {
         // (about 4% of CPU under load), and the decision log lines carry `rule.id` themselves.
         let span =
             tracing::debug_span!("check", request.id = %req.id, rule.id = tracing::field::Empty);
-        self.decide_inner(req).instrument(span).await
+        // A handle to record the rule into: `Span::current()` would ask the subscriber on every
+        // Check, even when the span is disabled.
+        let record = span.clone();
+        self.decide_inner(req, &record).instrument(span).await
     }
 
-    async fn decide_inner(&self, req: &RequestView<'_>) -> Decided {
+    async fn decide_inner(&self, req: &RequestView<'_>, span: &tracing::Span) -> Decided {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         // Decremented on drop too: a Check whose client went away is cancelled mid-way.
@@ -149,7 +152,7 @@ impl Engine {
         let (outcome, rule, rule_metrics) =
             match rules.select(named, req.method, req.host, req.path) {
                 Ok(selected) => {
-                    tracing::Span::current().record("rule.id", &*selected.rule.id);
+                    span.record("rule.id", &*selected.rule.id);
                     let outcome = match tokio::time::timeout(
                         self.check_timeout,
                         selected.rule.pipeline.execute(req, &selected.captures),

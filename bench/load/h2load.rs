@@ -223,6 +223,11 @@ async fn h2load(
     let streams = (args.concurrency / args.connections).max(1);
     let seconds = duration.as_secs().max(1);
     let mut command = Command::new(bin);
+    if let Some(rate) = args.rate {
+        // h2load paces requests per client (connection): split the total rate over them.
+        let per_client = (rate / u32::try_from(args.connections).unwrap_or(u32::MAX)).max(1);
+        command.arg(format!("--rps={per_client}"));
+    }
     command
         .args(["-t", "1"])
         .args(["-c", &args.connections.to_string()])

@@ -125,6 +125,11 @@ struct Args {
     /// the medians (each ratio against the no-op of the same round).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
     rounds: u16,
+    /// With `--generator h2load`: a fixed total request rate (req/s, paced per connection with
+    /// h2load's `--rps`) instead of as fast as the server answers, so that every target does
+    /// the same work per second and CPU per Check compares like with like.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: Option<u32>,
     /// With `--generator h2load`: another heimdall binary (e.g. the previous commit's) measured
     /// in the same rounds as `before-documents` and `before-public`, to see what a change did.
     #[arg(long)]

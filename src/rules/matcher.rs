@@ -510,10 +510,12 @@ impl Matcher {
             .iter()
             .map(|&(name, start, end)| {
                 let raw = path.get(start..end).unwrap_or("");
-                (
-                    name,
-                    percent_encoding::percent_decode_str(raw).decode_utf8_lossy(),
-                )
+                let value = if raw.contains('%') {
+                    percent_encoding::percent_decode_str(raw).decode_utf8_lossy()
+                } else {
+                    Cow::Borrowed(raw)
+                };
+                (name, value)
             })
             .collect();
         if let Some(name) = hit.route.empty_capture.and_then(|i| self.names.get(i)) {
