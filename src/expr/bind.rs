@@ -296,14 +296,19 @@ pub(super) struct QuerySource<'a>(&'a str);
 
 impl<'a> QuerySource<'a> {
     fn pairs(self) -> impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)> {
-        self.0.split('&').filter(|p| !p.is_empty()).map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_encoding::percent_decode_str(k).decode_utf8_lossy(),
-                percent_encoding::percent_decode_str(v).decode_utf8_lossy(),
-            )
-        })
+        query_pairs(self.0)
     }
+}
+
+/// The decoded `(name, value)` pairs of a raw query string, in order.
+pub(super) fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (
+            percent_encoding::percent_decode_str(k).decode_utf8_lossy(),
+            percent_encoding::percent_decode_str(v).decode_utf8_lossy(),
+        )
+    })
 }
 
 impl<'a> Source<'a> for QuerySource<'a> {

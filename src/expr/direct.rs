@@ -19,9 +19,27 @@ pub(super) enum Direct {
 }
 
 impl Direct {
-    /// Recognizes `variable.field` and `variable.map.key` for the fields that allow it.
+    /// Recognizes `variable.field` and `variable.map.key` (or `variable.map["key"]`) for the
+    /// fields that allow it.
     pub(super) fn detect(expr: &cel::parser::Expression) -> Option<Self> {
-        use cel::common::ast::Expr as Ast;
+        use cel::common::ast::{Expr as Ast, LiteralValue, operators};
+        if let Ast::Call(call) = &expr.expr
+            && call.func_name == operators::INDEX
+            && call.target.is_none()
+            && let [map, key] = call.args.as_slice()
+            && let Ast::Literal(LiteralValue::String(key)) = &key.expr
+            && let Ast::Select(inner) = &map.expr
+            && !inner.test
+            && let Ast::Ident(var) = &inner.operand.expr
+        {
+            let key: Box<str> = key.inner().into();
+            return match (var.as_str(), inner.field.as_str()) {
+                ("subject", "attr") => Some(Self::SubjectAttr(key)),
+                ("request", "headers") => Some(Self::RequestHeader(key)),
+                ("request", "captures") => Some(Self::RequestCapture(key)),
+                _ => None,
+            };
+        }
         let Ast::Select(outer) = &expr.expr else {
             return None;
         };
@@ -69,6 +87,7 @@ impl Direct {
 
     /// The read rendered as [`Expr::eval_string`] renders it.
     pub(super) fn string(&self, expr: &Expr, vars: &Vars<'_>) -> Result<String, ExprError> {
+        self.check_bound(expr, vars)?;
         let primary = vars.subject().and_then(Subject::primary);
         match self {
             Self::Subject(SubjectField::Roles) => {
@@ -121,12 +140,65 @@ impl Direct {
         }
     }
 
+    /// A read of `subject` where none is bound (an authenticator's condition) fails as the
+    /// interpreter fails it.
+    fn check_bound(&self, expr: &Expr, vars: &Vars<'_>) -> Result<(), ExprError> {
+        match self {
+            Self::Subject(_) | Self::SubjectAttr(_) if vars.subject().is_none() => {
+                Err(unbound(expr, "subject"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The read when it is a string that is there (`None` for a missing key, an unbound
+    /// variable, roles or a non-string attribute): what a map lookup keyed by it needs.
+    pub(super) fn text<'v>(&self, vars: &'v Vars<'_>) -> Option<std::borrow::Cow<'v, str>> {
+        use std::borrow::Cow;
+        match self {
+            Self::Subject(SubjectField::Id) => Some(Cow::Borrowed(&*vars.subject()?.primary()?.id)),
+            Self::Subject(SubjectField::Mechanism) => {
+                Some(Cow::Borrowed(&*vars.subject()?.primary()?.mechanism))
+            }
+            Self::Subject(_) => None,
+            Self::SubjectAttr(key) => match vars.subject()?.primary()?.attr(key)? {
+                serde_json::Value::String(text) => Some(Cow::Borrowed(text.as_str())),
+                _ => None,
+            },
+            Self::Request(field) => {
+                let req = vars.request()?;
+                Some(Cow::Borrowed(match field {
+                    RequestField::Id => req.id,
+                    RequestField::Method => req.method,
+                    RequestField::Scheme => req.scheme,
+                    RequestField::Host => req.host,
+                    RequestField::Authority => req.authority,
+                    RequestField::Path => req.path,
+                    RequestField::RawQuery => req.query,
+                    _ => return None,
+                }))
+            }
+            Self::RequestHeader(name) if !name.starts_with(':') => {
+                vars.request()?.headers.get(name).map(Cow::Borrowed)
+            }
+            Self::RequestHeader(_) => None,
+            Self::RequestCapture(name) => {
+                vars.request()?;
+                vars.captures()
+                    .iter()
+                    .find(|(n, _)| *n == &**name)
+                    .map(|(_, v)| Cow::Owned(v.to_string()))
+            }
+        }
+    }
+
     /// The read as JSON, for the evaluation modes other than [`Expr::eval_string`].
     pub(super) fn json(
         &self,
         expr: &Expr,
         vars: &Vars<'_>,
     ) -> Result<serde_json::Value, ExprError> {
+        self.check_bound(expr, vars)?;
         let primary = || vars.subject().and_then(Subject::primary);
         match self {
             Self::Subject(SubjectField::Roles) => Ok(serde_json::Value::Array(

@@ -12,6 +12,7 @@ mod analysis;
 mod bind;
 mod direct;
 pub(crate) mod fields;
+mod plain;
 mod predicate;
 mod render;
 
@@ -24,6 +25,7 @@ use cel::{Context, Env, Program, Value};
 pub(crate) use bind::Vars;
 use direct::Direct;
 pub(crate) use fields::{Uses, Variable};
+use plain::Plain;
 use predicate::Predicate;
 
 static ENV: LazyLock<Option<Arc<Env>>> = LazyLock::new(|| {
@@ -74,6 +76,9 @@ pub struct Expr {
     /// Set for a condition of the usual shapes (`"admin" in subject.roles`): decided without the
     /// interpreter where it can be, with the same result.
     predicate: Option<Predicate>,
+    /// Set for a value of the usual compound shapes (`cond ? a : b`, `{...}[request.method]`,
+    /// `request.query.x`): computed without the interpreter where it can be, same result.
+    plain: Option<Plain>,
 }
 
 impl Expr {
@@ -100,12 +105,18 @@ impl Expr {
         analysis::walk(program.expression(), &mut uses, expr)?;
         let direct = Direct::detect(program.expression());
         let predicate = Predicate::detect(program.expression());
+        let plain = if direct.is_none() {
+            Plain::detect(program.expression())
+        } else {
+            None
+        };
         Ok(Self {
             expr: Arc::from(expr),
             program: Arc::new(program),
             uses,
             direct,
             predicate,
+            plain,
         })
     }
 
@@ -166,6 +177,9 @@ impl Expr {
         if let Some(direct) = &self.direct {
             return direct.string(self, vars);
         }
+        if let Some(computed) = self.plain.as_ref().and_then(|p| p.string(self, vars)) {
+            return computed;
+        }
         self.eval(vars, "a string, number, bool or list", |value| {
             let mut out = String::new();
             render::render(value, &mut out).map(|()| out)
@@ -175,8 +189,13 @@ impl Expr {
     /// Evaluates to a list of strings: a string is a list of one, a list must hold strings.
     pub fn eval_strings(&self, vars: &Vars<'_>) -> Result<Vec<String>, ExprError> {
         const EXPECTED: &str = "a string or a list of strings";
-        if let Some(direct) = &self.direct {
-            return match direct.json(self, vars)? {
+        let fast = match (&self.direct, &self.plain) {
+            (Some(direct), _) => Some(direct.json(self, vars)),
+            (None, Some(plain)) => plain.json(self, vars),
+            (None, None) => None,
+        };
+        if let Some(value) = fast {
+            return match value? {
                 serde_json::Value::String(s) => Ok(vec![s]),
                 serde_json::Value::Array(items) => items
                     .into_iter()
@@ -197,6 +216,9 @@ impl Expr {
     pub fn eval_json(&self, vars: &Vars<'_>) -> Result<serde_json::Value, ExprError> {
         if let Some(direct) = &self.direct {
             return direct.json(self, vars);
+        }
+        if let Some(computed) = self.plain.as_ref().and_then(|p| p.json(self, vars)) {
+            return computed;
         }
         self.eval(vars, "a JSON-like value", render::to_json)
     }
@@ -266,6 +288,7 @@ mod tests {
             uses: Uses::ALL,
             direct: None,
             predicate: None,
+            plain: None,
         };
         expr.eval_json(vars)
     }
@@ -370,6 +393,11 @@ mod tests {
             "request.headers.missing",
             "request.captures.id",
             "request.captures.nope",
+            "request.headers[\"accept\"]",
+            "request.headers[\"missing\"]",
+            "request.captures[\"id\"]",
+            "subject.attr[\"plan\"]",
+            "subject.attr[\"missing\"]",
         ];
         let layered = layered();
         let empty = Subject::default();
@@ -411,6 +439,8 @@ mod tests {
             "request.method",
             "request.headers.accept",
             "request.captures.id",
+            "subject.id",
+            "subject.attr.plan",
         ] {
             let direct = Expr::compile(source).unwrap();
             let mut interpreted = direct.clone();
@@ -426,7 +456,7 @@ mod tests {
             r#"subject.id + "!""#,
             "subject.principals",
             "request.query",
-            "request.headers[\"accept\"]",
+            "request.headers[request.method]",
         ] {
             assert!(
                 Expr::compile(source).unwrap().direct.is_none(),
@@ -466,6 +496,8 @@ mod tests {
             r#""missing" in request.headers && request.headers.missing.contains("x")"#,
             r#"request.headers.missing.contains("x") && request.method == "GET""#,
             r#"request.headers.missing.contains("x") || "user" in subject.roles"#,
+            r#""x" in request.query"#,
+            r#"request.headers.accept == "text/html" && request.raw_query == "x=1""#,
             r#""user" in subject.roles || request.headers.missing.contains("x")"#,
         ];
         let with_accept = HashMap::from([
@@ -516,7 +548,7 @@ mod tests {
         for source in [
             r#"subject.roles.exists(r, r == "admin")"#,
             r#"request.method in subject.roles"#,
-            r#""a" in request.query"#,
+            r#""a" in request.query.keys()"#,
             r#"request.headers["accept"].contains("x")"#,
             r#"subject.attr.plan == "pro""#,
             r#"request.method in ["GET", 1]"#,
@@ -524,6 +556,112 @@ mod tests {
         ] {
             assert!(
                 Expr::compile(source).unwrap().predicate.is_none(),
+                "{source} is not one of the plain shapes"
+            );
+        }
+    }
+
+    /// Compound values computed without the interpreter give the interpreter's results and
+    /// errors, in every evaluation mode, for every binding.
+    #[test]
+    fn plain_values_match_the_interpreter() {
+        let values = [
+            r#""x-department" in request.headers ? request.headers["x-department"] : """#,
+            r#""missing" in request.headers ? request.headers["missing"] : "none""#,
+            r#""x-department" in request.headers ? request.headers.missing : "none""#,
+            r#"{"GET": "view", "HEAD": "view", "PUT": "edit"}[request.method]"#,
+            r#"{"GET": "view"}[request.method]"#,
+            r#"{"alice": "owner"}[subject.id]"#,
+            r#"{"pro": "paid"}[subject.attr.plan]"#,
+            r#"{"x": "y"}[subject.attr.seats]"#,
+            r#"{"x": "y"}[request.headers.missing]"#,
+            r#""status" in request.query ? request.query.status : "published""#,
+            r#""public" in request.query && request.query.public == "true""#,
+            r#"request.query.status"#,
+            r#"request.query["page"]"#,
+            r#"request.query.missing"#,
+            r#"request.headers.accept == "text/html""#,
+            r#"request.headers.missing == "x""#,
+            r#""editor" in subject.roles ? "write" : "read""#,
+            r#"request.method == "PUT" ? request.captures.id : subject.id"#,
+            r#""admin" in subject.roles"#,
+        ];
+        let with = HashMap::from([
+            ("accept".to_string(), "text/html".to_string()),
+            ("x-department".to_string(), "eng".to_string()),
+        ]);
+        let without = HashMap::new();
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("plan".into(), "pro".into());
+        attributes.insert("seats".into(), json!(5));
+        let plain = Subject::single(Principal::new(
+            "alice",
+            vec!["user".into(), "editor".into()],
+            attributes,
+            "test",
+        ));
+        let layered = layered();
+        let empty = Subject::default();
+        for (method, raw) in [
+            ("PUT", "/documents/42?status=draft&public=true&page=%32"),
+            ("GET", "/documents/42?public=false"),
+            ("DELETE", "/documents/42"),
+        ] {
+            let line =
+                RequestLine::parse(method, "api.example.com", raw, &Default::default()).unwrap();
+            let captures = vec![("id", Cow::Borrowed("42"))];
+            for headers in [&with, &without] {
+                let req = RequestView::new(&line, "https", Headers::Map(headers));
+                let bindings: Vec<Vars<'_>> = [Some(&plain), Some(&layered), Some(&empty), None]
+                    .into_iter()
+                    .map(|subject| {
+                        let mut vars = Vars::default();
+                        vars.bind_request(&req, &captures);
+                        if let Some(subject) = subject {
+                            vars.bind_subject(subject);
+                        }
+                        vars
+                    })
+                    .chain(std::iter::once(Vars::default()))
+                    .collect();
+                for source in values {
+                    let fast = Expr::compile(source).unwrap();
+                    assert!(
+                        fast.plain.is_some(),
+                        "{source} should be computed without the interpreter"
+                    );
+                    let mut interpreted = fast.clone();
+                    interpreted.plain = None;
+                    interpreted.predicate = None;
+                    interpreted.direct = None;
+                    for vars in &bindings {
+                        let context = format!("{source} for {method} {raw}");
+                        assert_eq!(
+                            fast.eval_json(vars),
+                            interpreted.eval_json(vars),
+                            "{context}"
+                        );
+                        assert_eq!(
+                            fast.eval_string(vars),
+                            interpreted.eval_string(vars),
+                            "{context}"
+                        );
+                        assert_eq!(
+                            fast.eval_strings(vars),
+                            interpreted.eval_strings(vars),
+                            "{context}"
+                        );
+                    }
+                }
+            }
+        }
+        for source in [
+            r#"{"GET": 1}[request.method]"#,
+            r#""a" in request.headers ? 1 : 2"#,
+            r#"request.method + "x""#,
+        ] {
+            assert!(
+                Expr::compile(source).unwrap().plain.is_none(),
                 "{source} is not one of the plain shapes"
             );
         }

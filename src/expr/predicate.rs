@@ -26,15 +26,21 @@ pub(super) enum Predicate {
     HasRole(Box<str>),
     /// `"accept" in request.headers`.
     HasHeader(Box<str>),
+    /// `"page" in request.query`.
+    HasQuery(Box<str>),
     /// `request.headers.accept.contains("text/html")` and its `startsWith` / `endsWith`.
     HeaderText(Box<str>, TextTest, Box<str>),
 }
 
 /// A string the condition compares.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum StringField {
     Request(RequestField),
     SubjectId,
+    /// `request.headers.<name>`: a missing header is the interpreter's error to report.
+    Header(Box<str>),
+    /// `request.query.<name>`, decoded, first value: missing likewise.
+    Query(Box<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +69,12 @@ fn field_of<'e>(expr: &'e IdedExpr, variable: &str) -> Option<&'e str> {
 }
 
 fn string_field(expr: &IdedExpr) -> Option<StringField> {
+    if let Some(name) = header_read(expr).filter(|h| !h.starts_with(':')) {
+        return Some(StringField::Header(name.into()));
+    }
+    if let Some(name) = query_read(expr) {
+        return Some(StringField::Query(name.into()));
+    }
     if let Some(field) = field_of(expr, "request") {
         return match RequestField::parse(field)? {
             f @ (RequestField::Id
@@ -88,6 +100,30 @@ fn header_read(expr: &IdedExpr) -> Option<&str> {
     };
     (!outer.test && field_of(&outer.operand, "request") == Some("headers"))
         .then_some(outer.field.as_str())
+}
+
+/// `request.query.<name>` or `request.query["name"]`.
+pub(super) fn query_read(expr: &IdedExpr) -> Option<&str> {
+    match &expr.expr {
+        Ast::Select(outer) => (!outer.test && field_of(&outer.operand, "request") == Some("query"))
+            .then_some(outer.field.as_str()),
+        Ast::Call(call)
+            if call.func_name == operators::INDEX
+                && call.target.is_none()
+                && let [map, key] = call.args.as_slice()
+                && field_of(map, "request") == Some("query") =>
+        {
+            string_literal(key)
+        }
+        _ => None,
+    }
+}
+
+/// The decoded value of query parameter `name` (the first one), as `request.query` reads it.
+pub(super) fn query_value<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    super::bind::query_pairs(query)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
 
 fn is_subject_roles(expr: &IdedExpr) -> bool {
@@ -142,6 +178,8 @@ impl Predicate {
                     Some(Self::HasRole(needle.into()))
                 } else if is_request_headers(haystack) {
                     Some(Self::HasHeader(needle.into()))
+                } else if field_of(haystack, "request") == Some("query") {
+                    Some(Self::HasQuery(needle.into()))
                 } else {
                     None
                 }
@@ -176,7 +214,13 @@ impl Predicate {
             },
             Self::Not(a) => a.decide(vars).map(|b| !b),
             Self::OneOf(field, values) => {
+                let query;
                 let value = match field {
+                    StringField::Header(name) => vars.request()?.headers.get(name)?,
+                    StringField::Query(name) => {
+                        query = query_value(vars.request()?.query, name)?;
+                        &*query
+                    }
                     StringField::Request(field) => {
                         let req = vars.request()?;
                         match field {
@@ -203,6 +247,7 @@ impl Predicate {
                 let req = vars.request()?;
                 Some(!name.starts_with(':') && req.headers.get(name).is_some())
             }
+            Self::HasQuery(name) => Some(query_value(vars.request()?.query, name).is_some()),
             Self::HeaderText(name, test, text) => {
                 // A missing header is an error for the interpreter to report (or to absorb).
                 let value = vars.request()?.headers.get(name)?;
