@@ -2,7 +2,8 @@
 //! without the filter, at fixed request rates, p50/p99/p99.9 side by side.
 //!
 //! One run starts `heimdall serve` (embedded configuration, a fresh PASETO_SYMMETRIC_KEY), mints
-//! a token for bench-user (roles user, editor), and starts two Envoys (`--concurrency 1`) from
+//! a token for bench-user (roles user, editor), and starts two Envoys (`--concurrency 1`, or
+//! `--envoy-workers`) from
 //! `bench/envoy/envoy.yaml`: one with the ext_authz filter of the shipped `envoy/envoy.yaml`
 //! (gRPC to heimdall, 250 ms timeout, fail closed), one identical but without the filter. Every
 //! request that passes is answered by Envoy itself, so the difference between the two is the
@@ -87,6 +88,10 @@ struct Args {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Worker threads of each Envoy (`--concurrency`): 1 by default; 2 is how a 2-core Envoy is
+    /// deployed, at the price of sharing the cores with heimdall and oha here.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    envoy_workers: u16,
 }
 
 /// Accepts plain seconds (`3`, `0.5`) as well as humantime durations (`3s`, `250ms`).
@@ -294,7 +299,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         (Variant::Plain, without_filter),
         (Variant::ExtAuthz, with_filter),
     ] {
-        let envoy = Envoy::start_rendered(config)
+        let envoy = Envoy::start_rendered_with_workers(config, args.envoy_workers)
             .await
             .context("envoy is not installed: run `scripts/install-tools.sh envoy`")?;
         let pid = pid_running_with(&envoy.config_path());
@@ -357,7 +362,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             "duration_s": args.duration.as_secs_f64(),
             "connections": args.connections,
             "oha": oha_version,
-            "envoy_concurrency": 1,
+            "envoy_concurrency": args.envoy_workers,
             "phases": phases.iter().map(Phase::to_json).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -705,10 +710,10 @@ fn pct(value: Option<f64>) -> String {
 
 fn print_table(phases: &[Phase], args: &Args, oha_version: &str) {
     println!(
-        "GET {PATH} through Envoy (--concurrency 1, HTTP/1.1, direct_response 200), {:?} per \
+        "GET {PATH} through Envoy (--concurrency {}, HTTP/1.1, direct_response 200), {:?} per \
          phase, {oha_version}; fixed rates open loop with latency correction over {} \
          connections",
-        args.duration, args.connections
+        args.envoy_workers, args.duration, args.connections
     );
     println!();
     println!(

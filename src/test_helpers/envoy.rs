@@ -147,10 +147,16 @@ impl Envoy {
     /// Starts Envoy with a fully rendered configuration (see [`render_shipped`]) and waits (at
     /// most 20 s) until it is ready; `None` and panics as [`Envoy::start`].
     pub async fn start_rendered(config: String) -> Option<Envoy> {
+        Self::start_rendered_with_workers(config, 1).await
+    }
+
+    /// [`Envoy::start_rendered`] with `workers` worker threads (`--concurrency`) instead of one,
+    /// for benchmarks; tests keep one, so they do not compete with heimdall for cores.
+    pub async fn start_rendered_with_workers(config: String, workers: u16) -> Option<Envoy> {
         let binary = tools::require("envoy")?;
         // An installed Envoy that does not start fails the test.
         Some(
-            Self::spawn(&binary, config)
+            Self::spawn(&binary, config, workers.max(1))
                 .await
                 .unwrap_or_else(|e| fail(&e)),
         )
@@ -196,10 +202,10 @@ impl Envoy {
         } else {
             config
         };
-        Self::spawn(binary, config).await
+        Self::spawn(binary, config, 1).await
     }
 
-    async fn spawn(binary: &Path, config: String) -> Result<Envoy, String> {
+    async fn spawn(binary: &Path, config: String, workers: u16) -> Result<Envoy, String> {
         let dir = fresh_dir("envoy")?;
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -212,7 +218,8 @@ impl Envoy {
             .arg(&config_path)
             .arg("--base-id")
             .arg(base_id(super::unique_id()).to_string())
-            .args(["--log-level", "warn", "--concurrency", "1"])
+            .args(["--log-level", "warn", "--concurrency"])
+            .arg(workers.to_string())
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_path);
