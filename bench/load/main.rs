@@ -225,22 +225,9 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             let cerbos = start_cerbos(args).await?;
             let uncached_env = env.for_cerbos(CERBOS_BENCH_CONFIG, cerbos.grpc_addr())?;
             let cached_env = env.for_cerbos(CERBOS_BENCH_CACHED_CONFIG, cerbos.grpc_addr())?;
-            let token = mint_token(
-                &uncached_env,
-                &[
-                    "--sub",
-                    "alice",
-                    "--roles",
-                    "user",
-                    "--attr",
-                    "department=eng",
-                ],
-            )
-            .await?;
+            let docs = cerbos_check_request(&uncached_env).await?;
             let uncached = start_heimdall(&uncached_env, "heimdall-uncached").await?;
             let cached = start_heimdall(&cached_env, "heimdall-cached").await?;
-            let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
-            let docs = check_request(&token, &path, &[("x-department", "eng")]);
             // Cache first, then the two Cerbos-bound targets back to back, so that the pair
             // whose ratio matters runs under the same host conditions.
             targets.push(Target {
@@ -314,6 +301,21 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         report.print_table();
     }
     Ok(phases.iter().all(|p| p.clean()))
+}
+
+/// The `--cerbos` request (see CERBOS_SETUP) with a token minted by `heimdall` for alice.
+async fn cerbos_check_request(heimdall: &HeimdallCommand) -> anyhow::Result<CheckRequest> {
+    let claims = [
+        "--sub",
+        "alice",
+        "--roles",
+        "user",
+        "--attr",
+        "department=eng",
+    ];
+    let token = mint_token(heimdall, &claims).await?;
+    let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
+    Ok(check_request(&token, &path, &[("x-department", "eng")]))
 }
 
 /// `--generator h2load`: CPU per Check of each server process, against the no-op's.
@@ -395,21 +397,8 @@ async fn run_h2load(args: &Args) -> anyhow::Result<bool> {
     if args.cerbos {
         let cerbos = start_cerbos(args).await?;
         let cached_env = env.for_cerbos(CERBOS_BENCH_CACHED_CONFIG, cerbos.grpc_addr())?;
-        let token = mint_token(
-            &cached_env,
-            &[
-                "--sub",
-                "alice",
-                "--roles",
-                "user",
-                "--attr",
-                "department=eng",
-            ],
-        )
-        .await?;
+        let request = cerbos_check_request(&cached_env).await?;
         let cached = start_heimdall(&cached_env, "heimdall-cerbos-cached").await?;
-        let path = format!("{CERBOS_PATH_PREFIX}{CERBOS_FIXED_ID}");
-        let request = check_request(&token, &path, &[("x-department", "eng")]);
         targets.push(noop_for("no-op/cerbos", &request, CERBOS_SETUP));
         targets.push(CpuTarget {
             name: "heimdall-cerbos-cached",

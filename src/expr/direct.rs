@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::fields::{RequestField, SubjectField};
 use super::{Expr, ExprError, Vars};
+use crate::request::RequestView;
 use crate::subject::Subject;
 
 /// A field read that needs no interpreter.
@@ -54,19 +55,9 @@ impl Direct {
                     }
                     SubjectField::Attr | SubjectField::Principals => None,
                 },
-                ("request", field) => match RequestField::parse(field)? {
-                    f @ (RequestField::Id
-                    | RequestField::Method
-                    | RequestField::Scheme
-                    | RequestField::Host
-                    | RequestField::Authority
-                    | RequestField::Path
-                    | RequestField::RawQuery) => Some(Self::Request(f)),
-                    RequestField::Query
-                    | RequestField::Headers
-                    | RequestField::Captures
-                    | RequestField::Peer => None,
-                },
+                ("request", field) => RequestField::parse(field)
+                    .filter(|f| is_text(*f))
+                    .map(Self::Request),
                 _ => None,
             },
             Ast::Select(inner) if !inner.test => {
@@ -110,16 +101,7 @@ impl Direct {
             }
             Self::Request(field) => {
                 let req = vars.request().ok_or_else(|| unbound(expr, "request"))?;
-                Ok(match field {
-                    RequestField::Id => req.id,
-                    RequestField::Method => req.method,
-                    RequestField::Scheme => req.scheme,
-                    RequestField::Host => req.host,
-                    RequestField::Authority => req.authority,
-                    RequestField::Path => req.path,
-                    _ => req.query,
-                }
-                .to_owned())
+                Ok(request_text(req, *field).unwrap_or_default().to_owned())
             }
             Self::RequestHeader(name) => {
                 let req = vars.request().ok_or_else(|| unbound(expr, "request"))?;
@@ -165,19 +147,7 @@ impl Direct {
                 serde_json::Value::String(text) => Some(Cow::Borrowed(text.as_str())),
                 _ => None,
             },
-            Self::Request(field) => {
-                let req = vars.request()?;
-                Some(Cow::Borrowed(match field {
-                    RequestField::Id => req.id,
-                    RequestField::Method => req.method,
-                    RequestField::Scheme => req.scheme,
-                    RequestField::Host => req.host,
-                    RequestField::Authority => req.authority,
-                    RequestField::Path => req.path,
-                    RequestField::RawQuery => req.query,
-                    _ => return None,
-                }))
-            }
+            Self::Request(field) => request_text(vars.request()?, *field).map(Cow::Borrowed),
             Self::RequestHeader(name) if !name.starts_with(':') => {
                 vars.request()?.headers.get(name).map(Cow::Borrowed)
             }
@@ -218,6 +188,37 @@ impl Direct {
             _ => self.string(expr, vars).map(serde_json::Value::String),
         }
     }
+}
+
+/// Whether `field` of `request` is a plain string (the fields read without the interpreter).
+pub(super) fn is_text(field: RequestField) -> bool {
+    matches!(
+        field,
+        RequestField::Id
+            | RequestField::Method
+            | RequestField::Scheme
+            | RequestField::Host
+            | RequestField::Authority
+            | RequestField::Path
+            | RequestField::RawQuery
+    )
+}
+
+/// The string a plain-string field of `request` reads as; `None` for the other fields.
+pub(super) fn request_text<'v>(req: &RequestView<'v>, field: RequestField) -> Option<&'v str> {
+    Some(match field {
+        RequestField::Id => req.id,
+        RequestField::Method => req.method,
+        RequestField::Scheme => req.scheme,
+        RequestField::Host => req.host,
+        RequestField::Authority => req.authority,
+        RequestField::Path => req.path,
+        RequestField::RawQuery => req.query,
+        RequestField::Query
+        | RequestField::Headers
+        | RequestField::Captures
+        | RequestField::Peer => return None,
+    })
 }
 
 /// The interpreter's own error for a missing key, so both paths fail alike.

@@ -275,6 +275,29 @@ mod tests {
         Subject::single(principal)
     }
 
+    /// `vars` over `req` with each of `subjects`, with no subject, and with nothing bound at all:
+    /// every binding a fast path must answer as the interpreter does.
+    fn bindings<'a>(
+        req: &RequestView<'a>,
+        captures: &'a [(&'a str, Cow<'a, str>)],
+        subjects: [&'a Subject; 3],
+    ) -> Vec<Vars<'a>> {
+        subjects
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .map(|subject| {
+                let mut vars = Vars::default();
+                vars.bind_request(req, captures);
+                if let Some(subject) = subject {
+                    vars.bind_subject(subject);
+                }
+                vars
+            })
+            .chain(std::iter::once(Vars::default()))
+            .collect()
+    }
+
     fn eval(src: &str, vars: &Vars<'_>) -> Result<serde_json::Value, ExprError> {
         Expr::compile(src).unwrap().eval_json(vars)
     }
@@ -518,18 +541,7 @@ mod tests {
         let captures = vec![];
         for headers in [&with_accept, &without] {
             let req = RequestView::new(&line, "https", Headers::Map(headers));
-            let bindings: Vec<Vars<'_>> = [Some(&plain), Some(&layered), Some(&empty), None]
-                .into_iter()
-                .map(|subject| {
-                    let mut vars = Vars::default();
-                    vars.bind_request(&req, &captures);
-                    if let Some(subject) = subject {
-                        vars.bind_subject(subject);
-                    }
-                    vars
-                })
-                .chain(std::iter::once(Vars::default()))
-                .collect();
+            let bindings = bindings(&req, &captures, [&plain, &layered, &empty]);
             for source in conditions {
                 let fast = Expr::compile(source).unwrap();
                 assert!(fast.predicate.is_some(), "{source} should be a predicate");
@@ -612,18 +624,7 @@ mod tests {
             let captures = vec![("id", Cow::Borrowed("42"))];
             for headers in [&with, &without] {
                 let req = RequestView::new(&line, "https", Headers::Map(headers));
-                let bindings: Vec<Vars<'_>> = [Some(&plain), Some(&layered), Some(&empty), None]
-                    .into_iter()
-                    .map(|subject| {
-                        let mut vars = Vars::default();
-                        vars.bind_request(&req, &captures);
-                        if let Some(subject) = subject {
-                            vars.bind_subject(subject);
-                        }
-                        vars
-                    })
-                    .chain(std::iter::once(Vars::default()))
-                    .collect();
+                let bindings = bindings(&req, &captures, [&plain, &layered, &empty]);
                 for source in values {
                     let fast = Expr::compile(source).unwrap();
                     assert!(

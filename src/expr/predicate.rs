@@ -11,6 +11,7 @@
 use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue, operators};
 
 use super::Vars;
+use super::direct::{is_text, request_text};
 use super::fields::{RequestField, SubjectField};
 use crate::subject::Subject;
 
@@ -76,16 +77,9 @@ fn string_field(expr: &IdedExpr) -> Option<StringField> {
         return Some(StringField::Query(name.into()));
     }
     if let Some(field) = field_of(expr, "request") {
-        return match RequestField::parse(field)? {
-            f @ (RequestField::Id
-            | RequestField::Method
-            | RequestField::Scheme
-            | RequestField::Host
-            | RequestField::Authority
-            | RequestField::Path
-            | RequestField::RawQuery) => Some(StringField::Request(f)),
-            _ => None,
-        };
+        return RequestField::parse(field)
+            .filter(|f| is_text(*f))
+            .map(StringField::Request);
     }
     match SubjectField::parse(field_of(expr, "subject")?)? {
         SubjectField::Id => Some(StringField::SubjectId),
@@ -221,19 +215,7 @@ impl Predicate {
                         query = query_value(vars.request()?.query, name)?;
                         &*query
                     }
-                    StringField::Request(field) => {
-                        let req = vars.request()?;
-                        match field {
-                            RequestField::Id => req.id,
-                            RequestField::Method => req.method,
-                            RequestField::Scheme => req.scheme,
-                            RequestField::Host => req.host,
-                            RequestField::Authority => req.authority,
-                            RequestField::Path => req.path,
-                            RequestField::RawQuery => req.query,
-                            _ => return None,
-                        }
-                    }
+                    StringField::Request(field) => request_text(vars.request()?, *field)?,
                     StringField::SubjectId => &*vars.subject().and_then(Subject::primary)?.id,
                 };
                 Some(values.iter().any(|v| **v == *value))
