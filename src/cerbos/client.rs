@@ -43,6 +43,8 @@ const LOGGED_VALIDATION_ERRORS: usize = 10;
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most characters of an untrusted value (an id, an action, a Cerbos message) in a message.
 const SHOWN_CHARS: usize = 64;
+/// Action lists up to this long are checked for repeats by comparison, longer ones with a set.
+const SMALL_ACTION_LIST: usize = 8;
 
 impl Cerbos {
     /// Builds the client; nothing is sent until the first call.
@@ -283,7 +285,8 @@ impl PolicyDecisionPoint for Cerbos {
                 if resource.kind.is_empty() {
                     return Err(CerbosError::Invalid("the resource kind is empty".into()));
                 }
-                self.validate_actions(actions, "the plan").map(|()| p)
+                self.validate_actions(actions, || "the plan".to_owned())
+                    .map(|()| p)
             })
             .map_err(|e| self.failed(CALL, e))?;
         let message = request::PlanResourcesRequest {
@@ -382,7 +385,12 @@ impl Cerbos {
             )));
         }
         for (i, check) in resources.iter().enumerate() {
-            let kind = crate::redact::untrusted(&check.resource.kind, SHOWN_CHARS);
+            // Rendered only for an error message: a valid check (every Check, with a decision
+            // cache hit too) formats nothing.
+            let place = || {
+                let kind = crate::redact::untrusted(&check.resource.kind, SHOWN_CHARS);
+                format!("resource {i} (`{kind}`)")
+            };
             if check.resource.kind.is_empty() {
                 return Err(CerbosError::Invalid(format!(
                     "resource {i}: the kind is empty"
@@ -390,36 +398,55 @@ impl Cerbos {
             }
             if check.resource.id.is_empty() {
                 return Err(CerbosError::Invalid(format!(
-                    "resource {i} (`{kind}`): the id is empty"
+                    "{}: the id is empty",
+                    place()
                 )));
             }
-            self.validate_actions(&check.actions, &format!("resource {i} (`{kind}`)"))?;
+            self.validate_actions(&check.actions, place)?;
         }
         Ok(())
     }
 
     /// Actions Cerbos accepts: at least one, at most `cerbos.max_actions`, none empty, none twice.
-    fn validate_actions(&self, actions: &[String], place: &str) -> Result<(), CerbosError> {
+    /// `place` names where they come from, in an error message.
+    fn validate_actions(
+        &self,
+        actions: &[String],
+        place: impl Fn() -> String,
+    ) -> Result<(), CerbosError> {
         if actions.is_empty() {
-            return Err(CerbosError::Invalid(format!("{place}: no action")));
+            return Err(CerbosError::Invalid(format!("{}: no action", place())));
         }
         if actions.len() > self.max_actions {
             return Err(CerbosError::Invalid(format!(
-                "{place}: {} actions, more than `cerbos.max_actions` ({})",
+                "{}: {} actions, more than `cerbos.max_actions` ({})",
+                place(),
                 actions.len(),
                 self.max_actions
             )));
         }
-        let mut seen = std::collections::HashSet::with_capacity(actions.len());
+        // A Check asks about one to a few actions: comparing with the earlier ones costs less
+        // than building a set on every call. A long list (the `/check` API takes it from the
+        // caller, up to `cerbos.max_actions`) gets the set, so the cost stays linear.
+        let mut seen = (actions.len() > SMALL_ACTION_LIST)
+            .then(|| std::collections::HashSet::with_capacity(actions.len()));
         for (j, action) in actions.iter().enumerate() {
             if action.is_empty() {
                 return Err(CerbosError::Invalid(format!(
-                    "{place}: action {j} is empty"
+                    "{}: action {j} is empty",
+                    place()
                 )));
             }
-            if !seen.insert(action.as_str()) {
+            let repeated = match seen.as_mut() {
+                Some(seen) => !seen.insert(action.as_str()),
+                None => actions
+                    .get(..j)
+                    .is_some_and(|earlier| earlier.contains(action)),
+            };
+            if repeated {
                 return Err(CerbosError::Invalid(format!(
-                    "{place}: action `{}` is asked twice",
+                    "{}: action `{}` is asked twice",
+                    place(),
                     crate::redact::untrusted(action, SHOWN_CHARS)
                 )));
             }
@@ -554,6 +581,15 @@ mod tests {
         assert_eq!(
             refused(&[check("a", &["x\u{1b}", "x\u{1b}"])]),
             "resource 0 (`document`): action `x\\u{1b}` is asked twice"
+        );
+        // Long action lists are checked with a set, short ones by comparison: both find repeats.
+        let long: Vec<String> = (0..12).map(|i| format!("action-{i}")).collect();
+        let mut repeated: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert!(cerbos.validate_checks(&[check("a", &repeated)]).is_ok());
+        repeated.push("action-3");
+        assert_eq!(
+            refused(&[check("a", &repeated)]),
+            "resource 0 (`document`): action `action-3` is asked twice"
         );
         let many: Vec<ResourceCheck> = (0..51).map(|i| check(&i.to_string(), &["view"])).collect();
         assert!(refused(&many).contains("51 resources"));
