@@ -15,8 +15,9 @@ use crate::cerbos::{Cerbos, CerbosMetrics};
 use crate::config::{Config, Env};
 use crate::engine::Engine;
 use crate::extauthz::{AuthorizationServer, ExtAuthz};
-use crate::http::{ForwardAuth, Ops, PolicyApi, SideState, router};
+use crate::http::{ForwardAuth, LoginRoutes, Ops, PolicyApi, SideState, router};
 use crate::listener;
+use crate::login::Login;
 use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -48,6 +49,8 @@ pub struct Built {
     pub api_authenticator: Option<Arc<Authenticator>>,
     /// What `heimdall validate` warns about ([`RuleSet::lint`]).
     pub warnings: Vec<String>,
+    /// OpenID Connect login, when configured.
+    pub login: Option<Arc<Login>>,
 }
 
 /// Compiles the rules against the keys.
@@ -97,6 +100,31 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     for rule in rules.iter().filter(|r| r.allows_anonymous) {
         tracing::warn!(rule.id = &*rule.id, "rule accepts anonymous requests");
     }
+    let login = match &config.login {
+        Some(login_config) => {
+            let secret = login_config
+                .client_secret
+                .as_ref()
+                .map(|s| s.read())
+                .transpose()
+                .context("login.client_secret")?;
+            Some(Arc::new(
+                Login::new(
+                    login_config.clone(),
+                    secret,
+                    Arc::clone(&keys),
+                    crate::login::Minted {
+                        issuer: config.tokens.issuer.clone(),
+                        audience: config.tokens.audience.clone(),
+                        ttl: config.tokens.ttl,
+                    },
+                    &mut registry,
+                )
+                .context("login")?,
+            ))
+        }
+        None => None,
+    };
     let warnings = rules.lint(&config);
     for warning in &warnings {
         tracing::warn!("{warning}");
@@ -112,6 +140,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
     ));
     Ok(Built {
         warnings,
+        login,
         cerbos,
         attributes,
         api_authenticator,
@@ -185,7 +214,15 @@ impl Built {
                 attributes: self.attributes.clone(),
                 config: self.config.api.clone(),
             },
+            login: LoginRoutes {
+                login: self.login.clone(),
+            },
         };
+        let login_warm_up = self.login.clone().map(|login| {
+            tokio::spawn(async move {
+                login.warm_up().await;
+            })
+        });
         let http = tokio::spawn(listener::serve(
             "http",
             http_listener,
@@ -221,7 +258,11 @@ impl Built {
             readiness: self.readiness,
             shutdown,
             tasks: vec![grpc, http],
-            background: health.into_iter().chain(attributes).collect(),
+            background: health
+                .into_iter()
+                .chain(attributes)
+                .chain(login_warm_up)
+                .collect(),
         })
     }
 }

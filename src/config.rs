@@ -71,8 +71,13 @@ impl Env for HashMap<String, OsString> {
 
 /// The environment variables heimdall reads besides those named in the configuration
 /// (`tokens.keys[].env`, `nats.auth.*.env`). `Config::load` checks each is readable text.
-pub const ENV_VARS: [&str; 8] = [
+pub const ENV_VARS: [&str; 13] = [
     "PASETO_SYMMETRIC_KEY",
+    "OIDC_ISSUER_URL",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_REDIRECT_URL",
+    "LOGIN_ALLOWED_REDIRECTS",
     "PORT",
     "GRPC_PORT",
     "HEIMDALL_BIND",
@@ -138,6 +143,10 @@ pub struct Config {
     /// The `/check` and `/plan/resources` APIs.
     #[serde(default)]
     pub api: ApiConfig,
+    /// OpenID Connect login on the side port; absent means none (unless the `OIDC_*`
+    /// variables are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<crate::login::LoginConfig>,
     #[serde(default)]
     pub mechanisms: MechanismsSpec,
     /// The pipeline for requests no rule matches. Without it, they are denied (403).
@@ -601,6 +610,80 @@ impl Config {
         if let Some(port) = env.var("GRPC_PORT")? {
             self.server.grpc_port = parse_port("GRPC_PORT", &port)?;
         }
+        self.apply_login_env(env)
+    }
+
+    /// `OIDC_ISSUER_URL`, `OIDC_CLIENT_ID`, `OIDC_CLIENT_SECRET` and `OIDC_REDIRECT_URL` turn
+    /// login on together (or override a `login` section field by field);
+    /// `LOGIN_ALLOWED_REDIRECTS` sets the allow-list.
+    fn apply_login_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        let read = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            Ok(env
+                .var(name)?
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()))
+        };
+        let issuer = read("OIDC_ISSUER_URL")?;
+        let client_id = read("OIDC_CLIENT_ID")?;
+        let secret = read("OIDC_CLIENT_SECRET")?
+            .map(|_| crate::attributes::Secret::Env("OIDC_CLIENT_SECRET".into()));
+        let redirect = read("OIDC_REDIRECT_URL")?;
+        let allowed = read("LOGIN_ALLOWED_REDIRECTS")?.map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+        let login = match self.login.take() {
+            Some(mut login) => {
+                login.issuer_url = issuer.unwrap_or(login.issuer_url);
+                login.client_id = client_id.unwrap_or(login.client_id);
+                login.client_secret = secret.or(login.client_secret);
+                login.redirect_url = redirect.unwrap_or(login.redirect_url);
+                Some(login)
+            }
+            None => match (issuer, client_id, secret, redirect) {
+                (None, None, None, None) => None,
+                (Some(issuer_url), Some(client_id), Some(secret), Some(redirect_url)) => {
+                    let mut login: crate::login::LoginConfig =
+                        serde_yaml_ng::from_str("{issuer_url: x, client_id: x, redirect_url: x}")
+                            .map_err(|e| ConfigError::Env {
+                            name: "OIDC_ISSUER_URL",
+                            message: e.to_string(),
+                        })?;
+                    login.issuer_url = issuer_url;
+                    login.client_id = client_id;
+                    login.client_secret = Some(secret);
+                    login.redirect_url = redirect_url;
+                    Some(login)
+                }
+                (issuer, client_id, secret, redirect) => {
+                    let missing: Vec<&str> = [
+                        ("OIDC_ISSUER_URL", issuer.is_none()),
+                        ("OIDC_CLIENT_ID", client_id.is_none()),
+                        ("OIDC_CLIENT_SECRET", secret.is_none()),
+                        ("OIDC_REDIRECT_URL", redirect.is_none()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, missing)| missing.then_some(name))
+                    .collect();
+                    return Err(ConfigError::Env {
+                        name: "OIDC_ISSUER_URL",
+                        message: format!(
+                            "login needs all four OIDC_* variables (or a `login` section); missing: {}",
+                            missing.join(", ")
+                        ),
+                    });
+                }
+            },
+        };
+        self.login = login.map(|mut login| {
+            if let Some(allowed) = allowed {
+                login.allowed_redirects = allowed;
+            }
+            login
+        });
         Ok(())
     }
 
@@ -647,6 +730,11 @@ impl Config {
         }
         if let Some(nats) = &self.nats {
             nats.validate()
+                .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        }
+        if let Some(login) = &self.login {
+            login
+                .validate()
                 .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         }
         Ok(())

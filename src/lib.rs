@@ -15,6 +15,7 @@ pub(crate) mod expr;
 pub mod extauthz;
 pub(crate) mod http;
 pub(crate) mod listener;
+pub mod login;
 pub mod mechanisms;
 pub mod metrics;
 pub(crate) mod pipeline;

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("principals and policy questions", &["subject", "policy"]),
     ("policy engine", &["cerbos"]),
+    ("login", &["login"]),
     ("configuration", &["config", "telemetry", "listener"]),
     ("expressions", &["expr"]),
     ("mechanisms", &["mechanisms"]),

@@ -254,7 +254,7 @@ impl From<Secret> for SecretSpec {
 }
 
 impl Secret {
-    pub(super) fn read(&self) -> anyhow::Result<String> {
+    pub(crate) fn read(&self) -> anyhow::Result<String> {
         match self {
             // `std::env::VarError`'s message quotes a non-UTF-8 value: it is not used.
             Self::Env(name) => match std::env::var_os(name) {

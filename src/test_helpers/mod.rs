@@ -15,6 +15,7 @@ pub mod heimdall;
 pub mod nats;
 pub mod nginx;
 pub mod noop;
+pub mod oidc;
 pub mod ports;
 pub mod process;
 pub mod stack;

@@ -383,6 +383,48 @@ impl Keyring {
         }
     }
 
+    /// Encrypts `payload` for heimdall itself (a login's state, a refresh envelope) with the
+    /// first local key, bound to `context` by PASETO's implicit assertion: a value sealed for one
+    /// context never opens in another, nor as an access token (which has no assertion).
+    pub fn seal(&self, context: &[u8], payload: &[u8]) -> Result<String, KeyError> {
+        let key = self
+            .local
+            .first()
+            .ok_or(KeyError::NoSigningKey(Purpose::Local))?;
+        let footer = footer_json(&key.id);
+        LocalToken::encrypt(&key.key, payload, Some(footer.as_bytes()), Some(context))
+            .map_err(|e| KeyError::Mint(e.to_string()))
+    }
+
+    /// Opens what [`Keyring::seal`] sealed for `context`, with the key its footer names (or any
+    /// local key when it names none).
+    pub fn unseal(
+        &self,
+        context: &[u8],
+        sealed: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, TokenError> {
+        if sealed.len() > max_bytes {
+            return Err(TokenError::TooLarge {
+                size: sealed.len(),
+                limit: max_bytes,
+            });
+        }
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(sealed).map_err(|_| TokenError::Malformed)?;
+        let kid = footer_kid(untrusted.untrusted_footer())?;
+        for key in self
+            .local
+            .iter()
+            .filter(|k| kid.as_deref().is_none_or(|kid| *k.id == *kid))
+        {
+            if let Ok(trusted) = LocalToken::decrypt(&key.key, &untrusted, None, Some(context)) {
+                return Ok(trusted.payload().as_bytes().to_vec());
+            }
+        }
+        Err(TokenError::BadSignature)
+    }
+
     /// Checks a token's format, selects the key by footer `kid` (or tries each key of the token's
     /// purpose when there is none) and verifies or decrypts it. Claims are parsed but their
     /// times, issuer and audience are checked by [`Validation::check`].
