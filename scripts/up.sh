@@ -76,6 +76,10 @@ start cerbos .tools/bin/cerbos server --config=infra/cerbos/config.yaml
 LOG="$HEIMDALL_LOG" start heimdall env HEIMDALL_BIND=127.0.0.1 CERBOS_GRPC_URL=127.0.0.1:3593 \
   NATS_URL=nats://127.0.0.1:4222 "$HEIMDALL" "${heimdall_args[@]}"
 start echo "$PYTHON" infra/echo/echo.py --host 127.0.0.1 --port 8081
+# The development OpenID provider (config/local.yaml's `login`): users alice and bob, any password.
+start oidc env OIDC_PORT=9400 OIDC_REDIRECT_URIS=http://127.0.0.1:10000/auth/callback \
+  OIDC_POST_LOGOUT_REDIRECT_URIS=http://127.0.0.1:10000/public/index.html \
+  node infra/oidc/dev-provider.mjs
 start envoy "$ENVOY" -c envoy/envoy.yaml --log-level warn --disable-hot-restart
 
 # Wait (bounded) for Envoy, then for heimdall (it waits for Cerbos and NATS), then say where
@@ -111,6 +115,12 @@ heimdall local stack is up:
   echo upstream            http://127.0.0.1:8081
   Cerbos PDP               127.0.0.1:3593 (gRPC)  /check and /plan/resources ask it
   NATS (JetStream)         nats://127.0.0.1:4222   store .data/nats (rm -rf .data to start afresh)
+  OpenID provider (dev)    http://127.0.0.1:9400   users alice (user, editor) and bob (user), any password
+
+Log in with a browser: open http://127.0.0.1:10000/api/documents/42 (text/html: redirected to
+/auth/login, then to the provider; sign in as alice, consent, and you are back with a session
+cookie). A JSON client: curl -i http://127.0.0.1:10000/auth/login, follow the Location in a
+browser, and the callback answers {"access_token", "token_type", "expires_in", "refresh_token"}.
 
 Try:
   curl -i http://127.0.0.1:10000/healthz                 # answered by Envoy, no check
