@@ -118,6 +118,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
                         audience: config.tokens.audience.clone(),
                         ttl: config.tokens.ttl,
                     },
+                    attributes.clone(),
                     &mut registry,
                 )
                 .context("login")?,

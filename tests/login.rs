@@ -29,6 +29,15 @@ use serde_json::Value;
 
 /// heimdall with login pointed at `issuer`, on `port`, browsers allowed back to itself.
 async fn heimdall(issuer: &str, port: u16, extra: &str) -> Running {
+    heimdall_with(issuer, port, extra, |_| {}).await
+}
+
+async fn heimdall_with(
+    issuer: &str,
+    port: u16,
+    extra: &str,
+    configure: impl FnOnce(&mut heimdall::config::Config),
+) -> Running {
     let yaml = format!(
         r#"{rules}
 login:
@@ -47,6 +56,7 @@ login:
     );
     let mut config = test_config(&yaml);
     config.server.http_port = port;
+    configure(&mut config);
     let (_, running) = serve_in_process(config, test_keys()).await.unwrap();
     running
 }
@@ -261,6 +271,26 @@ async fn a_browser_gets_cookies_and_goes_back_where_it_started() {
     assert!(
         matches!(answer.http_response, Some(HttpResponse::OkResponse(_))),
         "{answer:?}"
+    );
+
+    // The browser refreshes with its cookie alone (it is sent to /auth only) and gets new ones.
+    let answer = browser
+        .post(format!("{}/auth/refresh", setup.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let renewed = set_cookies(&answer);
+    assert!(
+        renewed
+            .iter()
+            .any(|c| c.starts_with("heimdall_session=v4.")),
+        "{renewed:?}"
+    );
+    assert!(
+        renewed
+            .iter()
+            .any(|c| c.starts_with("heimdall_refresh=v4.local."))
     );
 }
 
@@ -630,4 +660,74 @@ async fn a_provider_that_is_down_slow_or_answering_garbage_gives_502_or_504_and_
         );
         heimdall.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_refuses_the_access_tokens_already_issued() {
+    let Some(nats) = heimdall::test_helpers::nats::NatsServer::start().await else {
+        return;
+    };
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let Some(provider) = OidcProvider::start(OidcProviderOptions::with_redirect_uri(&format!(
+        "{base}/auth/callback"
+    )))
+    .await
+    else {
+        return;
+    };
+    let url = nats.url();
+    let heimdall = heimdall_with(&provider.issuer, port, "", move |config| {
+        config.nats = Some(heimdall::attributes::NatsConfig {
+            url,
+            ..Default::default()
+        });
+    })
+    .await;
+    let setup = Setup {
+        provider,
+        heimdall,
+        base,
+    };
+    let session = login_json(&setup, "alice").await;
+    let access = session["access_token"].as_str().unwrap();
+    let grpc = setup.heimdall.grpc_addr;
+    assert_eq!(
+        check(grpc, "/api/documents/7", access).await.as_deref(),
+        Some("alice")
+    );
+    // Tokens carry whole seconds: a revocation at the same second as the login would not
+    // cover it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{}/auth/logout?everywhere=true", setup.base))
+        .header(ACCEPT, "application/json")
+        .json(&serde_json::json!({ "refresh_token": session["refresh_token"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["everywhere"], true, "{body}");
+    // The event goes through the stream, the consumer and the KV watch: bounded wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check(grpc, "/api/documents/7", access).await.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old token still passes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without a refresh token there is no one to log out everywhere.
+    let answer = client
+        .post(format!("{}/auth/logout?everywhere=true", setup.base))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
 }

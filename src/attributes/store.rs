@@ -93,6 +93,14 @@ pub struct PrincipalStore {
     lookups: LookupCounters,
     /// The highest KV revision the watch has delivered: where a restarted watch resumes.
     watched: AtomicU64,
+    /// Where `principal.revoked` events are published (a logout "everywhere"), once connected.
+    revocations: ArcSwapOption<RevocationPublisher>,
+}
+
+/// The JetStream context and subject revocation events are published on.
+struct RevocationPublisher {
+    js: async_nats::jetstream::Context,
+    subject: String,
 }
 
 impl PrincipalStore {
@@ -107,7 +115,47 @@ impl PrincipalStore {
             lookups: LookupCounters::new(&metrics),
             metrics,
             watched: AtomicU64::new(0),
+            revocations: ArcSwapOption::empty(),
         }
+    }
+
+    /// Publishes revocation events with `js` on `subject` from now on.
+    pub fn attach_publisher(&self, js: async_nats::jetstream::Context, subject: String) {
+        self.revocations
+            .store(Some(Arc::new(RevocationPublisher { js, subject })));
+    }
+
+    /// Publishes `principal.revoked` for `principal` with `not_before` now, and waits for the
+    /// stream's acknowledgement (bounded by `within`): every replica then refuses the
+    /// principal's tokens issued before it.
+    pub async fn publish_revocation(
+        &self,
+        principal: &str,
+        within: Duration,
+    ) -> Result<(), String> {
+        let publisher = self
+            .revocations
+            .load_full()
+            .ok_or("not connected to NATS yet")?;
+        let not_before = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .map_err(|e| e.to_string())?
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| e.to_string())?;
+        let event = serde_json::json!({ "user_id": principal, "not_before": not_before });
+        let publish = async {
+            publisher
+                .js
+                .publish(publisher.subject.clone(), event.to_string().into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(within, publish)
+            .await
+            .map_err(|_| format!("no acknowledgement within {within:?}"))?
+            .map(|_| ())
     }
 
     pub fn metrics(&self) -> &AttributeMetrics {

@@ -119,6 +119,7 @@ pub async fn run(config: NatsConfig, store: Arc<PrincipalStore>, ready: BlockRea
     };
     let mut js = jetstream::new(client);
     js.set_timeout(config.request_timeout);
+    store.attach_publisher(js.clone(), config.stream.revocation_subject.clone());
     let mut attempt: u32 = 0;
     loop {
         let session = session(&config, &js, &store, &mut ready, &mut delay);

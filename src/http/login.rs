@@ -385,6 +385,10 @@ async fn refresh(State(routes): State<LoginRoutes>, headers: HeaderMap, body: By
 #[derive(Deserialize)]
 struct LogoutQuery {
     post_logout_redirect_uri: Option<String>,
+    /// `true`: also refuse every access token issued to the principal so far, on every
+    /// replica (the `principal.revoked` event; needs NATS).
+    #[serde(default)]
+    everywhere: bool,
 }
 
 async fn logout(
@@ -396,13 +400,23 @@ async fn logout(
     let Some(login) = routes.login.as_ref() else {
         return not_configured();
     };
-    let post_logout = query.ok().and_then(|q| q.0.post_logout_redirect_uri);
+    let (post_logout, everywhere) = match query {
+        Ok(Query(q)) => (q.post_logout_redirect_uri, q.everywhere),
+        Err(_) => {
+            let mut response = refusal(&LoginError::BadRequest(
+                "the query string is not valid".into(),
+            ));
+            clear_session_cookies(login, &mut response);
+            return response;
+        }
+    };
     let result = async {
         let token = envelope(login, &headers, &body)?;
         login
             .logout(
                 token.as_ref().map(|(t, _)| t.as_str()),
                 post_logout.as_deref(),
+                everywhere,
             )
             .await
     }
@@ -416,6 +430,7 @@ async fn logout(
                     &serde_json::json!({
                         "logged_out": true,
                         "revoked": done.revoked,
+                        "everywhere": everywhere,
                         "end_session_url": done.end_session.as_ref().map(|u| u.as_str()),
                     }),
                 );

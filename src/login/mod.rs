@@ -206,6 +206,8 @@ pub struct Login {
     ttl: Duration,
     purpose: Purpose,
     scopes: Vec<Scope>,
+    /// Publishes "log out everywhere" (`principal.revoked`), when NATS is configured.
+    revocations: Option<Arc<crate::attributes::PrincipalStore>>,
     /// Refreshes in flight and just answered, by hash of the envelope.
     refreshes: moka::future::Cache<[u8; 32], Arc<Issued>>,
     requests: Family<LoginLabels, Counter>,
@@ -219,6 +221,7 @@ impl Login {
         client_secret: Option<String>,
         keys: Arc<Keyring>,
         minted: Minted,
+        revocations: Option<Arc<crate::attributes::PrincipalStore>>,
         registry: &mut Registry,
     ) -> anyhow::Result<Self> {
         let purpose = keys
@@ -281,6 +284,7 @@ impl Login {
             scopes,
             refreshes,
             requests,
+            revocations,
             config,
         })
     }
@@ -502,11 +506,14 @@ impl Login {
     }
 
     /// Ends a session: revokes the provider's refresh token when it supports revocation and
-    /// an envelope came, and names the provider's end-session URL.
+    /// an envelope came, and names the provider's end-session URL. `everywhere` also publishes
+    /// `principal.revoked` for the envelope's subject, so every replica refuses the access
+    /// tokens issued to it so far.
     pub async fn logout(
         &self,
         envelope: Option<&str>,
         post_logout_redirect: Option<&str>,
+        everywhere: bool,
     ) -> Result<LoggedOut, LoginError> {
         let post_logout = post_logout_redirect
             .or(self.config.post_logout_redirect.as_deref())
@@ -514,6 +521,30 @@ impl Login {
             .transpose()?;
         // An unreadable envelope still logs out: the cookies go either way.
         let envelope = envelope.and_then(|e| self.open_envelope(e).ok());
+        if everywhere {
+            let store = self.revocations.as_ref().ok_or_else(|| {
+                LoginError::bad_request(
+                    "logging out everywhere needs NATS (the `nats` section): it is the \
+                     `principal.revoked` event",
+                )
+            })?;
+            let subject = envelope.as_ref().map(|e| e.sub.as_str()).ok_or_else(|| {
+                LoginError::bad_request(
+                    "logging out everywhere needs a valid refresh token: it names who to log out",
+                )
+            })?;
+            store
+                .publish_revocation(subject, self.config.timeout)
+                .await
+                .map_err(|message| LoginError::Provider {
+                    operation: "principal.revoked",
+                    message,
+                })?;
+            tracing::info!(
+                principal = %crate::redact::untrusted(subject, 128),
+                "logged out everywhere: principal.revoked published"
+            );
+        }
         let provider = self.discovery.provider().await?;
         let mut revoked = false;
         if let (Some(envelope), Some(url)) = (&envelope, &provider.revocation) {
