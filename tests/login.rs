@@ -731,3 +731,59 @@ async fn logging_out_everywhere_refuses_the_access_tokens_already_issued() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn userinfo_claims_are_mapped_when_configured_and_counted_in_metrics() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let Some(provider) = OidcProvider::start(OidcProviderOptions::with_redirect_uri(&format!(
+        "{base}/auth/callback"
+    )))
+    .await
+    else {
+        return;
+    };
+    let extra = "  userinfo: true\n  claims: {subject: sub, roles: roles, attributes: {email: email, name: name}}\n";
+    let heimdall = heimdall(&provider.issuer, port, extra).await;
+    let setup = Setup {
+        provider,
+        heimdall,
+        base,
+    };
+    let session = login_json(&setup, "bob").await;
+    let token = session["access_token"].as_str().unwrap();
+    // The minted token carries the mapped attributes: `heimdall token inspect` would show them;
+    // here the ext_authz path accepts it as bob.
+    assert_eq!(
+        check(setup.heimdall.grpc_addr, "/api/documents/3", token)
+            .await
+            .as_deref(),
+        Some("bob")
+    );
+    // v4.public: the claims are signed, not encrypted — read them.
+    use base64::Engine as _;
+    let body = token
+        .strip_prefix("v4.public.")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let signed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&signed[..signed.len() - 64]).unwrap();
+    assert_eq!(claims["sub"], "bob");
+    assert_eq!(claims["roles"], serde_json::json!(["user"]));
+    assert_eq!(claims["attr"]["email"], "bob@example.com", "{claims}");
+    assert_eq!(claims["attr"]["name"], "Bob Example", "{claims}");
+    let metrics = reqwest::get(format!("{}/metrics", setup.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"heimdall_login_requests_total{endpoint="callback",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+}
