@@ -355,6 +355,47 @@ mod tests {
         }
     }
 
+    /// The login's session cookie is a credential: the shipped rules take it out of the
+    /// `Cookie` header the upstream receives and keep the other cookies.
+    #[tokio::test]
+    async fn the_session_cookie_never_reaches_the_upstream() {
+        use crate::test_helpers::{CheckRequestBuilder, claims, embedded_config, mint, test_keys};
+        let keys = test_keys();
+        let token = mint(
+            &keys,
+            crate::tokens::Purpose::Local,
+            &claims("alice", &["user"]),
+        );
+        let built = crate::app::build(embedded_config(), keys).unwrap();
+        let service = ExtAuthz::new(built.engine);
+        for (cookies, expected) in [
+            (
+                format!("theme=dark; heimdall_session={token}; lang=en"),
+                Some("theme=dark; lang=en"),
+            ),
+            (format!("heimdall_session={token}"), None),
+        ] {
+            let request = CheckRequestBuilder::get("/api/documents/42")
+                .header("cookie", &cookies)
+                .build();
+            let answer = service.check(Request::new(request)).await.unwrap();
+            let Some(EnvoyHttpResponse::OkResponse(ok)) = answer.into_inner().http_response else {
+                panic!("not allowed with the session cookie: {cookies}");
+            };
+            let sent = ok
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == "cookie")
+                .map(|h| h.value.as_str());
+            assert_eq!(sent, expected, "{cookies}");
+            assert_eq!(
+                ok.headers_to_remove.iter().any(|h| h == "cookie"),
+                expected.is_none()
+            );
+        }
+    }
+
     #[test]
     fn an_allow_sets_overwrites_removes_and_names_the_rule() {
         let mut allowed = Allowed::default();

@@ -243,6 +243,15 @@ async fn a_browser_logs_in_through_envoy_and_out_again() {
         "{roles}"
     );
     assert!(echo["headers"].get("authorization").is_none(), "{echo:#}");
+    // The session cookie is the credential: the upstream gets the browser's other cookies only.
+    let upstream_cookies = echo["headers"]["cookie"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !upstream_cookies.iter().any(|c| c == "heimdall_session"),
+        "the access token reached the upstream: {echo:#}"
+    );
 
     // The session cookie: HttpOnly, SameSite=Lax, for the whole site (plain HTTP here).
     let session = cookie(login, "heimdall_session")

@@ -464,7 +464,12 @@ pub struct HeaderConfig {
 #[serde(deny_unknown_fields)]
 pub struct RemoveHeadersConfig {
     /// Header names.
+    #[serde(default)]
     pub headers: Vec<String>,
+    /// Cookie names taken out of the `Cookie` header (the others stay), e.g. the login's
+    /// `heimdall_session`, so the access token never reaches the upstream.
+    #[serde(default)]
+    pub cookies: Vec<String>,
 }
 
 // === error handlers ===

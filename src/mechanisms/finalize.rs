@@ -11,7 +11,51 @@ use crate::expr::{Expr, Vars};
 /// The built-in finalizers.
 pub enum Finalizer {
     Header(HeaderFinalizer),
-    RemoveHeaders(Box<[Arc<str>]>),
+    RemoveHeaders(RemoveHeaders),
+}
+
+/// Removes headers, and cookies from the `Cookie` header.
+pub struct RemoveHeaders {
+    headers: Box<[Arc<str>]>,
+    cookies: Box<[Box<str>]>,
+    /// `cookie`, the header rewritten when a cookie is removed.
+    cookie_header: Arc<str>,
+}
+
+impl RemoveHeaders {
+    /// Rewrites the request's `Cookie` header(s) without the configured cookies; removes it when
+    /// none is left. Untouched when none of them was sent.
+    fn strip_cookies(&self, vars: &Vars<'_>, out: &mut Allowed) {
+        let Some(request) = vars.request() else {
+            return;
+        };
+        let mut kept = String::new();
+        let mut removed = false;
+        request.headers.for_each(|name, value| {
+            if !name.eq_ignore_ascii_case("cookie") {
+                return;
+            }
+            for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                let cookie = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+                if self.cookies.iter().any(|c| **c == *cookie) {
+                    removed = true;
+                    continue;
+                }
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair);
+            }
+        });
+        if !removed {
+            return;
+        }
+        if kept.is_empty() {
+            out.remove_header(&self.cookie_header);
+        } else {
+            out.set_header(&self.cookie_header, kept);
+        }
+    }
 }
 
 /// Sets upstream headers to values computed from the subject and the request.
@@ -83,12 +127,35 @@ impl Finalizer {
                 }))
             }
             FinalizerSpec::RemoveHeaders(cfg) => {
+                if cfg.headers.is_empty() && cfg.cookies.is_empty() {
+                    return Err(BuildError::Invalid(
+                        "set at least one of `headers` and `cookies`".into(),
+                    ));
+                }
                 let headers = cfg
                     .headers
                     .iter()
                     .map(|h| header_name(h))
                     .collect::<Result<Box<[_]>, BuildError>>()?;
-                Ok(Self::RemoveHeaders(headers))
+                if let Some(bad) = cfg.cookies.iter().find(|c| {
+                    c.is_empty()
+                        || !c
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+                }) {
+                    return Err(BuildError::Invalid(
+                        format!(
+                            "`{}` is not a cookie name",
+                            crate::redact::untrusted(bad, 64)
+                        )
+                        .into(),
+                    ));
+                }
+                Ok(Self::RemoveHeaders(RemoveHeaders {
+                    headers,
+                    cookies: cfg.cookies.iter().map(|c| c.as_str().into()).collect(),
+                    cookie_header: Arc::from("cookie"),
+                }))
             }
         }
     }
@@ -106,9 +173,12 @@ impl Finalizer {
                 }
                 Ok(())
             }
-            Self::RemoveHeaders(names) => {
-                for name in names {
+            Self::RemoveHeaders(f) => {
+                for name in &f.headers {
                     out.remove_header(name);
+                }
+                if !f.cookies.is_empty() {
+                    f.strip_cookies(vars, out);
                 }
                 Ok(())
             }
