@@ -72,14 +72,14 @@ start() {
 
 start nats .tools/bin/nats-server -js -a 127.0.0.1 -p 4222 -sd "$NATS_STORE" -n heimdall-local
 start cerbos .tools/bin/cerbos server --config=infra/cerbos/config.yaml
-# config/local.yaml has the same addresses; the variables make them explicit here.
-LOG="$HEIMDALL_LOG" start heimdall env HEIMDALL_BIND=127.0.0.1 CERBOS_GRPC_URL=127.0.0.1:3593 \
-  NATS_URL=nats://127.0.0.1:4222 "$HEIMDALL" "${heimdall_args[@]}"
-start echo "$PYTHON" infra/echo/echo.py --host 127.0.0.1 --port 8081
 # The development OpenID provider (config/local.yaml's `login`): users alice and bob, any password.
 start oidc env OIDC_PORT=9400 OIDC_REDIRECT_URIS=http://127.0.0.1:10000/auth/callback \
   OIDC_POST_LOGOUT_REDIRECT_URIS=http://127.0.0.1:10000/public/index.html \
   node infra/oidc/dev-provider.mjs
+# config/local.yaml has the same addresses; the variables make them explicit here.
+LOG="$HEIMDALL_LOG" start heimdall env HEIMDALL_BIND=127.0.0.1 CERBOS_GRPC_URL=127.0.0.1:3593 \
+  NATS_URL=nats://127.0.0.1:4222 "$HEIMDALL" "${heimdall_args[@]}"
+start echo "$PYTHON" infra/echo/echo.py --host 127.0.0.1 --port 8081
 start envoy "$ENVOY" -c envoy/envoy.yaml --log-level warn --disable-hot-restart
 
 # Wait (bounded) for Envoy, then for heimdall (it waits for Cerbos and NATS), then say where
