@@ -67,6 +67,7 @@ fn test_template_is_the_local_stack_config() {
         listen_port: 10000,
         ext_authz_grpc: SocketAddr::from(([127, 0, 0, 1], 9001)),
         upstream: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        side_port: SocketAddr::from(([127, 0, 0, 1], 8080)),
         timeout_ms: 250,
     })
     .unwrap();
@@ -100,6 +101,7 @@ fn rendered_test_config_is_valid() {
         listen_port: 0,
         ext_authz_grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
         upstream: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        side_port: SocketAddr::from(([127, 0, 0, 1], free_port())),
         timeout_ms: 100,
     })
     .unwrap();

@@ -61,6 +61,8 @@ pub struct TemplateValues {
     pub listen_port: u16,
     pub ext_authz_grpc: SocketAddr,
     pub upstream: SocketAddr,
+    /// heimdall's HTTP side port, where `/auth/` is routed.
+    pub side_port: SocketAddr,
     pub timeout_ms: u32,
 }
 
@@ -78,6 +80,8 @@ pub fn render(values: &TemplateValues) -> Result<String, String> {
         ("{{EXT_AUTHZ_TIMEOUT}}", timeout),
         ("{{UPSTREAM_ADDRESS}}", yaml_ip(values.upstream)),
         ("{{UPSTREAM_PORT}}", values.upstream.port().to_string()),
+        ("{{SIDE_ADDRESS}}", yaml_ip(values.side_port)),
+        ("{{SIDE_PORT}}", values.side_port.port().to_string()),
     ];
     let mut rendered = String::with_capacity(TEMPLATE.len());
     for line in TEMPLATE.lines() {
@@ -191,6 +195,8 @@ impl Envoy {
             listen_port: 0,
             ext_authz_grpc: options.ext_authz_grpc,
             upstream: options.upstream,
+            // The template tests do not log in: /auth/ goes to the upstream like the rest.
+            side_port: options.upstream,
             timeout_ms: options.timeout_ms,
         })?;
         let config = if failure_mode_allow {
