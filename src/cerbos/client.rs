@@ -330,13 +330,26 @@ impl Cerbos {
         if principal.id.is_empty() {
             return Err(CerbosError::Invalid("the principal's id is empty".into()));
         }
-        let mut seen = std::collections::HashSet::with_capacity(principal.roles.len());
-        let mut roles: SmallVec<[&'x str; 4]> = principal
-            .roles
-            .iter()
-            .map(|role| -> &'x str { role })
-            .filter(|role| !role.is_empty() && seen.insert(*role))
-            .collect();
+        // Roles are a handful: a scan of those kept beats hashing them; a long list (a token
+        // can carry many) is deduplicated with a set, so the work stays linear.
+        const SCANNED: usize = 16;
+        let mut roles: SmallVec<[&'x str; 4]> = SmallVec::new();
+        if principal.roles.len() <= SCANNED {
+            for role in principal.roles.iter().map(|role| -> &'x str { role }) {
+                if !role.is_empty() && !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(principal.roles.len());
+            roles.extend(
+                principal
+                    .roles
+                    .iter()
+                    .map(|role| -> &'x str { role })
+                    .filter(|role| !role.is_empty() && seen.insert(*role)),
+            );
+        }
         if roles.is_empty() {
             let role = self.default_role.as_deref().ok_or_else(|| {
                 CerbosError::Invalid(format!(
@@ -538,6 +551,11 @@ mod tests {
             sent(&["user", "", "user", "editor"]),
             Ok(vec!["user".to_owned(), "editor".to_owned()])
         );
+        // A long list takes the set path: same answer, order kept.
+        let many: Vec<String> = (0..40).map(|i| format!("r{}", i % 20)).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let expected: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+        assert_eq!(sent(&many), Ok(expected));
         assert_eq!(sent(&[]), Ok(vec!["anonymous".to_owned()]));
         assert_eq!(sent(&[""]), Ok(vec!["anonymous".to_owned()]));
         let strict = client(" ");
