@@ -10,7 +10,7 @@
 #   nginx      nginx            Debian package nginx (apt-get, when /usr/sbin/nginx is missing;
 #                               tests put it in front of /decision with the documented recipe)
 #   chromium   Chromium         Debian package chromium (apt-get, when /usr/bin/chromium is
-#                               missing; the browser of the login journey, tests/login_browser.rs)
+#                               missing; the browser of the login journey, tests/login/browser.rs)
 #   playwright Playwright       npm package playwright-core (a library; node drives that chromium
 #                               with it; it never downloads a browser of its own)
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The login journey of a real browser through Envoy (tests/login_browser.rs runs it): headless
+// The login journey of a real browser through Envoy (tests/login/browser.rs runs it): headless
 // Chromium, driven by the npm package playwright-core, opens a protected page, is sent to
 // heimdall's login and on to the OpenID provider, signs in, consents, and lands back on the page;
 // then it logs out with a form POST to /auth/logout, confirms the provider's sign-out, and is

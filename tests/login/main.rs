@@ -1,4 +1,4 @@
-//! OpenID Connect login against a real, certified provider (npm `oidc-provider`, started by the
+//! OpenID Connect login (`tests/login/`) against a real, certified provider (npm `oidc-provider`, started by the
 //! test on loopback with refresh-token rotation, revocation and RP-initiated logout): the code
 //! flow headless (following the provider's login and consent forms), the contract's JSON, the
 //! browser's cookies and redirect, the minted token accepted by ext_authz, every rejection,
@@ -12,6 +12,12 @@
     clippy::indexing_slicing,
     reason = "integration tests: a failed assertion is the finding"
 )]
+
+// One test binary for all of login (each binary links the whole crate): the provider testkit,
+// ID-token verification against a provider that signs wrongly, and the browser journey.
+mod browser;
+mod id_token;
+mod provider;
 
 use std::net::SocketAddr;
 use std::time::Duration;
