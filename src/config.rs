@@ -927,6 +927,51 @@ mod tests {
         );
     }
 
+    /// The four `OIDC_*` variables turn login on together; a partial set names what is
+    /// missing; `LOGIN_ALLOWED_REDIRECTS` is a comma-separated list; bad URLs name the field.
+    #[test]
+    fn oidc_variables_turn_login_on_together() {
+        let all = [
+            ("OIDC_ISSUER_URL", "https://idp.example.com/"),
+            ("OIDC_CLIENT_ID", "heimdall"),
+            ("OIDC_CLIENT_SECRET", "s3cret"),
+            ("OIDC_REDIRECT_URL", "https://app.example.com/auth/callback"),
+            (
+                "LOGIN_ALLOWED_REDIRECTS",
+                " https://app.example.com , https://docs.example.com/x/ ,",
+            ),
+        ];
+        let (config, _) = Config::load(None, &env(&all)).unwrap();
+        let login = config.login.unwrap();
+        assert_eq!(login.issuer_url, "https://idp.example.com/");
+        assert_eq!(
+            login.allowed_redirects,
+            ["https://app.example.com", "https://docs.example.com/x/"]
+        );
+        assert!(matches!(
+            login.client_secret,
+            Some(crate::attributes::Secret::Env(ref name)) if name == "OIDC_CLIENT_SECRET"
+        ));
+        // The secret's value never appears in the configuration.
+        assert!(!format!("{login:?}").contains("s3cret"));
+
+        let (config, _) = Config::load(None, &env(&[])).unwrap();
+        assert!(config.login.is_none());
+        let err = Config::load(None, &env(&all[..2])).unwrap_err().to_string();
+        assert!(
+            err.contains("missing: OIDC_CLIENT_SECRET, OIDC_REDIRECT_URL"),
+            "{err}"
+        );
+        let mut bad = all;
+        bad[3] = ("OIDC_REDIRECT_URL", "not a url");
+        let err = Config::load(None, &env(&bad)).unwrap_err().to_string();
+        assert!(err.contains("login.redirect_url"), "{err}");
+        bad[3] = ("OIDC_REDIRECT_URL", "https://app.example.com/auth/callback");
+        bad[4] = ("LOGIN_ALLOWED_REDIRECTS", "//evil.example");
+        let err = Config::load(None, &env(&bad)).unwrap_err().to_string();
+        assert!(err.contains("login.allowed_redirects"), "{err}");
+    }
+
     #[test]
     fn old_example_key_is_refused_with_its_length() {
         let (config, _) = Config::load(None, &env(&[])).unwrap();
