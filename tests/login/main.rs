@@ -134,6 +134,26 @@ async fn through_provider(browser: &reqwest::Client, login_url: &str, user: &str
         .to_string()
 }
 
+/// A JSON client's login as alice up to the provider's redirect back: the login's cookie
+/// (`name=value`) and heimdall's callback URL with `code` and `state`.
+async fn login_at_provider(base: &str) -> (String, reqwest::Url) {
+    let browser = new_browser();
+    let started = browser
+        .get(format!("{base}/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    let state_cookie = set_cookies(&started)[0]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let callback = login_headless(&browser, &location(&started), "alice")
+        .await
+        .unwrap();
+    (state_cookie, callback)
+}
+
 /// A JSON client's whole login: the contract's JSON.
 async fn login_json(setup: &Setup, user: &str) -> Value {
     let browser = new_browser();
@@ -383,20 +403,7 @@ async fn callbacks_without_a_valid_login_are_refused_and_get_no_token() {
 
     // A real login's code and cookie, replayed: the first callback succeeds, the second is
     // refused by the provider (codes are single-use).
-    let browser = new_browser();
-    let started = browser
-        .get(format!("{base}/auth/login"))
-        .send()
-        .await
-        .unwrap();
-    let state_cookie = set_cookies(&started)[0]
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let callback = login_headless(&browser, &location(&started), "alice")
-        .await
-        .unwrap();
+    let (state_cookie, callback) = login_at_provider(base).await;
     let first = plain
         .get(callback.as_str())
         .header("cookie", &state_cookie)
@@ -421,20 +428,7 @@ async fn callbacks_without_a_valid_login_are_refused_and_get_no_token() {
     );
 
     // A mismatched state (same cookie name, another value) and a tampered cookie.
-    let browser = new_browser();
-    let started = browser
-        .get(format!("{base}/auth/login"))
-        .send()
-        .await
-        .unwrap();
-    let state_cookie = set_cookies(&started)[0]
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let callback = login_headless(&browser, &location(&started), "alice")
-        .await
-        .unwrap();
+    let (state_cookie, callback) = login_at_provider(base).await;
     let state: String = callback
         .query_pairs()
         .find(|(k, _)| k == "state")
