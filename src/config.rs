@@ -646,16 +646,9 @@ impl Config {
             None => match (issuer, client_id, secret, redirect) {
                 (None, None, None, None) => None,
                 (Some(issuer_url), Some(client_id), Some(secret), Some(redirect_url)) => {
-                    let mut login: crate::login::LoginConfig =
-                        serde_yaml_ng::from_str("{issuer_url: x, client_id: x, redirect_url: x}")
-                            .map_err(|e| ConfigError::Env {
-                            name: "OIDC_ISSUER_URL",
-                            message: e.to_string(),
-                        })?;
-                    login.issuer_url = issuer_url;
-                    login.client_id = client_id;
+                    let mut login =
+                        crate::login::LoginConfig::new(issuer_url, client_id, redirect_url);
                     login.client_secret = Some(secret);
-                    login.redirect_url = redirect_url;
                     Some(login)
                 }
                 (issuer, client_id, secret, redirect) => {

@@ -374,6 +374,14 @@ mod tests {
                 Some("theme=dark; lang=en"),
             ),
             (format!("heimdall_session={token}"), None),
+            // Spellings around the name: spaces, a repeat, an empty value, look-alike names
+            // (cookie names are case-sensitive, so `Heimdall_Session` is another cookie).
+            (
+                format!(
+                    " heimdall_session = {token} ;heimdall_session=x; heimdall_session2=y;Heimdall_Session=z;;"
+                ),
+                Some("heimdall_session2=y; Heimdall_Session=z"),
+            ),
         ] {
             let request = CheckRequestBuilder::get("/api/documents/42")
                 .header("cookie", &cookies)

@@ -334,7 +334,7 @@ fn envelope(
                 LoginError::BadRequest(format!("the body is not valid JSON: {e}").into())
             })?)
         } else if content_type.starts_with("application/x-www-form-urlencoded") {
-            Some(serde_urlencoded_form(body)?)
+            Some(form_body(body))
         } else {
             None
         };
@@ -348,11 +348,11 @@ fn envelope(
     Ok(cookie(headers, &login.config().cookies.refresh).map(|c| (c.to_owned(), true)))
 }
 
-fn serde_urlencoded_form(body: &Bytes) -> Result<RefreshBody, LoginError> {
+fn form_body(body: &Bytes) -> RefreshBody {
     let refresh_token = openidconnect::url::form_urlencoded::parse(body)
         .find(|(k, _)| k == "refresh_token")
         .map(|(_, v)| v.into_owned());
-    Ok(RefreshBody { refresh_token })
+    RefreshBody { refresh_token }
 }
 
 async fn refresh(State(routes): State<LoginRoutes>, headers: HeaderMap, body: Bytes) -> Response {

@@ -155,6 +155,27 @@ pub const LOGIN_ENV_VARS: [&str; 5] = [
 ];
 
 impl LoginConfig {
+    /// A login section with every default: what the `OIDC_*` variables alone configure.
+    pub fn new(issuer_url: String, client_id: String, redirect_url: String) -> Self {
+        Self {
+            issuer_url,
+            client_id,
+            client_secret: None,
+            redirect_url,
+            allowed_redirects: Vec::new(),
+            scopes: default_scopes(),
+            userinfo: false,
+            claims: ClaimMapping::default(),
+            cookies: CookieConfig::default(),
+            login_ttl: default_login_ttl(),
+            session_ttl: default_session_ttl(),
+            timeout: default_timeout(),
+            refresh_grace: default_refresh_grace(),
+            metadata_ttl: default_metadata_ttl(),
+            post_logout_redirect: None,
+        }
+    }
+
     /// Checks what serde cannot; the message names the field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let url = |field: &'static str, value: &str| {

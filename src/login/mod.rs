@@ -311,11 +311,7 @@ impl Login {
 
     /// Checks a `redirect_uri` against the allow-list.
     pub fn check_redirect(&self, raw: &str) -> Result<Url, LoginError> {
-        self.allow.check(raw).map_err(Self::bad_redirect)
-    }
-
-    fn bad_redirect(message: &'static str) -> LoginError {
-        LoginError::bad_request(message)
+        self.allow.check(raw).map_err(LoginError::bad_request)
     }
 
     /// Starts a login: the provider's authorization URL (code flow, PKCE S256, state, nonce)

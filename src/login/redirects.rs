@@ -231,6 +231,24 @@ mod tests {
         assert!(list.check(&long).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever the spelling, an accepted redirect is on an allowed origin, has no
+        /// userinfo, and its raw text held no backslash, control, space or non-ASCII.
+        #[test]
+        fn an_accepted_redirect_is_always_on_the_list(
+            raw in "(https?:|//|/|\\\\|[a-z.@:%]){0,3}[a-zA-Z0-9./@:%?#\\\\ \t-]{0,40}"
+        ) {
+            let list = list();
+            if let Ok(url) = list.check(&raw) {
+                let allowed = ["https://app.example.com", "https://docs.example.com", "http://127.0.0.1:3000"]
+                    .map(|o| Url::parse(o).unwrap().origin());
+                proptest::prop_assert!(allowed.contains(&url.origin()), "{raw:?} -> {url}");
+                proptest::prop_assert!(url.username().is_empty() && url.password().is_none());
+                proptest::prop_assert!(raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'));
+            }
+        }
+    }
+
     #[test]
     fn bad_entries_are_refused_with_the_entry() {
         for entry in [
