@@ -18,6 +18,7 @@ pub(crate) mod listener;
 pub mod login;
 pub mod mechanisms;
 pub mod metrics;
+pub mod outbound;
 pub(crate) mod pipeline;
 pub mod policy;
 pub mod readiness;

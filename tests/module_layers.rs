@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "request and services",
-        &["request", "tokens", "metrics", "attributes"],
+        &["request", "tokens", "metrics", "outbound", "attributes"],
     ),
     ("principals and policy questions", &["subject", "policy"]),
     ("policy engine", &["cerbos"]),

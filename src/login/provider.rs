@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::LoginError;
+pub(super) use crate::outbound::error_chain;
+use crate::outbound::{HttpClient, OutboundError, client_basic_credentials};
 
 /// The largest answer read from the provider.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -73,15 +75,7 @@ pub(super) struct Provider {
 }
 
 /// Why a call to the provider failed, as the HTTP client adapter reports it.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum HttpError {
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Transport(String),
-    #[error("the answer is larger than {MAX_BODY_BYTES} bytes")]
-    TooLarge,
-}
+pub(super) type HttpError = OutboundError;
 
 /// The provider's endpoints and keys, and the HTTP client to reach them.
 pub(super) struct Discovery {
@@ -96,21 +90,11 @@ pub(super) struct Discovery {
 
 /// The HTTP client of every provider call.
 #[derive(Clone)]
-pub(super) struct Http {
-    client: reqwest::Client,
-    timeout: Duration,
-}
+pub(super) struct Http(HttpClient);
 
 impl Http {
     pub(super) fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            // A provider's answer must not steer heimdall to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .user_agent(concat!("heimdall/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, timeout })
+        HttpClient::new(timeout, MAX_BODY_BYTES).map(Self)
     }
 
     /// Sends one request (openidconnect's shape) and reads at most [`MAX_BODY_BYTES`].
@@ -118,40 +102,7 @@ impl Http {
         &self,
         request: openidconnect::HttpRequest,
     ) -> Result<openidconnect::HttpResponse, HttpError> {
-        let request =
-            reqwest::Request::try_from(request).map_err(|e| HttpError::Transport(e.to_string()))?;
-        let work = async {
-            let mut response = self
-                .client
-                .execute(request)
-                .await
-                .map_err(|e| self.transport(&e))?;
-            let mut builder = http::Response::builder().status(response.status());
-            for (name, value) in response.headers() {
-                builder = builder.header(name, value);
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(HttpError::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            builder
-                .body(body)
-                .map_err(|e| HttpError::Transport(e.to_string()))
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| HttpError::Timeout(self.timeout))?
-    }
-
-    fn transport(&self, error: &reqwest::Error) -> HttpError {
-        if error.is_timeout() {
-            HttpError::Timeout(self.timeout)
-        } else {
-            HttpError::Transport(error_chain(error))
-        }
+        self.0.send(request).await
     }
 
     /// A GET with a bearer token, for userinfo; JSON object or an error.
@@ -194,40 +145,33 @@ impl Http {
         refresh_token: &str,
     ) -> Result<(), LoginError> {
         // Built before the request is sent: the serializer is not `Send`.
-        let request =
-            {
-                let mut form = openidconnect::url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("token", refresh_token)
-                    .append_pair("token_type_hint", "refresh_token");
-                let mut request = http::Request::builder()
-                    .method(http::Method::POST)
-                    .uri(url.as_str())
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                    .header(http::header::ACCEPT, "application/json");
-                match client_secret {
-                    // RFC 6749 §2.3.1: both halves form-encoded, then Basic.
-                    Some(secret) => {
-                        use base64::Engine as _;
-                        let encode = |s: &str| {
-                            openidconnect::url::form_urlencoded::byte_serialize(s.as_bytes())
-                                .collect::<String>()
-                        };
-                        let credentials = base64::engine::general_purpose::STANDARD
-                            .encode(format!("{}:{}", encode(client_id), encode(secret)));
-                        request = request
-                            .header(http::header::AUTHORIZATION, format!("Basic {credentials}"));
-                    }
-                    None => {
-                        form.append_pair("client_id", client_id);
-                    }
+        let request = {
+            let mut form = openidconnect::url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", refresh_token)
+                .append_pair("token_type_hint", "refresh_token");
+            let mut request = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(url.as_str())
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .header(http::header::ACCEPT, "application/json");
+            match client_secret {
+                Some(secret) => {
+                    request = request.header(
+                        http::header::AUTHORIZATION,
+                        client_basic_credentials(client_id, secret),
+                    );
                 }
-                request
-                    .body(form.finish().into_bytes())
-                    .map_err(|e| LoginError::provider("revocation", e.to_string()))?
-            };
+                None => {
+                    form.append_pair("client_id", client_id);
+                }
+            }
+            request
+                .body(form.finish().into_bytes())
+                .map_err(|e| LoginError::provider("revocation", e.to_string()))?
+        };
         let response = self
             .send(request)
             .await
@@ -349,16 +293,4 @@ impl Discovery {
             fetched: Instant::now(),
         })
     }
-}
-
-/// An error's message with its causes.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
