@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "vocabulary",
-        &["redact", "canonical", "decision", "readiness"],
+        &["redact", "canonical", "decision", "readiness", "ttl_cache"],
     ),
     (
         "request and services",

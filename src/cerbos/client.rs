@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::ttl_cache::TtlCache;
+
 use super::convert::{json_map_to_pb, principal_pb, resource_pb};
 use super::metrics::{CerbosCall, CerbosMetrics, ValidationSource};
 use super::pb::cerbos::effect::v1::Effect;
@@ -28,7 +30,9 @@ pub struct Cerbos {
     channels: Box<[Channel]>,
     next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<[ResourceResult]>>>,
+    cache: Option<TtlCache<[u8; 32], Arc<[ResourceResult]>>>,
+    /// How long a decision stays in `cache`.
+    cache_ttl: Duration,
     metrics: CerbosMetrics,
     /// `cerbos.default_role`, `None` when empty.
     default_role: Option<String>,
@@ -81,17 +85,13 @@ impl Cerbos {
         let channels: Box<[Channel]> = (0..config.connections.max(1))
             .map(|_| endpoint.connect_lazy())
             .collect();
-        let cache = (config.cache_entries > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(config.cache_entries)
-                .time_to_live(config.cache_ttl)
-                .build()
-        });
+        let cache = (config.cache_entries > 0).then(|| TtlCache::new(config.cache_entries));
         Ok(Self {
             channels,
             next: std::sync::atomic::AtomicUsize::new(0),
             timeout: config.timeout,
             cache,
+            cache_ttl: config.cache_ttl,
             metrics,
             default_role: Some(config.default_role.trim().to_owned()).filter(|r| !r.is_empty()),
             max_resources: config.max_resources,
@@ -265,7 +265,7 @@ impl PolicyDecisionPoint for Cerbos {
         // An answer with validation errors is not cached: each such request is logged and
         // counted, so operators see how often it happens.
         if let (Some(cache), Some(key), 0) = (&self.cache, key, reported) {
-            cache.insert(key, Arc::clone(&results));
+            cache.insert(key, Arc::clone(&results), self.cache_ttl);
         }
         Ok(results)
     }

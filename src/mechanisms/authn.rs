@@ -5,9 +5,8 @@
 //! [`AuthnError::Failed`] authentication error.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
 use serde_yaml_ng::Value;
 use time::OffsetDateTime;
 
@@ -17,6 +16,7 @@ use crate::decision::{ErrorKind, StepError};
 use crate::request::{HeaderLookup, RequestView};
 use crate::subject::Principal;
 use crate::tokens::{Accept, Keyring, Validation};
+use crate::ttl_cache::TtlCache;
 
 /// Why an authenticator produced no principal.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,28 +112,14 @@ enum TokenSource {
     Cookie(Box<str>),
 }
 
-/// A cached principal lives until the earlier of the configured TTL and the token's expiry.
-struct UntilExpiry {
-    max_ttl: Duration,
-}
-
-impl Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Principal>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        let ttl = match value.expires_at {
-            Some(exp) => {
-                let left = exp - OffsetDateTime::now_utc();
-                Duration::try_from(left)
-                    .unwrap_or(Duration::ZERO)
-                    .min(self.max_ttl)
-            }
-            None => self.max_ttl,
-        };
-        Some(ttl)
+/// How long a verified token's principal may be served from the cache: the configured TTL, never
+/// past the token's expiry.
+fn cache_ttl(principal: &Principal, max_ttl: Duration) -> Duration {
+    match principal.expires_at {
+        Some(exp) => Duration::try_from(exp - OffsetDateTime::now_utc())
+            .unwrap_or(Duration::ZERO)
+            .min(max_ttl),
+        None => max_ttl,
     }
 }
 
@@ -149,7 +135,9 @@ pub struct PasetoAuthenticator {
     validation: Validation,
     max_token_bytes: usize,
     /// Verified tokens by BLAKE3 hash of the token: a hit skips the signature check.
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<Principal>>>,
+    cache: Option<TtlCache<[u8; 32], Arc<Principal>>>,
+    /// The longest a principal stays in `cache`.
+    cache_ttl: Duration,
     /// Where revocations are read, when they are checked.
     revocations: Option<Arc<crate::attributes::PrincipalStore>>,
 }
@@ -214,14 +202,10 @@ impl PasetoAuthenticator {
             required: cfg.required_claims.into(),
             allow_non_expiring: cfg.allow_non_expiring,
         };
-        let cache = cfg.cache.enabled.then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(cfg.cache.max_entries)
-                .expire_after(UntilExpiry {
-                    max_ttl: cfg.cache.max_ttl,
-                })
-                .build()
-        });
+        let cache = cfg
+            .cache
+            .enabled
+            .then(|| TtlCache::new(cfg.cache.max_entries));
         Ok(Self {
             id: Arc::clone(id),
             keys: Arc::clone(ctx.keys),
@@ -230,6 +214,7 @@ impl PasetoAuthenticator {
             validation,
             max_token_bytes: cfg.max_token_bytes,
             cache,
+            cache_ttl: cfg.cache.max_ttl,
             revocations: ctx.attributes.filter(|_| cfg.check_revocation).cloned(),
         })
     }
@@ -334,7 +319,7 @@ impl PasetoAuthenticator {
             {
                 return Ok(principal);
             }
-            cache.invalidate(key);
+            cache.remove(key);
         }
         let claims = self
             .keys
@@ -360,7 +345,11 @@ impl PasetoAuthenticator {
             stored: None,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {
-            cache.insert(key, Arc::clone(&principal));
+            cache.insert(
+                key,
+                Arc::clone(&principal),
+                cache_ttl(&principal, self.cache_ttl),
+            );
         }
         Ok(principal)
     }
