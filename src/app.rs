@@ -159,6 +159,10 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub readiness: Readiness,
     shutdown: watch::Sender<bool>,
+    /// The gRPC health service's status, turned to NOT_SERVING by [`Running::drain`].
+    health: tonic_health::server::HealthReporter,
+    /// Set by [`Running::drain`]: keeps `/ready` at 503 until the process exits.
+    draining: Option<crate::readiness::BlockReady>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// Loops that run until shutdown (health watchers).
     background: Vec<JoinHandle<()>>,
@@ -181,8 +185,10 @@ impl Built {
 
         warn_if_caps_exceed_open_files(server);
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AuthorizationServer<ExtAuthz>>()
+            .await;
         // tonic reserves a message's announced length before reading it: the limit is what
         // one stream can make the process allocate.
         let max_message = server.grpc.max_message_bytes;
@@ -258,6 +264,8 @@ impl Built {
             http_addr,
             readiness: self.readiness,
             shutdown,
+            health: health_reporter,
+            draining: None,
             tasks: vec![grpc, http],
             background: health
                 .into_iter()
@@ -269,6 +277,28 @@ impl Built {
 }
 
 impl Running {
+    /// The first step of a graceful stop: `/ready` answers 503 and the gRPC health service
+    /// NOT_SERVING (for the ext_authz service and the server as a whole) from now on, while both
+    /// ports keep serving for `delay`, so that whoever balances over replicas stops choosing
+    /// this one before its listeners close.
+    pub async fn drain(&mut self, delay: std::time::Duration) {
+        // Held until the process exits: readiness never comes back.
+        self.draining = Some(self.readiness.block("draining"));
+        self.health
+            .set_not_serving::<AuthorizationServer<ExtAuthz>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "draining: /ready is 503 and gRPC health NOT_SERVING; still serving until the delay is over"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish (bounded by `grace`), and returns.
     pub async fn shutdown(self, grace: std::time::Duration) {
         let _ = self.shutdown.send(true);

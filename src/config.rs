@@ -205,7 +205,14 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// The `context_extensions` key that names a rule directly.
     pub rule_extension: String,
-    /// How long in-flight requests may finish after SIGTERM.
+    /// After SIGTERM, how long heimdall keeps serving while `/ready` and the gRPC health
+    /// service already say it is going away, so load balancers (Kubernetes endpoints, Envoy's
+    /// health checks) stop sending before the listeners close. Set it above the health checks'
+    /// interval when several replicas sit behind one cluster.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_delay: Duration,
+    /// How long in-flight requests may finish once the listeners close (after `drain_delay`).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
@@ -232,6 +239,7 @@ impl Default for ServerConfig {
                 IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
             ],
             rule_extension: "heimdall_rule".into(),
+            drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             grpc: GrpcListenerConfig::default(),
             http: HttpListenerConfig::default(),

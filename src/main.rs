@@ -320,7 +320,7 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
         } else {
             tracing::info!("get a token this heimdall accepts with: heimdall token mint --sub alice --roles user (same configuration and environment)");
         }
-        let grace = config.server.shutdown_grace;
+        let (drain_delay, grace) = (config.server.drain_delay, config.server.shutdown_grace);
         let running = heimdall::app::build(config, keys)?.serve().await?;
         let mut running = running;
         let failure = tokio::select! {
@@ -328,6 +328,9 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
             error = running.server_failure() => Some(error),
         };
         tracing::info!("shutting down");
+        if failure.is_none() {
+            running.drain(drain_delay).await;
+        }
         running.shutdown(grace).await;
         match failure {
             None => Ok(ExitCode::SUCCESS),

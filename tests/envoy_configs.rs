@@ -1,5 +1,6 @@
 //! The shipped Envoy configurations are valid for the pinned Envoy, the test harness runs the same
-//! ext_authz settings as `envoy/envoy.yaml`, and that setup fails closed.
+//! ext_authz settings as `envoy/envoy.yaml`, that setup fails closed, and a replica stopped behind it
+//! drains without failing a request.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -189,4 +190,148 @@ async fn envoy_fails_closed_when_heimdall_is_unreachable() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no ext_authz error counter in:\n{stats}"));
     assert!(errors >= 3, "ext_authz errors: {errors}\n{stats}");
+}
+
+/// heimdall replicas that Envoy sees healthy, from the admin `/clusters` output.
+async fn healthy_heimdall_hosts(client: &reqwest::Client, envoy: &Envoy) -> Vec<String> {
+    let Ok(response) = client.get(envoy.admin_url("/clusters")).send().await else {
+        return Vec::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("heimdall::"))
+        .filter_map(|line| line.strip_suffix("::health_flags::healthy"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A rolling restart the way Kubernetes does it: two replicas behind the shipped Envoy
+/// configuration (with its gRPC health check), one gets SIGTERM under load. It drains
+/// (`/ready` 503, gRPC health NOT_SERVING for `server.drain_delay`), Envoy moves to the other
+/// replica, the in-flight Checks finish, and it exits 0. No request may fail.
+#[tokio::test]
+async fn a_replica_stopped_under_load_fails_no_request() {
+    use heimdall::test_helpers::heimdall::HeimdallProcess;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let Some(_) = tools::require("envoy") else {
+        return;
+    };
+    let config =
+        heimdall::config::EMBEDDED.replacen("server:\n", "server:\n  drain_delay: 2s\n", 1);
+    assert_ne!(
+        config,
+        heimdall::config::EMBEDDED,
+        "no `server:` section to extend"
+    );
+    let mut leaving = HeimdallProcess::start(&config, &[]).await;
+    let staying = HeimdallProcess::start(&config, &[]).await;
+    for replica in [&leaving, &staying] {
+        assert!(
+            replica.wait_ready(Duration::from_secs(20)).await,
+            "{}",
+            replica.log_tail(20)
+        );
+    }
+    let echo = EchoUpstream::start().await;
+    let shipped = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let rendered = envoy::render_shipped(&shipped, leaving.grpc_addr(), echo.addr).unwrap();
+    // The shipped cluster has one endpoint; the second replica joins it.
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
+    let clusters = value["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap();
+    let cluster = clusters
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some("heimdall"))
+        .unwrap();
+    let endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        .as_sequence_mut()
+        .unwrap();
+    let mut second = endpoints[0].clone();
+    second["endpoint"]["address"]["socket_address"]["port_value"] =
+        serde_yaml_ng::Value::from(staying.grpc_addr().port());
+    endpoints.push(second);
+    let Some(envoy) = Envoy::start_rendered(serde_yaml_ng::to_string(&value).unwrap()).await else {
+        return;
+    };
+    let client = heimdall::test_helpers::http_client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while healthy_heimdall_hosts(&client, &envoy).await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never saw both replicas healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let failures = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), envoy.url("/public/drain"));
+            let (stop, ok, failed, failures) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&failures),
+            );
+            tokio::spawn(async move {
+                // Bounded: the loop ends when the test says so, at most 30 s from now.
+                let end = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    match client.get(&url).send().await {
+                        Ok(response) if response.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let what = match other {
+                                Ok(response) => format!("status {}", response.status()),
+                                Err(e) => format!("transport: {e}"),
+                            };
+                            failures.lock().await.push(what);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = ok.load(Ordering::Relaxed);
+    let stopped_at = Instant::now();
+    let status = leaving.terminate().await.expect("the replica was running");
+    let took = stopped_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let failures = failures.lock().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the restart, first: {:?}\nEnvoy: {:?}\nreplica log:\n{}",
+        failed.load(Ordering::Relaxed),
+        ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed),
+        failures.first(),
+        healthy_heimdall_hosts(&client, &envoy).await,
+        leaving.log_tail(20)
+    );
+    assert!(
+        before > 0 && ok.load(Ordering::Relaxed) > before,
+        "no load was sent"
+    );
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?}, before the drain delay was over"
+    );
+    let log = leaving.log();
+    assert!(log.contains("draining"), "{log}");
+    assert!(staying.is_ready().await);
 }
