@@ -178,18 +178,12 @@ fn cache_hit(c: &mut Criterion) {
         moka.insert(*key, Arc::new(i));
     }
     let mut group = c.benchmark_group("cache_hit");
-    let mut at = 0;
+    let mut cycle = keys.iter().cycle();
     group.bench_function("ttl_cache", |b| {
-        b.iter(|| {
-            at = (at + 1) % keys.len();
-            std::hint::black_box(ttl.get(&keys[at]))
-        });
+        b.iter(|| std::hint::black_box(ttl.get(cycle.next().unwrap())));
     });
     group.bench_function("moka_sync", |b| {
-        b.iter(|| {
-            at = (at + 1) % keys.len();
-            std::hint::black_box(moka.get(&keys[at]))
-        });
+        b.iter(|| std::hint::black_box(moka.get(cycle.next().unwrap())));
     });
     group.finish();
 }
