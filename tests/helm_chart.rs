@@ -1,7 +1,7 @@
 //! The Helm chart in charts/heimdall: `helm lint` passes, `helm template` renders both modes and
 //! every optional resource, keys stay out of ConfigMaps, and what the chart renders is accepted by
 //! the real programs (`heimdall validate` for the configuration, `envoy --mode validate` for the
-//! sidecar's Envoy configuration).
+//! sidecar's Envoy configuration), and the Dockerfile passes `hadolint`.
 //!
 //! Rendered manifests, and the files the ConfigMaps embed, are parsed as YAML and checked field by
 //! field, so a change in helm's or the templates' formatting alone cannot fail or pass a test.
@@ -1330,5 +1330,49 @@ fn rendered_sidecar_envoy_configuration_is_valid() {
         "envoy refused the chart's sidecar configuration:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The image the chart runs: `hadolint` passes the Dockerfile with the repository's settings,
+/// and the final stage runs as a non-root user with the binary the chart's `command` calls.
+#[test]
+fn the_dockerfile_passes_hadolint_and_runs_unprivileged() {
+    let Some(hadolint) = tools::require("hadolint") else {
+        return;
+    };
+    let out = Command::new(&hadolint)
+        .args(["--config", ".hadolint.yaml", "Dockerfile"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hadolint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let final_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let user = final_stage
+        .lines()
+        .find_map(|line| line.strip_prefix("USER "))
+        .expect("the final stage names its USER");
+    assert!(
+        !user.starts_with("0") && !user.starts_with("root"),
+        "runs as {user}"
+    );
+    assert!(
+        !dockerfile
+            .lines()
+            .any(|line| line.starts_with("HEALTHCHECK")),
+        "probes belong to Kubernetes"
+    );
+    assert!(final_stage.contains("/usr/local/bin/heimdall"));
+    let values = yaml(&std::fs::read_to_string(chart().join("values.yaml")).unwrap());
+    assert_eq!(
+        text(&values, "image.repository"),
+        "heimdall",
+        "the chart runs the image `docker build -t heimdall` makes"
     );
 }
