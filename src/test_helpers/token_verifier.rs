@@ -134,3 +134,8 @@ pub fn jwt_key_file(algorithm: JwtAlgorithm) -> (PathBuf, String) {
         .unwrap_or_else(|e| fail(&format!("write {}: {e}", path.display())));
     (path, pair.public_pem)
 }
+
+/// A fresh JWT private key for `algorithm`, as PKCS#8 PEM text.
+pub fn generate_jwt_key(algorithm: JwtAlgorithm) -> String {
+    test_keys::generate(algorithm).private_pem
+}
