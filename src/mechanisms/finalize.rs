@@ -15,7 +15,7 @@ pub enum Finalizer {
     Header(HeaderFinalizer),
     RemoveHeaders(RemoveHeaders),
     /// `jwt` and `paseto`: a signed token for the upstream.
-    UpstreamToken(UpstreamToken),
+    UpstreamToken(Box<UpstreamToken>),
 }
 
 pub use upstream_token::{TokenFormat, UpstreamToken};
@@ -124,18 +124,18 @@ impl Finalizer {
         ctx: &BuildContext<'_>,
     ) -> Result<Self, BuildError> {
         match spec {
-            FinalizerSpec::Jwt(cfg) => Ok(Self::UpstreamToken(UpstreamToken::build(
+            FinalizerSpec::Jwt(cfg) => Ok(Self::UpstreamToken(Box::new(UpstreamToken::build(
                 id,
                 TokenFormat::Jwt,
                 cfg,
                 ctx,
-            )?)),
-            FinalizerSpec::Paseto(cfg) => Ok(Self::UpstreamToken(UpstreamToken::build(
+            )?))),
+            FinalizerSpec::Paseto(cfg) => Ok(Self::UpstreamToken(Box::new(UpstreamToken::build(
                 id,
                 TokenFormat::Paseto,
                 cfg,
                 ctx,
-            )?)),
+            )?))),
             FinalizerSpec::Header(cfg) => {
                 if cfg.headers.is_empty() && cfg.response_headers.is_empty() {
                     return Err(BuildError::Invalid(

@@ -117,8 +117,14 @@ impl TokenVerifier {
         let mut document: Value =
             serde_json::from_str(line).map_err(|e| format!("verifier printed {line:?}: {e}"))?;
         Ok(Verified {
-            header: document["header"].take(),
-            payload: document["payload"].take(),
+            header: document
+                .get_mut("header")
+                .map(Value::take)
+                .unwrap_or_default(),
+            payload: document
+                .get_mut("payload")
+                .map(Value::take)
+                .unwrap_or_default(),
         })
     }
 }

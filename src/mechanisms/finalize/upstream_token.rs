@@ -32,6 +32,9 @@ const OWN_CLAIMS: [&str; 4] = ["exp", "iat", "nbf", "jti"];
 /// Claims with their own settings, which `claims` may replace with `override_registered_claims`.
 const REGISTERED: [&str; 3] = ["iss", "sub", "aud"];
 
+/// Claim names with the expressions of their values.
+type ComputedClaims = Box<[(Box<str>, Expr)]>;
+
 /// Which token is minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFormat {
@@ -67,7 +70,7 @@ pub struct UpstreamToken {
     issuer: Computed<String>,
     subject: Expr,
     audience: Computed<Vec<String>>,
-    claims: Box<[(Box<str>, Expr)]>,
+    claims: ComputedClaims,
     ttl: Duration,
     /// Header values (prefix and token) by claim hash.
     cache: Option<moka::sync::Cache<[u8; 32], Arc<str>>>,
@@ -338,7 +341,7 @@ struct RegisteredClaims {
 fn compile_claims(
     cfg: &UpstreamTokenConfig,
     registered: &mut RegisteredClaims,
-) -> Result<Box<[(Box<str>, Expr)]>, BuildError> {
+) -> Result<ComputedClaims, BuildError> {
     let mut out = Vec::with_capacity(cfg.claims.len());
     for (name, source) in &cfg.claims {
         let shown = crate::redact::untrusted(name, 64);
