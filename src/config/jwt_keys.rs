@@ -127,4 +127,30 @@ mod tests {
         let unknown = parse("{file: /k, kid: x}").unwrap_err();
         assert!(unknown.contains("unknown field `kid`"), "{unknown}");
     }
+
+    /// The key ring reads `tokens.jwt_keys` from the environment; a missing variable is named,
+    /// and neither the dump nor the key ring's debug output holds the private key.
+    #[test]
+    fn the_key_ring_reads_jwt_keys_and_never_shows_them() {
+        use std::collections::HashMap;
+
+        use crate::config::{Config, Origin};
+        let yaml = "version: \"1\"\ntokens:\n  jwt_keys: [{env: JWT_KEY, algorithm: ES256}]\n";
+        let config = Config::parse(yaml, &Origin::Embedded).unwrap();
+        let missing = config
+            .keyring(&HashMap::<String, String>::new())
+            .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "JWT key 0: environment variable `JWT_KEY` is not set"
+        );
+        let pem = crate::tokens::jwt::test_keys::generate(JwtAlgorithm::Es256).private_pem;
+        let env = HashMap::from([("JWT_KEY".to_owned(), pem.clone())]);
+        let keys = config.keyring(&env).unwrap();
+        assert_eq!(keys.jwt().signing_algorithm(), Some("ES256"));
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!format!("{keys:?}").contains(body));
+        assert!(!config.redacted_yaml().contains(body));
+        assert!(config.redacted_yaml().contains("env: JWT_KEY"));
+    }
 }
