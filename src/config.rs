@@ -5,6 +5,7 @@
 //! not a silently ignored setting. With no file at all, the embedded example configuration
 //! (`config/heimdall.yaml`) is used.
 
+pub mod jwt_keys;
 pub mod mechanisms;
 pub mod reference;
 pub mod spec;
@@ -114,6 +115,8 @@ pub enum ConfigError {
     },
     #[error("key {index}: environment variable `{name}` is not set")]
     KeyEnv { index: usize, name: String },
+    #[error("JWT key {index}: environment variable `{name}` is not set")]
+    JwtKeyEnv { index: usize, name: String },
     #[error("invalid setting `{field}`: {message}")]
     Invalid {
         field: &'static str,
@@ -412,6 +415,10 @@ pub struct TokensConfig {
     /// Keys as PASERK, inline, from a file or from an environment variable. The first
     /// `k4.local` and the first `k4.secret` key mint; every key verifies.
     pub keys: Vec<KeySource>,
+    /// Keys of the JWTs the `jwt` finalizer mints for upstreams (PEM). The first private key
+    /// signs; every key is published at `/.well-known/jwks.json`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_keys: Vec<jwt_keys::JwtKeySource>,
 }
 
 impl Default for TokensConfig {
@@ -421,6 +428,7 @@ impl Default for TokensConfig {
             audience: None,
             ttl: Duration::from_secs(3600),
             keys: Vec::new(),
+            jwt_keys: Vec::new(),
         }
     }
 }
@@ -872,6 +880,24 @@ impl Config {
                 })?,
             };
             ring.add_paserk(&text, index)?;
+        }
+        for (index, source) in self.tokens.jwt_keys.iter().enumerate() {
+            let text = match &source.material {
+                jwt_keys::JwtKeyMaterial::Pem(pem) => pem.clone(),
+                jwt_keys::JwtKeyMaterial::File(path) => {
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+                jwt_keys::JwtKeyMaterial::Env(name) => {
+                    env.var(name)?.ok_or_else(|| ConfigError::JwtKeyEnv {
+                        index,
+                        name: name.clone(),
+                    })?
+                }
+            };
+            ring.add_jwt_pem(&text, index, source.algorithm)?;
         }
         Ok(ring)
     }

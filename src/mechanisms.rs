@@ -115,6 +115,7 @@ pub fn build(
         Kind::Finalizer => Mechanism::Finalizer(Arc::new(Finalizer::from_spec(
             id,
             parse::<FinalizerSpec>(type_name, config)?,
+            ctx,
         )?)),
         Kind::ErrorHandler => Mechanism::ErrorHandler(Arc::new(ErrorHandler::from_spec(
             id,

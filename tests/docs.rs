@@ -351,8 +351,8 @@ fn heimdall(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 /// `<!-- not validated: REASON -->` on the line before its fence is skipped; see DEVELOPMENT.md.
 #[test]
 fn configuration_examples_pass_validate() {
-    // The keys the examples name: a symmetric key, and a signing key in the variable the
-    // examples and the Helm chart use.
+    // The keys the examples name: a symmetric key, a signing key in the variable the examples
+    // and the Helm chart use, and a JWT key (PKCS#8 PEM).
     let generated = heimdall(&["keys", "generate", "--purpose", "public"], &[]);
     assert!(generated.status.success());
     let generated = String::from_utf8(generated.stdout).unwrap();
@@ -361,9 +361,13 @@ fn configuration_examples_pass_validate() {
         .find_map(|l| l.strip_prefix("secret: "))
         .unwrap()
         .to_owned();
+    let jwt_key = heimdall::test_helpers::token_verifier::generate_jwt_key(
+        heimdall::tokens::JwtAlgorithm::EdDsa,
+    );
     let env = [
         ("PASETO_SYMMETRIC_KEY", "docs-example-key-0123456789abcde"),
         ("HEIMDALL_SIGNING_KEY", secret.as_str()),
+        ("HEIMDALL_JWT_KEY", jwt_key.as_str()),
     ];
 
     let dir = std::env::temp_dir().join(format!("heimdall-docs-{}", std::process::id()));

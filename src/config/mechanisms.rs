@@ -440,11 +440,75 @@ pub enum FinalizerSpec {
     Header(HeaderConfig),
     /// Removes upstream request headers.
     RemoveHeaders(RemoveHeadersConfig),
+    /// Mints a short-lived JWT for the upstream, signed with `tokens.jwt_keys`.
+    Jwt(UpstreamTokenConfig),
+    /// Mints a short-lived PASETO `v4.public` token for the upstream, signed with the key ring.
+    Paseto(UpstreamTokenConfig),
 }
 
 impl TypedSpec for FinalizerSpec {
     const KIND: Kind = Kind::Finalizer;
-    const TYPES: &'static [&'static str] = &["header", "remove_headers"];
+    const TYPES: &'static [&'static str] = &["header", "remove_headers", "jwt", "paseto"];
+}
+
+/// `jwt` and `paseto`: the token minted for the upstream and where it goes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTokenConfig {
+    /// The upstream request header the token is put in.
+    pub header: String,
+    /// The auth scheme before the token (`Bearer`); empty for the token alone.
+    pub scheme: String,
+    /// `iss` (default: `tokens.issuer`).
+    pub issuer: Option<String>,
+    /// `aud`: the upstream's name, or several (required).
+    pub audience: Vec<String>,
+    /// Lifetime of a token: from 10s to 1h.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+    /// Claim name → CEL expression for its value (any JSON value; `null` leaves the claim out).
+    pub claims: BTreeMap<String, String>,
+    /// Let `claims` set `iss`, `sub` and `aud` (`exp`, `iat`, `nbf` and `jti` are always
+    /// heimdall's).
+    pub override_registered_claims: bool,
+    /// Minted tokens reused for an unchanged subject.
+    pub cache: UpstreamTokenCacheConfig,
+}
+
+impl Default for UpstreamTokenConfig {
+    fn default() -> Self {
+        Self {
+            header: "authorization".into(),
+            scheme: "Bearer".into(),
+            issuer: None,
+            audience: Vec::new(),
+            ttl: Duration::from_secs(60),
+            claims: BTreeMap::new(),
+            override_registered_claims: false,
+            cache: UpstreamTokenCacheConfig::default(),
+        }
+    }
+}
+
+/// Minted tokens by a hash of their claims (without `iat`, `exp` and `jti`); an entry lives a
+/// quarter of the token's `ttl`, so a token from the cache has at least three quarters left.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTokenCacheConfig {
+    /// Reuse tokens.
+    pub enabled: bool,
+    /// Most tokens kept.
+    pub max_entries: u64,
+}
+
+impl Default for UpstreamTokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: 10_000,
+        }
+    }
 }
 
 /// `header`: header names and the CEL expressions of their values.

@@ -1,4 +1,5 @@
-//! Operations endpoints: `/health`, `/ready`, `/metrics` and `/.well-known/paseto-keys`.
+//! Operations endpoints: `/health`, `/ready`, `/metrics`, and the public keys of the tokens
+//! heimdall mints: `/.well-known/paseto-keys` and `/.well-known/jwks.json`.
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ where
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/.well-known/paseto-keys", get(paseto_keys))
+        .route("/.well-known/jwks.json", get(jwks))
 }
 
 async fn health() -> Response {
@@ -71,4 +73,14 @@ async fn paseto_keys(State(ops): State<Ops>) -> Response {
         .map(|(kid, paserk)| serde_json::json!({ "kid": kid, "paserk": paserk }))
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
+}
+
+/// The JWT keys as an RFC 7517 JWK Set: the signing key and the ones still published.
+async fn jwks(State(ops): State<Ops>) -> Response {
+    let mut response = json(StatusCode::OK, &ops.keys.jwt().jwks());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/jwk-set+json"),
+    );
+    response
 }

@@ -1,9 +1,11 @@
 //! Finalizers: shape what the upstream receives once the request is allowed.
 
+mod upstream_token;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{BuildError, header_name};
+use super::{BuildContext, BuildError, header_name};
 use crate::config::mechanisms::FinalizerSpec;
 use crate::decision::{Allowed, ErrorKind, StepError};
 use crate::expr::{Expr, Vars};
@@ -12,7 +14,11 @@ use crate::expr::{Expr, Vars};
 pub enum Finalizer {
     Header(HeaderFinalizer),
     RemoveHeaders(RemoveHeaders),
+    /// `jwt` and `paseto`: a signed token for the upstream.
+    UpstreamToken(Box<UpstreamToken>),
 }
+
+pub use upstream_token::{TokenFormat, UpstreamToken};
 
 /// Removes headers, and cookies from the `Cookie` header.
 pub struct RemoveHeaders {
@@ -112,8 +118,24 @@ pub(super) fn is_header_value(value: &str) -> bool {
 
 impl Finalizer {
     /// Builds the finalizer a spec describes.
-    pub fn from_spec(id: &Arc<str>, spec: FinalizerSpec) -> Result<Self, BuildError> {
+    pub fn from_spec(
+        id: &Arc<str>,
+        spec: FinalizerSpec,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Self, BuildError> {
         match spec {
+            FinalizerSpec::Jwt(cfg) => Ok(Self::UpstreamToken(Box::new(UpstreamToken::build(
+                id,
+                TokenFormat::Jwt,
+                cfg,
+                ctx,
+            )?))),
+            FinalizerSpec::Paseto(cfg) => Ok(Self::UpstreamToken(Box::new(UpstreamToken::build(
+                id,
+                TokenFormat::Paseto,
+                cfg,
+                ctx,
+            )?))),
             FinalizerSpec::Header(cfg) => {
                 if cfg.headers.is_empty() && cfg.response_headers.is_empty() {
                     return Err(BuildError::Invalid(
@@ -182,20 +204,22 @@ impl Finalizer {
                 }
                 Ok(())
             }
+            Self::UpstreamToken(f) => f.finalize(vars, out),
         }
     }
 
     /// The expressions this finalizer evaluates.
-    pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
-        let list: &[(Arc<str>, Expr)] = match self {
-            Self::Header(f) => &f.headers,
-            Self::RemoveHeaders(_) => &[],
-        };
-        let response: &[(Arc<str>, Expr)] = match self {
-            Self::Header(f) => &f.response_headers,
-            Self::RemoveHeaders(_) => &[],
-        };
-        list.iter().chain(response).map(|(_, e)| e)
+    pub fn expressions(&self) -> Box<dyn Iterator<Item = &Expr> + '_> {
+        match self {
+            Self::Header(f) => Box::new(
+                f.headers
+                    .iter()
+                    .chain(f.response_headers.iter())
+                    .map(|(_, e)| e),
+            ),
+            Self::RemoveHeaders(_) => Box::new(std::iter::empty()),
+            Self::UpstreamToken(f) => Box::new(f.expressions()),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod oidc;
 pub mod ports;
 pub mod process;
 pub mod stack;
+pub mod token_verifier;
 pub mod tools;
 
 use std::time::Duration;

@@ -101,7 +101,8 @@ fn format_time(t: OffsetDateTime) -> Option<String> {
         .and_then(|t| t.format(&Rfc3339).ok())
 }
 
-fn random_id() -> String {
+/// A random token id (`jti`): 144 bits, base64url.
+pub fn random_id() -> String {
     use base64::Engine as _;
     let bytes: [u8; 18] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -44,6 +44,8 @@ pub struct Keyring {
     pub(super) local: Vec<LocalKey>,
     public: Vec<PublicKey>,
     signing: Option<SigningKey>,
+    /// The JWT keys of upstream tokens (`tokens.jwt_keys`), rotated the same way.
+    jwt: super::JwtKeys,
 }
 
 impl fmt::Debug for Keyring {
@@ -59,6 +61,7 @@ impl fmt::Debug for Keyring {
                 &self.public.iter().map(|k| &*k.id).collect::<Vec<_>>(),
             )
             .field("signing", &self.signing.as_ref().map(|k| &*k.id))
+            .field("jwt", &self.jwt)
             .finish()
     }
 }
@@ -354,6 +357,21 @@ impl Keyring {
         } else {
             None
         }
+    }
+
+    /// Adds a JWT key in PEM (see [`super::JwtKeys::add_pem`]).
+    pub fn add_jwt_pem(
+        &mut self,
+        pem: &str,
+        index: usize,
+        expected: Option<super::JwtAlgorithm>,
+    ) -> Result<(), KeyError> {
+        self.jwt.add_pem(pem, index, expected)
+    }
+
+    /// The JWT keys: the signing one and the published ones.
+    pub fn jwt(&self) -> &super::JwtKeys {
+        &self.jwt
     }
 
     /// Public verification keys as `(kid, k4.public PASERK)`, for `/.well-known/paseto-keys`.

@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 use keyring::paserk_string;
 
 mod claims;
+pub mod jwt;
 mod keyring;
 mod v4_public;
 
-pub use claims::{Audience, Claims, MAX_TTL, ValidTimes, Validation};
+pub use claims::{Audience, Claims, MAX_TTL, ValidTimes, Validation, random_id as random_token_id};
+pub use jwt::{JwtAlgorithm, JwtKeys};
 pub use keyring::Keyring;
 
 /// The two PASETO v4 purposes.
@@ -148,6 +150,16 @@ pub enum KeyError {
         "no signing key for v4.{0} tokens is configured: set PASETO_SYMMETRIC_KEY for local tokens or add a `k4.secret.` key under `tokens.keys`"
     )]
     NoSigningKey(Purpose),
+    #[error("JWT key {index}: {reason}")]
+    InvalidJwtKey { index: usize, reason: &'static str },
+    #[error("JWT key {index} is configured as `{expected}` but is an {found} key")]
+    JwtAlgorithmMismatch {
+        index: usize,
+        expected: JwtAlgorithm,
+        found: JwtAlgorithm,
+    },
+    #[error("no JWT signing key is configured: add a PKCS#8 private key under `tokens.jwt_keys`")]
+    NoJwtSigningKey,
     #[error("key generation failed")]
     Generate,
     #[error("token could not be built: {0}")]
