@@ -378,8 +378,9 @@ impl OidcProvider {
             .json()
             .await
             .map_err(|e| format!("token answer: {e}"))?;
-        answer["access_token"]
-            .as_str()
+        answer
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| format!("no access token in {answer}"))
     }
