@@ -93,8 +93,10 @@ impl Authenticator {
             ))),
             // The key fetch and the introspection call are boxed, as the revocation lookup.
             Self::Jwt(a) => match a.authenticate_cached(req)? {
-                Ok(principal) => Ok(principal),
-                Err(token) => Box::pin(a.authenticate_fetching(token)).await,
+                super::jwt::Verified::Principal(principal) => Ok(principal),
+                super::jwt::Verified::NeedsKeys(token) => {
+                    Box::pin(a.authenticate_fetching(token)).await
+                }
             },
             Self::OAuth2Introspection(a) => {
                 let token = a.find_token(req)?;

@@ -171,6 +171,13 @@ struct RefreshState {
     discovered: Option<String>,
 }
 
+/// What the keys in memory made of a token.
+pub(crate) enum Verified<'a> {
+    Principal(Arc<Principal>),
+    /// The keys must be fetched first: [`JwtAuthenticator::authenticate_fetching`].
+    NeedsKeys(&'a str),
+}
+
 /// The JOSE header fields heimdall reads before choosing a key.
 #[derive(serde::Deserialize)]
 struct RawHeader {
@@ -297,28 +304,29 @@ impl JwtAuthenticator {
         ))
     }
 
-    /// Verifies the request's token with the keys in memory. `Ok(Err(token))`: the keys must
-    /// be fetched first ([`JwtAuthenticator::authenticate_fetching`]).
+    /// Verifies the request's token with the keys in memory, without I/O.
     pub(crate) fn authenticate_cached<'a>(
         &self,
         req: &RequestView<'a>,
-    ) -> Result<Result<Arc<Principal>, &'a str>, AuthnError> {
+    ) -> Result<Verified<'a>, AuthnError> {
         let token = self.sources.find(req)?;
         check_size(&self.id, token, self.max_token_bytes)?;
         let key = self.cache.as_ref().map(|_| token_key(token));
         if let (Some(cache), Some(key)) = (&self.cache, &key)
             && let Some(principal) = cache.get(key, self.leeway)
         {
-            return Ok(Ok(principal));
+            return Ok(Verified::Principal(principal));
         }
         let (alg, kid) = self.header(token)?;
         let keys = self.keys.load();
         let Some(keys) = keys.as_ref().filter(|k| k.age() < self.jwks_ttl) else {
-            return Ok(Err(token));
+            return Ok(Verified::NeedsKeys(token));
         };
         match keys.find(kid.as_deref(), alg) {
-            KeyLookup::Found(verifying) => self.verify(token, key, alg, verifying).map(Ok),
-            KeyLookup::UnknownKid => Ok(Err(token)),
+            KeyLookup::Found(verifying) => self
+                .verify(token, key, alg, verifying)
+                .map(Verified::Principal),
+            KeyLookup::UnknownKid => Ok(Verified::NeedsKeys(token)),
             KeyLookup::NoKeyForAlg => Err(self.no_key_for(alg)),
         }
     }
