@@ -71,11 +71,14 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
             AttributeMetrics::new(&mut registry),
         ))
     });
+    let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
         cerbos: cerbos.as_ref(),
         attributes: attributes.as_ref(),
+        check_timeout: config.server.check_timeout,
+        provider_metrics: &provider_metrics,
     };
     let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;

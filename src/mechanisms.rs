@@ -10,6 +10,10 @@ pub mod authz;
 pub mod context;
 pub mod error_handler;
 pub mod finalize;
+pub mod introspection;
+pub mod jwt;
+pub mod provider;
+mod token_source;
 
 use std::sync::Arc;
 
@@ -38,6 +42,10 @@ pub struct BuildContext<'a> {
     pub cerbos: Option<&'a Arc<crate::cerbos::Cerbos>>,
     /// The principal attribute store, when NATS is configured.
     pub attributes: Option<&'a Arc<crate::attributes::PrincipalStore>>,
+    /// The deadline of a decision: every outbound call of a mechanism ends before it.
+    pub check_timeout: std::time::Duration,
+    /// Counters of the calls to identity providers (`jwt`, `oauth2_introspection`).
+    pub provider_metrics: &'a provider::ProviderMetrics,
 }
 
 /// Why a mechanism cannot be built from its spec.

@@ -351,11 +351,14 @@ pub fn check(config: &Config, keys: crate::tokens::Keyring) -> Result<Vec<String
             crate::attributes::AttributeMetrics::new(&mut registry),
         ))
     });
+    let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
         cerbos: cerbos.as_ref(),
         attributes: attributes.as_ref(),
+        check_timeout: config.server.check_timeout,
+        provider_metrics: &provider_metrics,
     };
     match RuleSet::compile(config, &ctx, &metrics) {
         Ok(rules) if problems.is_empty() => Ok(rules.lint(config)),
@@ -725,6 +728,8 @@ mod tests {
             tokens: &config.tokens,
             cerbos: None,
             attributes,
+            check_timeout: config.server.check_timeout,
+            provider_metrics: &Default::default(),
         };
         RuleSet::compile(&config, &ctx, &Metrics::default())
     }

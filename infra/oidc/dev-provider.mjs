@@ -30,12 +30,24 @@
 // grants. Only offline_access makes them outlive it, and oidc-provider grants that scope only to a
 // request that also carries prompt=consent. Token revocation (RFC 7009) and userinfo are enabled.
 //
+// Access tokens for APIs (resource indicators, RFC 8707): the client may also use the
+// client_credentials grant, and any request may name a resource `http://127.0.0.1/<path>`.
+// The token's `aud` is the resource, its scopes are among `api:read api:write`, and its format
+// follows the path: a path containing `opaque` gets an opaque token, any other a JWT signed
+// RS256 with the provider's key (the same key set as ID tokens: /jwks). A path starting with
+// `/short-lived/` makes a token that expires after 2 seconds. Without a resource, access tokens
+// are opaque (as the login uses them). Every access token carries `roles`: the user's, or
+// ["service", "reader"] for a client_credentials token, whose subject is the client id (in a JWT
+// `sub`; at introspection `client_id`). Token introspection (RFC 7662, /token/introspection,
+// client_secret_basic) answers for any token of the provider.
+//
 // Scopes and their claims, in the ID token as well as from userinfo:
 //   openid          sub
 //   profile         name
 //   email           email, email_verified
 //   roles           roles (a JSON array of strings)
 //   offline_access  (no claims)
+//   api:read, api:write  (no claims; API scopes for resource indicators)
 //
 // Users: the built-in login form's "login" field is the account id, the password is ignored.
 //   alice  Alice Example  alice@example.com  roles ["user", "editor"]
@@ -43,7 +55,7 @@
 // Any other login is refused: the login form comes back.
 //
 // Endpoints (from /.well-known/openid-configuration): /auth, /token, /me (userinfo), /jwks,
-// /token/revocation, /session/end (its confirmation form is POSTed to /session/end/confirm
+// /token/introspection, /token/revocation, /session/end (its confirmation form is POSTed to /session/end/confirm
 // with the hidden xsrf field and logout=yes), /interaction/<uid> (login and consent forms).
 //
 // Once listening it prints one line to stdout, `oidc-provider ready <issuer>`; errors go to
@@ -178,7 +190,32 @@ async function loadProvider() {
   return import(pathToFileURL(entry).href);
 }
 
-const { default: Provider, interactionPolicy } = await loadProvider();
+const { default: Provider, interactionPolicy, errors } = await loadProvider();
+
+// The roles of a client_credentials token: the client acting as itself.
+const SERVICE_ROLES = ['service', 'reader'];
+const API_SCOPES = 'api:read api:write';
+
+// A resource indicator `http://127.0.0.1/<path>` names an API of the tests (see the header).
+function resourceServer(resourceIndicator) {
+  let url;
+  try {
+    url = new URL(resourceIndicator);
+  } catch {
+    throw new errors.InvalidTarget();
+  }
+  if (url.origin !== 'http://127.0.0.1' || url.search !== '' || url.hash !== '') {
+    throw new errors.InvalidTarget();
+  }
+  const opaque = url.pathname.includes('opaque');
+  return {
+    audience: resourceIndicator,
+    scope: API_SCOPES,
+    accessTokenTTL: url.pathname.startsWith('/short-lived/') ? 2 : accessTokenTtl,
+    accessTokenFormat: opaque ? 'opaque' : 'jwt',
+    ...(opaque ? {} : { jwt: { sign: { alg: 'RS256' } } }),
+  };
+}
 
 function findAccount(_ctx, id) {
   if (!Object.hasOwn(USERS, id)) {
@@ -228,7 +265,7 @@ const configuration = {
       client_secret: clientSecret,
       application_type: 'web',
       token_endpoint_auth_method: 'client_secret_basic',
-      grant_types: ['authorization_code', 'refresh_token'],
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
       response_types: ['code'],
       redirect_uris: redirectUris,
       post_logout_redirect_uris: postLogoutRedirectUris,
@@ -244,23 +281,40 @@ const configuration = {
     email: ['email', 'email_verified'],
     roles: ['roles'],
   },
-  scopes: ['openid', 'offline_access', 'profile', 'email', 'roles'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'roles', 'api:read', 'api:write'],
   clientAuthMethods: ['client_secret_basic'],
   conformIdTokenClaims: false,
   pkce: { required: () => true },
   responseTypes: ['code'],
   interactions: { policy },
   features: {
+    clientCredentials: { enabled: true },
     devInteractions: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      getResourceServerInfo: (_ctx, resourceIndicator) => resourceServer(resourceIndicator),
+    },
     revocation: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     userinfo: { enabled: true },
   },
   // Every code exchange brings a refresh token, and every refresh replaces it.
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Roles in every access token (JWT claims, introspection answers).
+  extraTokenClaims: async (_ctx, token) => {
+    if (token.kind === 'ClientCredentials') {
+      return { roles: [...SERVICE_ROLES] };
+    }
+    if (token.accountId && Object.hasOwn(USERS, token.accountId)) {
+      return { roles: [...USERS[token.accountId].roles] };
+    }
+    return undefined;
+  },
   rotateRefreshToken: true,
   ttl: {
-    AccessToken: accessTokenTtl,
+    AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? accessTokenTtl,
+    ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? accessTokenTtl,
     IdToken: idTokenTtl,
     RefreshToken: refreshTokenTtl,
     AuthorizationCode: 60,

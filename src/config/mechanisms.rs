@@ -18,6 +18,9 @@ use serde_yaml_ng::Value;
 
 use crate::tokens::Accept;
 
+pub mod provider_tokens;
+pub use provider_tokens::{IntrospectionCacheConfig, IntrospectionConfig, JwtConfig};
+
 /// The kinds of mechanism, as named in the configuration, in pipeline order (an `execute`
 /// list runs authenticators, then contextualizers, authorizers and finalizers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -240,11 +243,22 @@ pub enum AuthenticatorSpec {
     Anonymous(AnonymousConfig),
     /// Refuses every request: the explicit end of a chain.
     Unauthorized,
+    /// Verifies an identity provider's JWT access tokens with its published keys (JWKS).
+    Jwt(JwtConfig),
+    /// Asks the identity provider about opaque access tokens (RFC 7662 introspection).
+    #[serde(rename = "oauth2_introspection")]
+    OAuth2Introspection(IntrospectionConfig),
 }
 
 impl TypedSpec for AuthenticatorSpec {
     const KIND: Kind = Kind::Authenticator;
-    const TYPES: &'static [&'static str] = &["paseto", "anonymous", "unauthorized"];
+    const TYPES: &'static [&'static str] = &[
+        "paseto",
+        "anonymous",
+        "unauthorized",
+        "jwt",
+        "oauth2_introspection",
+    ];
 }
 
 /// `anonymous`: the principal every request becomes.

@@ -119,6 +119,73 @@ impl Default for ClaimMapping {
     }
 }
 
+/// A principal's identity, taken from claims by a [`ClaimMapping`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedClaims {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why claims do not map to a principal; the claim named is the configured one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClaimMappingError {
+    #[error("has no `{0}` claim to take the subject from")]
+    NoSubject(Box<str>),
+    #[error("has a `{0}` claim that is neither a list of roles nor a string")]
+    NotRoles(Box<str>),
+}
+
+impl ClaimMapping {
+    /// The subject (a non-empty string or a number), the roles (a list of strings, or one
+    /// string of space- or comma-separated roles; none when the claim is absent) and the
+    /// configured attributes present among `claims`.
+    pub fn map(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<MappedClaims, ClaimMappingError> {
+        use serde_json::Value;
+        let subject = match claims.get(&self.subject) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(ClaimMappingError::NoSubject(
+                    crate::redact::untrusted(&self.subject, 64).into(),
+                ));
+            }
+        };
+        let roles = match claims.get(&self.roles) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => s
+                .split([' ', ','])
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Some(_) => {
+                return Err(ClaimMappingError::NotRoles(
+                    crate::redact::untrusted(&self.roles, 64).into(),
+                ));
+            }
+        };
+        let attributes = self
+            .attributes
+            .iter()
+            .filter_map(|(name, claim)| claims.get(claim).map(|v| (name.clone(), v.clone())))
+            .collect();
+        Ok(MappedClaims {
+            subject,
+            roles,
+            attributes,
+        })
+    }
+}
+
 /// The cookies a browser login sets.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]

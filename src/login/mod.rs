@@ -32,7 +32,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use config::{ClaimMapping, CookieConfig, LOGIN_ENV_VARS, LoginConfig};
+pub use config::{
+    ClaimMapping, ClaimMappingError, CookieConfig, LOGIN_ENV_VARS, LoginConfig, MappedClaims,
+};
 use provider::{Discovery, HttpError, Provider, error_chain};
 pub use redirects::AllowList;
 
@@ -170,12 +172,8 @@ struct Envelope {
     exp: i64,
 }
 
-/// The principal a login or refresh mints a token for.
-struct Identity {
-    subject: String,
-    roles: Vec<String>,
-    attributes: serde_json::Map<String, serde_json::Value>,
-}
+// The principal a login or refresh mints a token for.
+use config::MappedClaims as Identity;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LoginLabels {
@@ -707,50 +705,17 @@ fn raw_claims(jwt: &str) -> Result<serde_json::Map<String, serde_json::Value>, L
         .map_err(|_| LoginError::provider("token", "the ID token payload is not a JSON object"))
 }
 
-/// Applies the claim mapping.
+/// Applies the claim mapping to an ID token's (and userinfo's) claims.
 fn map_claims(
     mapping: &ClaimMapping,
     claims: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Identity, LoginError> {
-    let subject = match claims.get(&mapping.subject) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(LoginError::Refused(format!(
-                "the ID token has no `{}` claim to take the subject from (login.claims.subject)",
-                crate::redact::untrusted(&mapping.subject, 64)
-            )));
-        }
-    };
-    let roles = match claims.get(&mapping.roles) {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        Some(serde_json::Value::String(s)) => s
-            .split([' ', ','])
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        Some(_) => {
-            return Err(LoginError::Refused(format!(
-                "the `{}` claim is neither a list of roles nor a string (login.claims.roles)",
-                crate::redact::untrusted(&mapping.roles, 64)
-            )));
-        }
-    };
-    let attributes = mapping
-        .attributes
-        .iter()
-        .filter_map(|(name, claim)| claims.get(claim).map(|v| (name.clone(), v.clone())))
-        .collect();
-    Ok(Identity {
-        subject,
-        roles,
-        attributes,
+    mapping.map(claims).map_err(|e| {
+        let field = match e {
+            ClaimMappingError::NoSubject(_) => "subject",
+            ClaimMappingError::NotRoles(_) => "roles",
+        };
+        LoginError::Refused(format!("the ID token {e} (login.claims.{field})"))
     })
 }
 

@@ -5,18 +5,17 @@
 //! [`AuthnError::Failed`] authentication error.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_yaml_ng::Value;
 use time::OffsetDateTime;
 
+use super::token_source::{TokenSources, VerifiedCache, check_leeway, check_size, token_key};
 use super::{BuildContext, BuildError};
-use crate::config::mechanisms::{AuthenticatorSpec, PasetoConfig, SourceSpec, parse};
+use crate::config::mechanisms::{AuthenticatorSpec, PasetoConfig, parse};
 use crate::decision::{ErrorKind, StepError};
-use crate::request::{HeaderLookup, RequestView};
+use crate::request::RequestView;
 use crate::subject::Principal;
 use crate::tokens::{Accept, Keyring, Validation};
-use crate::ttl_cache::TtlCache;
 
 /// Why an authenticator produced no principal.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +32,8 @@ pub enum Authenticator {
     Anonymous(AnonymousAuthenticator),
     /// Refuses every request: the explicit end of a chain.
     Unauthorized(Arc<str>),
+    Jwt(super::jwt::JwtAuthenticator),
+    OAuth2Introspection(super::introspection::IntrospectionAuthenticator),
 }
 
 impl Authenticator {
@@ -63,6 +64,12 @@ impl Authenticator {
                 )),
             }),
             AuthenticatorSpec::Unauthorized => Self::Unauthorized(Arc::clone(id)),
+            AuthenticatorSpec::Jwt(cfg) => {
+                Self::Jwt(super::jwt::JwtAuthenticator::new(id, cfg, ctx)?)
+            }
+            AuthenticatorSpec::OAuth2Introspection(cfg) => Self::OAuth2Introspection(
+                super::introspection::IntrospectionAuthenticator::new(id, cfg, ctx)?,
+            ),
         })
     }
 
@@ -84,6 +91,17 @@ impl Authenticator {
                 id,
                 "request refused by `unauthorized`",
             ))),
+            // The key fetch and the introspection call are boxed, as the revocation lookup.
+            Self::Jwt(a) => match a.authenticate_cached(req)? {
+                super::jwt::Verified::Principal(principal) => Ok(principal),
+                super::jwt::Verified::NeedsKeys(token) => {
+                    Box::pin(a.authenticate_fetching(token)).await
+                }
+            },
+            Self::OAuth2Introspection(a) => {
+                let token = a.find_token(req)?;
+                Box::pin(a.authenticate(token)).await
+            }
         }
     }
 
@@ -102,68 +120,23 @@ pub struct AnonymousAuthenticator {
 
 // === paseto ===
 
-#[derive(Debug, Clone)]
-enum TokenSource {
-    /// A header, with an auth scheme (`Bearer`) or the bare token.
-    Header {
-        name: Box<str>,
-        scheme: Option<Box<str>>,
-    },
-    Cookie(Box<str>),
-}
-
-/// How long a verified token's principal may be served from the cache: the configured TTL, never
-/// past the token's expiry.
-fn cache_ttl(principal: &Principal, max_ttl: Duration) -> Duration {
-    match principal.expires_at {
-        Some(exp) => Duration::try_from(exp - OffsetDateTime::now_utc())
-            .unwrap_or(Duration::ZERO)
-            .min(max_ttl),
-        None => max_ttl,
-    }
-}
-
-/// The longest clock-skew allowance a `paseto` authenticator accepts.
-const MAX_LEEWAY: Duration = Duration::from_secs(600);
-
 /// Verifies PASETO v4 tokens with the process key ring.
 pub struct PasetoAuthenticator {
     id: Arc<str>,
     keys: Arc<Keyring>,
-    sources: Box<[TokenSource]>,
+    sources: TokenSources,
     accept: Accept,
     validation: Validation,
     max_token_bytes: usize,
     /// Verified tokens by BLAKE3 hash of the token: a hit skips the signature check.
-    cache: Option<TtlCache<[u8; 32], Arc<Principal>>>,
-    /// The longest a principal stays in `cache`.
-    cache_ttl: Duration,
+    cache: Option<VerifiedCache>,
     /// Where revocations are read, when they are checked.
     revocations: Option<Arc<crate::attributes::PrincipalStore>>,
 }
 
 impl PasetoAuthenticator {
     fn new(id: &Arc<str>, cfg: PasetoConfig, ctx: &BuildContext<'_>) -> Result<Self, BuildError> {
-        if cfg.sources.is_empty() {
-            return Err(BuildError::Invalid(
-                "`sources` must name at least one header or cookie".into(),
-            ));
-        }
-        let sources = cfg
-            .sources
-            .into_iter()
-            .map(|s| match s {
-                SourceSpec::Header { header, scheme } => {
-                    http::HeaderName::try_from(header.as_str())
-                        .map_err(|_| BuildError::HeaderName(header.as_str().into()))?;
-                    Ok(TokenSource::Header {
-                        name: header.to_ascii_lowercase().into(),
-                        scheme: scheme.map(Into::into),
-                    })
-                }
-                SourceSpec::Cookie { cookie } => Ok(TokenSource::Cookie(cookie.into())),
-            })
-            .collect::<Result<Box<[_]>, BuildError>>()?;
+        let sources = TokenSources::new(id, cfg.sources)?;
         let purposes = match cfg.accept {
             Accept::Any => vec![
                 crate::tokens::Purpose::Local,
@@ -180,18 +153,7 @@ impl PasetoAuthenticator {
                 "`max_token_bytes` must be positive".into(),
             ));
         }
-        // Clock skew is seconds, at most minutes; a huge value would overflow the time
-        // arithmetic of every Check (a panic per request), and a long one accepts expired tokens.
-        if cfg.leeway > MAX_LEEWAY {
-            return Err(BuildError::Invalid(
-                format!(
-                    "`leeway` {} is longer than the {} allowed",
-                    humantime::format_duration(cfg.leeway),
-                    humantime::format_duration(MAX_LEEWAY)
-                )
-                .into(),
-            ));
-        }
+        check_leeway(cfg.leeway)?;
         let issuers = cfg
             .issuers
             .unwrap_or_else(|| vec![ctx.tokens.issuer.clone()]);
@@ -202,10 +164,7 @@ impl PasetoAuthenticator {
             required: cfg.required_claims.into(),
             allow_non_expiring: cfg.allow_non_expiring,
         };
-        let cache = cfg
-            .cache
-            .enabled
-            .then(|| TtlCache::new(cfg.cache.max_entries));
+        let cache = VerifiedCache::new(&cfg.cache);
         Ok(Self {
             id: Arc::clone(id),
             keys: Arc::clone(ctx.keys),
@@ -214,7 +173,6 @@ impl PasetoAuthenticator {
             validation,
             max_token_bytes: cfg.max_token_bytes,
             cache,
-            cache_ttl: cfg.cache.max_ttl,
             revocations: ctx.attributes.filter(|_| cfg.check_revocation).cloned(),
         })
     }
@@ -248,78 +206,15 @@ impl PasetoAuthenticator {
         AuthnError::Failed(StepError::new(ErrorKind::Authentication, &self.id, message))
     }
 
-    /// The token of the first source that has one.
-    fn find_token<'a>(&self, req: &RequestView<'a>) -> Result<&'a str, AuthnError> {
-        for source in &self.sources {
-            match source {
-                TokenSource::Header { name, scheme } => {
-                    let value = match req.headers.get_unique(name) {
-                        HeaderLookup::Absent => continue,
-                        HeaderLookup::Ambiguous => {
-                            return Err(self.fail(format!("header `{name}` sent more than once")));
-                        }
-                        HeaderLookup::One(v) => v.trim(),
-                    };
-                    let token = match scheme {
-                        None => value,
-                        Some(scheme) => match value.split_once(' ') {
-                            // Auth schemes are case-insensitive (RFC 9110 §11.1).
-                            Some((s, rest)) if s.eq_ignore_ascii_case(scheme) => rest.trim(),
-                            // Another scheme (Basic, …) is another authenticator's business.
-                            Some(_) => continue,
-                            None if value.eq_ignore_ascii_case(scheme) => {
-                                return Err(self.fail(format!(
-                                    "header `{name}` has the `{scheme}` scheme but no token"
-                                )));
-                            }
-                            None => {
-                                return Err(self.fail(format!(
-                                    "header `{name}` does not use the `{scheme}` scheme"
-                                )));
-                            }
-                        },
-                    };
-                    if token.is_empty() {
-                        return Err(self.fail(format!("header `{name}` carries an empty token")));
-                    }
-                    return Ok(token);
-                }
-                TokenSource::Cookie(name) => {
-                    if let Some(token) = req.cookie(name).filter(|t| !t.is_empty()) {
-                        return Ok(token);
-                    }
-                }
-            }
-        }
-        Err(AuthnError::NotResponsible)
-    }
-
     fn authenticate(&self, req: &RequestView<'_>) -> Result<Arc<Principal>, AuthnError> {
-        let token = self.find_token(req)?;
-        // Checked before hashing too, so an oversized token costs nothing.
-        if token.len() > self.max_token_bytes {
-            return Err(self.fail(format!(
-                "token is {} bytes, over the limit of {}",
-                token.len(),
-                self.max_token_bytes
-            )));
-        }
+        let token = self.sources.find(req)?;
+        check_size(&self.id, token, self.max_token_bytes)?;
         let now = OffsetDateTime::now_utc();
-        let key = self
-            .cache
-            .as_ref()
-            .map(|_| *blake3::hash(token.as_bytes()).as_bytes());
+        let key = self.cache.as_ref().map(|_| token_key(token));
         if let (Some(cache), Some(key)) = (&self.cache, &key)
-            && let Some(principal) = cache.get(key)
+            && let Some(principal) = cache.get(key, self.validation.leeway)
         {
-            // The entry never outlives `exp`, but the clock is checked anyway: cheap and exact.
-            if principal
-                .expires_at
-                .is_none_or(|exp| now - self.validation.leeway < exp)
-            {
-                return Ok(principal);
-            }
-            cache.remove(key);
+            return Ok(principal);
         }
         let claims = self
             .keys
@@ -345,11 +240,7 @@ impl PasetoAuthenticator {
             stored: None,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {
-            cache.insert(
-                key,
-                Arc::clone(&principal),
-                cache_ttl(&principal, self.cache_ttl),
-            );
+            cache.insert(key, Arc::clone(&principal));
         }
         Ok(principal)
     }

@@ -123,6 +123,8 @@ mod tests {
             tokens: &tokens,
             cerbos: None,
             attributes: Some(&store),
+            check_timeout: std::time::Duration::from_millis(180),
+            provider_metrics: &Default::default(),
         };
         let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).unwrap();
         let spec = crate::config::mechanisms::parse("principal_attributes", &config).unwrap();

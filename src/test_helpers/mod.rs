@@ -13,6 +13,8 @@ pub mod echo;
 pub mod envoy;
 pub mod fixtures;
 pub mod heimdall;
+pub mod idp;
+pub mod jws;
 pub mod nats;
 pub mod nginx;
 pub mod noop;

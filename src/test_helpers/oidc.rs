@@ -41,6 +41,16 @@ pub const USERS: &[(&str, &[&str])] = &[("alice", &["user", "editor"]), ("bob", 
 pub const SCOPES: &str = "openid profile email roles offline_access";
 /// The password [`login_headless`] types; the provider accepts any.
 pub const PASSWORD: &str = "dev-password";
+/// A resource indicator whose access tokens are JWTs (RS256, the provider's `/jwks` key) with
+/// this `aud`; any `http://127.0.0.1/<path>` is a resource, opaque when the path contains
+/// `opaque`, expiring after 2 s when it starts with `/short-lived/`.
+pub const JWT_API: &str = "http://127.0.0.1/api";
+/// A resource indicator whose access tokens are opaque, with this `aud` at introspection.
+pub const OPAQUE_API: &str = "http://127.0.0.1/opaque-api";
+/// The scopes a resource grants.
+pub const API_SCOPES: &str = "api:read api:write";
+/// The `roles` of a client_credentials token (its subject is the client id).
+pub const SERVICE_ROLES: &[&str] = &["service", "reader"];
 
 /// How long the provider may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -346,6 +356,65 @@ impl OidcProvider {
     /// `ISSUER/token/revocation` (RFC 7009).
     pub fn revocation_endpoint(&self) -> String {
         format!("{}/token/revocation", self.issuer)
+    }
+
+    /// `ISSUER/token/introspection` (RFC 7662).
+    pub fn introspection_endpoint(&self) -> String {
+        format!("{}/token/introspection", self.issuer)
+    }
+
+    /// An access token of the client_credentials grant for `scope`, for the API `resource`
+    /// ([`JWT_API`], [`OPAQUE_API`], …) or, without one, an opaque token with no `aud`.
+    pub async fn client_credentials_token(
+        &self,
+        scope: &str,
+        resource: Option<&str>,
+    ) -> Result<String, String> {
+        let mut form = vec![("grant_type", "client_credentials"), ("scope", scope)];
+        form.extend(resource.map(|r| ("resource", r)));
+        let answer: serde_json::Value = self
+            .client_call(&self.token_endpoint(), &form)
+            .await?
+            .json()
+            .await
+            .map_err(|e| format!("token answer: {e}"))?;
+        answer
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no access token in {answer}"))
+    }
+
+    /// Revokes `token` at the provider (RFC 7009).
+    pub async fn revoke(&self, token: &str) -> Result<(), String> {
+        self.client_call(&self.revocation_endpoint(), &[("token", token)])
+            .await
+            .map(drop)
+    }
+
+    /// POSTs `form` to `url` as the client (client_secret_basic); `Err` unless 200.
+    async fn client_call(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<reqwest::Response, String> {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?
+            .post(url)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if response.status() != StatusCode::OK {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("POST {url}: {status}: {body}"));
+        }
+        Ok(response)
     }
 
     /// `ISSUER/session/end` (RP-initiated logout).

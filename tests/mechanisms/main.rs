@@ -10,3 +10,5 @@
 )]
 
 mod finalizers;
+mod introspection;
+mod jwt;

@@ -446,6 +446,8 @@ mod tests {
             tokens,
             cerbos: None,
             attributes: None,
+            check_timeout: std::time::Duration::from_millis(180),
+            provider_metrics: &Default::default(),
         };
         UpstreamToken::build(&Arc::from("upstream"), format, cfg, &ctx).map_err(|e| e.to_string())
     }
