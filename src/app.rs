@@ -18,6 +18,7 @@ use crate::extauthz::{AuthorizationServer, ExtAuthz};
 use crate::http::{ForwardAuth, LoginRoutes, Ops, PolicyApi, SideState, router};
 use crate::listener;
 use crate::login::Login;
+use crate::mechanisms::remote_call::RemoteCallMetrics;
 use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -71,11 +72,13 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
             AttributeMetrics::new(&mut registry),
         ))
     });
+    let remote_calls = RemoteCallMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
         cerbos: cerbos.as_ref(),
         attributes: attributes.as_ref(),
+        remote_calls: Some(&remote_calls),
     };
     let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;

@@ -7,6 +7,7 @@
 
 pub mod mechanisms;
 pub mod reference;
+pub mod remote_call;
 pub mod spec;
 
 use std::collections::HashMap;

@@ -10,6 +10,9 @@ pub mod authz;
 pub mod context;
 pub mod error_handler;
 pub mod finalize;
+pub mod http_contextualizer;
+pub mod remote_authorizer;
+pub mod remote_call;
 
 use std::sync::Arc;
 
@@ -38,6 +41,8 @@ pub struct BuildContext<'a> {
     pub cerbos: Option<&'a Arc<crate::cerbos::Cerbos>>,
     /// The principal attribute store, when NATS is configured.
     pub attributes: Option<&'a Arc<crate::attributes::PrincipalStore>>,
+    /// The metrics of mechanisms that call remote services (`None`: counted, not exported).
+    pub remote_calls: Option<&'a remote_call::RemoteCallMetrics>,
 }
 
 /// Why a mechanism cannot be built from its spec.

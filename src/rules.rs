@@ -351,11 +351,13 @@ pub fn check(config: &Config, keys: crate::tokens::Keyring) -> Result<Vec<String
             crate::attributes::AttributeMetrics::new(&mut registry),
         ))
     });
+    let remote_calls = crate::mechanisms::remote_call::RemoteCallMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
         cerbos: cerbos.as_ref(),
         attributes: attributes.as_ref(),
+        remote_calls: Some(&remote_calls),
     };
     match RuleSet::compile(config, &ctx, &metrics) {
         Ok(rules) if problems.is_empty() => Ok(rules.lint(config)),
@@ -725,6 +727,7 @@ mod tests {
             tokens: &config.tokens,
             cerbos: None,
             attributes,
+            remote_calls: None,
         };
         RuleSet::compile(&config, &ctx, &Metrics::default())
     }
