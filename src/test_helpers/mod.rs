@@ -19,6 +19,7 @@ pub mod noop;
 pub mod oidc;
 pub mod ports;
 pub mod process;
+pub mod remote_service;
 pub mod stack;
 pub mod tools;
 
