@@ -212,3 +212,49 @@ pub async fn enrich<S: AttributeSource>(
         })
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn fetched_attributes_win_over_stored_ones_and_claims_and_accumulate() {
+        let claims = json!({"plan": "free", "dept": "eng", "email": "old@x"});
+        let mut principal = Principal::new(
+            "alice",
+            vec![],
+            serde_json::from_value(claims).unwrap(),
+            "bearer",
+        );
+        principal.stored = Some(Stored {
+            revision: 3,
+            record: Arc::new(PrincipalRecord {
+                attributes: serde_json::from_value(json!({"plan": "pro", "seats": 5})).unwrap(),
+                ..PrincipalRecord::default()
+            }),
+        });
+        let mut subject = Subject::single(principal);
+        let fetched = |values: serde_json::Value| FetchedAttributes {
+            principal: None,
+            values: serde_json::from_value(values).unwrap(),
+        };
+        assert!(subject.add_fetched(fetched(json!({"plan": "enterprise", "email": "a@x"}))));
+        assert!(subject.add_fetched(fetched(json!({"team": "core", "email": "b@x"}))));
+        let alice = subject.primary().unwrap();
+        assert_eq!(
+            Value::Object(alice.attributes()),
+            json!({"plan": "enterprise", "email": "b@x", "team": "core", "seats": 5, "dept": "eng"})
+        );
+        assert_eq!(alice.attr_count(), 5);
+        assert_eq!(alice.attr("seats"), Some(&json!(5)));
+        // Layered, not merged: the token's claims and the stored record are unchanged.
+        assert_eq!(alice.claims.get("plan"), Some(&json!("free")));
+        assert_eq!(alice.attributes_revision(), 3);
+        assert!(!subject.add_fetched(FetchedAttributes {
+            principal: Some(Arc::from("workload")),
+            values: Map::new(),
+        }));
+    }
+}

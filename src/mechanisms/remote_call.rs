@@ -854,6 +854,163 @@ mod tests {
         );
     }
 
+    /// Builds a mechanism of `kind` and `type_name` from `yaml`, the message of its refusal.
+    fn refusal(kind: crate::mechanisms::Kind, type_name: &str, yaml: &str) -> Option<String> {
+        let keys = Arc::new(crate::tokens::Keyring::default());
+        let tokens = crate::config::TokensConfig::default();
+        let ctx = crate::mechanisms::BuildContext {
+            keys: &keys,
+            tokens: &tokens,
+            cerbos: None,
+            attributes: None,
+            remote_calls: None,
+        };
+        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        crate::mechanisms::build(kind, &Arc::from("m"), type_name, &config, &ctx)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn misconfigurations_are_refused_at_load_naming_the_field() {
+        use crate::mechanisms::Kind::{Authorizer, Contextualizer};
+        let context = |yaml: &str| refusal(Contextualizer, "http", yaml);
+        let ok = "request: {url: 'http://kratos/i/{subject.id}'}\nattributes: {email: response.body.email}";
+        assert_eq!(context(ok), None);
+        let cases = [
+            (
+                "request: {url: 'http://k/{subject.id}', urll: x}\nattributes: {a: response.body}",
+                "unknown field `urll`",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {a: response.body}\nretry: true",
+                "unknown field `retry`",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {email: 'response.body.'}",
+                "attributes `email`: invalid CEL",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {email: error.message}",
+                "unknown variable `error` (known: request, subject, response)",
+            ),
+            (
+                "request: {url: 'http://k/x', method: FETCH}\nattributes: {a: response.body}",
+                "request.method: `FETCH` is not one of",
+            ),
+            (
+                "request: {url: 'ftp://k/x'}\nattributes: {a: response.body}",
+                "request.url: the scheme must be `http` or `https`",
+            ),
+            (
+                "request: {url: 'http://k/{response.body}'}\nattributes: {a: response.body}",
+                "request.url: CEL `response.body` uses unknown variable `response`",
+            ),
+            (
+                "request: {url: 'http://k/x', headers: {x-a: error.kind}}\nattributes: {a: response.body}",
+                "request.headers `x-a`: `error` is only bound in error handlers",
+            ),
+            (
+                "request: {url: 'http://k/x', headers: {host: '\"h\"'}}\nattributes: {a: response.body}",
+                "request.headers: `host` is set by the HTTP client",
+            ),
+            (
+                "request: {url: 'http://k/x', body: subject.id}\nattributes: {a: response.body}",
+                "request.body: a GET request carries no body",
+            ),
+            (
+                "request: {url: 'http://k/x', timeout: 0s}\nattributes: {a: response.body}",
+                "request.timeout: 0ns is out of range",
+            ),
+            (
+                "request: {url: 'http://k/x', timeout: 1h}\nattributes: {a: response.body}",
+                "request.timeout: 3600s is out of range",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {a: response.body}\naccept_status: [200, 503]",
+                "accept_status: 503 cannot be accepted",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {}",
+                "attributes: map at least one attribute",
+            ),
+            (
+                "request: {url: 'http://k/x', secret_headers: {authorization: {secret: {env: HEIMDALL_TEST_UNSET_SECRET}}}}\nattributes: {a: response.body}",
+                "request.secret_headers `authorization`: environment variable `HEIMDALL_TEST_UNSET_SECRET` is not set",
+            ),
+            (
+                "request: {url: 'http://k/x', secret_headers: {authorization: {secret: 's3cret'}}}\nattributes: {a: response.body}",
+                "inline secrets are not accepted",
+            ),
+            (
+                "request: {url: 'http://k/x'}\nattributes: {a: response.body}\ncache: {ttl: 1s, max_entries: 0}",
+                "cache.max_entries: must be more than 0",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let message = context(yaml).unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(message.contains(expected), "{yaml}\n{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+        let remote = |yaml: &str| refusal(Authorizer, "remote", yaml);
+        assert_eq!(remote("request: {url: 'http://pdp/v1/{subject.id}'}"), None);
+        let message =
+            remote("request: {url: 'http://pdp/x'}\nallow: response.body.allow ==").unwrap();
+        assert!(message.starts_with("allow: invalid CEL"), "{message}");
+        let message = remote("request: {url: 'http://pdp/x'}\nallow: reply.ok").unwrap();
+        assert!(message.contains("unknown variable `reply`"), "{message}");
+        let message = remote("request: {url: 'http://pdp/x'}\ndecision: allow").unwrap();
+        assert!(message.contains("unknown field `decision`"), "{message}");
+    }
+
+    #[test]
+    fn response_reads_status_headers_and_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-served-by", HeaderValue::from_static("kratos-1"));
+        let answer = Answer {
+            status: 200,
+            headers,
+            body: serde_json::json!({"traits": {"email": "a@example.com", "tags": ["x"]}}),
+        };
+        let subject = Subject::single(Principal::new("alice", vec![], Map::new(), "t"));
+        let mut vars = Vars::default();
+        vars.bind_subject(&subject);
+        answer.bind(&mut vars);
+        let eval = |src: &str| Expr::compile_over_response(src).unwrap().eval_json(&vars);
+        assert_eq!(
+            eval(
+                r#"response.status == 200 && response.headers["X-Served-By"] == "kratos-1" && "x" in response.body.traits.tags && subject.id == "alice""#
+            ),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            eval("response.body.traits"),
+            Ok(serde_json::json!({"email": "a@example.com", "tags": ["x"]}))
+        );
+        assert!(eval("response.body.traits.missing").is_err());
+        assert!(matches!(
+            Expr::compile_over_response("response.stat"),
+            Err(ExprError::UnknownField { field, .. }) if field == "stat"
+        ));
+        // Not bound elsewhere: ordinary expressions refuse it.
+        assert!(matches!(
+            Expr::compile("response.status == 200"),
+            Err(ExprError::UnknownVariable { name, .. }) if name == "response"
+        ));
+        let attributes = compile_attributes(&std::collections::BTreeMap::from([
+            ("email".to_owned(), "response.body.traits.email".to_owned()),
+            ("absent".to_owned(), "null".to_owned()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            map_attributes(&Arc::from("m"), &attributes, &vars).unwrap(),
+            serde_json::json!({"email": "a@example.com"})
+                .as_object()
+                .cloned()
+                .unwrap()
+        );
+    }
+
     #[test]
     fn methods_and_headers_are_checked() {
         assert_eq!(parse_method("POST"), Ok(Method::POST));
