@@ -366,7 +366,7 @@ pub enum ContextualizerSpec {
     /// Merges the principal's attributes published on NATS into it (needs `nats`).
     PrincipalAttributes(PrincipalAttributesConfig),
     /// Asks an HTTP service and maps its answer into the subject's attributes.
-    Http(super::remote_call::HttpContextualizerConfig),
+    Http(Box<super::remote_call::HttpContextualizerConfig>),
 }
 
 impl TypedSpec for ContextualizerSpec {

@@ -17,7 +17,7 @@ pub enum Authorizer {
     Deny(Arc<str>),
     Cel(CelAuthorizer),
     Cerbos(CerbosAuthorizer),
-    Remote(super::remote_authorizer::RemoteAuthorizer),
+    Remote(Box<super::remote_authorizer::RemoteAuthorizer>),
 }
 
 /// Asks Cerbos `CheckResources` about the request's resource; allows only when every action is
@@ -177,9 +177,9 @@ impl Authorizer {
                     actions: compile("actions".into(), &cfg.actions)?,
                 }))
             }
-            AuthorizerSpec::Remote(cfg) => Ok(Self::Remote(
+            AuthorizerSpec::Remote(cfg) => Ok(Self::Remote(Box::new(
                 super::remote_authorizer::RemoteAuthorizer::build(id, &cfg, ctx)?,
-            )),
+            ))),
         }
     }
 

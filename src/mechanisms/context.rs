@@ -17,7 +17,7 @@ use crate::subject::enrich;
 /// The built-in contextualizers.
 pub enum Contextualizer {
     PrincipalAttributes(PrincipalAttributes),
-    Http(super::http_contextualizer::HttpContextualizer),
+    Http(Box<super::http_contextualizer::HttpContextualizer>),
 }
 
 /// Merges the principal's stored attributes into it.
@@ -45,9 +45,9 @@ impl Contextualizer {
                     required: cfg.required,
                 }))
             }
-            ContextualizerSpec::Http(cfg) => Ok(Self::Http(
+            ContextualizerSpec::Http(cfg) => Ok(Self::Http(Box::new(
                 super::http_contextualizer::HttpContextualizer::build(id, &cfg, ctx)?,
-            )),
+            ))),
         }
     }
 

@@ -425,12 +425,6 @@ impl Rendered {
         }
         hasher.finalize().into()
     }
-
-    /// The URL (tests).
-    #[cfg(test)]
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
 }
 
 // === impl UrlTemplate ===
