@@ -18,6 +18,7 @@ use crate::extauthz::{AuthorizationServer, ExtAuthz};
 use crate::http::{ForwardAuth, LoginRoutes, Ops, PolicyApi, SideState, router};
 use crate::listener;
 use crate::login::Login;
+use crate::mechanisms::remote_call::RemoteCallMetrics;
 use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -72,6 +73,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         ))
     });
     let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
+    let remote_calls = RemoteCallMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
@@ -79,6 +81,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         attributes: attributes.as_ref(),
         check_timeout: config.server.check_timeout,
         provider_metrics: &provider_metrics,
+        remote_calls: Some(&remote_calls),
     };
     let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;

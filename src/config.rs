@@ -8,6 +8,7 @@
 pub mod jwt_keys;
 pub mod mechanisms;
 pub mod reference;
+pub mod remote_call;
 pub mod spec;
 
 use std::collections::HashMap;

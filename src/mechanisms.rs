@@ -10,9 +10,12 @@ pub mod authz;
 pub mod context;
 pub mod error_handler;
 pub mod finalize;
+pub mod http_contextualizer;
 pub mod introspection;
 pub mod jwt;
 pub mod provider;
+pub mod remote_authorizer;
+pub mod remote_call;
 mod token_source;
 
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct BuildContext<'a> {
     pub check_timeout: std::time::Duration,
     /// Counters of the calls to identity providers (`jwt`, `oauth2_introspection`).
     pub provider_metrics: &'a provider::ProviderMetrics,
+    /// The metrics of mechanisms that call remote services (`None`: counted, not exported).
+    pub remote_calls: Option<&'a remote_call::RemoteCallMetrics>,
 }
 
 /// Why a mechanism cannot be built from its spec.

@@ -67,6 +67,9 @@ impl Pipeline {
     ) -> Outcome {
         // Declared before `vars`, which borrows them once they are final.
         let mut subject = Subject::default();
+        // The subject with what authorizers added (`remote`), for the finalizers; only built
+        // when an authorizer adds something.
+        let mut authorized: Option<Subject> = None;
         let failure: StepError;
         let mut vars = Vars::default();
         // Binding is lazy: nothing is read from the request until an expression asks.
@@ -99,7 +102,11 @@ impl Pipeline {
                         }
                     }
                 }
-                if let Err(error) = step.mechanism.contextualize(&mut subject).await {
+                if let Err(error) = step
+                    .mechanism
+                    .contextualize(req, captures, &mut subject)
+                    .await
+                {
                     failure = error;
                     break 'run;
                 }
@@ -115,10 +122,21 @@ impl Pipeline {
                         break 'run;
                     }
                 }
-                if let Err(error) = step.mechanism.authorize(&vars).await {
-                    failure = error;
-                    break 'run;
+                match step.mechanism.authorize(&vars).await {
+                    Ok(None) => {}
+                    Ok(Some(fetched)) => {
+                        authorized
+                            .get_or_insert_with(|| subject.clone())
+                            .add_fetched(fetched);
+                    }
+                    Err(error) => {
+                        failure = error;
+                        break 'run;
+                    }
                 }
+            }
+            if let Some(authorized) = &authorized {
+                vars.bind_subject(authorized);
             }
 
             let mut allowed = Allowed::default();

@@ -352,6 +352,7 @@ pub fn check(config: &Config, keys: crate::tokens::Keyring) -> Result<Vec<String
         ))
     });
     let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
+    let remote_calls = crate::mechanisms::remote_call::RemoteCallMetrics::new(&mut registry);
     let ctx = BuildContext {
         keys: &keys,
         tokens: &config.tokens,
@@ -359,6 +360,7 @@ pub fn check(config: &Config, keys: crate::tokens::Keyring) -> Result<Vec<String
         attributes: attributes.as_ref(),
         check_timeout: config.server.check_timeout,
         provider_metrics: &provider_metrics,
+        remote_calls: Some(&remote_calls),
     };
     match RuleSet::compile(config, &ctx, &metrics) {
         Ok(rules) if problems.is_empty() => Ok(rules.lint(config)),
@@ -730,6 +732,7 @@ mod tests {
             attributes,
             check_timeout: config.server.check_timeout,
             provider_metrics: &Default::default(),
+            remote_calls: None,
         };
         RuleSet::compile(&config, &ctx, &Metrics::default())
     }

@@ -25,6 +25,9 @@ pub struct Principal {
     pub token_id: Option<Arc<str>>,
     /// The stored attributes layered over the claims, once a contextualizer looked them up.
     pub stored: Option<Stored>,
+    /// Attributes remote services answered during this request (the `http` contextualizer,
+    /// the `remote` authorizer), layered over the stored ones and the claims.
+    pub fetched: Option<Arc<Map<String, Value>>>,
 }
 
 /// A principal's stored attributes as of one KV revision, shared with the attribute cache.
@@ -49,29 +52,61 @@ impl Principal {
             issued_at: None,
             token_id: None,
             stored: None,
+            fetched: None,
         }
     }
 
-    /// The attribute `name`: the stored one wins over a claim of the same name, as the newer fact.
+    /// The attribute `name`: a fetched one wins over a stored one, which wins over a claim of
+    /// the same name: each is the newer fact.
     pub fn attr(&self, name: &str) -> Option<&Value> {
-        self.stored
+        self.fetched
             .as_ref()
-            .and_then(|s| s.record.attributes.get(name))
+            .and_then(|f| f.get(name))
+            .or_else(|| {
+                self.stored
+                    .as_ref()
+                    .and_then(|s| s.record.attributes.get(name))
+            })
             .or_else(|| self.claims.get(name))
     }
 
-    /// Every attribute once, stored ones first, each as [`Principal::attr`] answers it.
+    /// Every attribute once, fetched ones first, then stored ones, then claims, each as
+    /// [`Principal::attr`] answers it.
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &Value)> {
+        let fetched = self.fetched.as_deref();
         let stored = self.stored.as_ref().map(|s| &s.record.attributes);
-        let claims = self
-            .claims
-            .iter()
-            .filter(move |(k, _)| !stored.is_some_and(|s| s.contains_key(*k)));
-        stored
+        let shadowed = move |k: &String| {
+            fetched.is_some_and(|f| f.contains_key(k)) || stored.is_some_and(|s| s.contains_key(k))
+        };
+        let stored_visible = stored
             .into_iter()
             .flatten()
+            .filter(move |(k, _)| !fetched.is_some_and(|f| f.contains_key(*k)));
+        let claims = self.claims.iter().filter(move |(k, _)| !shadowed(k));
+        fetched
+            .into_iter()
+            .flatten()
+            .chain(stored_visible)
             .chain(claims)
             .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// This principal with `values` fetched during the request layered over its attributes (a
+    /// later fetch wins over an earlier one of the same name).
+    #[must_use]
+    pub fn with_fetched(&self, values: Map<String, Value>) -> Self {
+        let fetched = match &self.fetched {
+            Some(earlier) => {
+                let mut merged = (**earlier).clone();
+                merged.extend(values);
+                merged
+            }
+            None => values,
+        };
+        Self {
+            fetched: Some(Arc::new(fetched)),
+            ..self.clone()
+        }
     }
 
     /// The number of distinct attributes.
@@ -136,6 +171,26 @@ impl Subject {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Principal)> {
         self.principals.iter().map(|(n, p)| (&**n, &**p))
     }
+
+    /// Layers `fetched` over its principal's attributes ([`Principal::with_fetched`]); `false`
+    /// when there is no such principal.
+    pub fn add_fetched(&mut self, fetched: FetchedAttributes) -> bool {
+        let Some(slot) = (match fetched.principal.as_deref() {
+            Some(name) => self.principals.iter_mut().find(|(n, _)| &**n == name),
+            None => self.principals.first_mut(),
+        }) else {
+            return false;
+        };
+        slot.1 = Arc::new(slot.1.with_fetched(fetched.values));
+        true
+    }
+}
+
+/// Attributes a remote service answered, for one principal (by name; `None`: the first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedAttributes {
+    pub principal: Option<Arc<str>>,
+    pub values: Map<String, Value>,
 }
 
 /// `principal` with its stored attributes layered over its claims (they win on a name clash:
@@ -156,4 +211,50 @@ pub async fn enrich<S: AttributeSource>(
             ..principal.clone()
         })
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn fetched_attributes_win_over_stored_ones_and_claims_and_accumulate() {
+        let claims = json!({"plan": "free", "dept": "eng", "email": "old@x"});
+        let mut principal = Principal::new(
+            "alice",
+            vec![],
+            serde_json::from_value(claims).unwrap(),
+            "bearer",
+        );
+        principal.stored = Some(Stored {
+            revision: 3,
+            record: Arc::new(PrincipalRecord {
+                attributes: serde_json::from_value(json!({"plan": "pro", "seats": 5})).unwrap(),
+                ..PrincipalRecord::default()
+            }),
+        });
+        let mut subject = Subject::single(principal);
+        let fetched = |values: serde_json::Value| FetchedAttributes {
+            principal: None,
+            values: serde_json::from_value(values).unwrap(),
+        };
+        assert!(subject.add_fetched(fetched(json!({"plan": "enterprise", "email": "a@x"}))));
+        assert!(subject.add_fetched(fetched(json!({"team": "core", "email": "b@x"}))));
+        let alice = subject.primary().unwrap();
+        assert_eq!(
+            Value::Object(alice.attributes()),
+            json!({"plan": "enterprise", "email": "b@x", "team": "core", "seats": 5, "dept": "eng"})
+        );
+        assert_eq!(alice.attr_count(), 5);
+        assert_eq!(alice.attr("seats"), Some(&json!(5)));
+        // Layered, not merged: the token's claims and the stored record are unchanged.
+        assert_eq!(alice.claims.get("plan"), Some(&json!("free")));
+        assert_eq!(alice.attributes_revision(), 3);
+        assert!(!subject.add_fetched(FetchedAttributes {
+            principal: Some(Arc::from("workload")),
+            values: Map::new(),
+        }));
+    }
 }

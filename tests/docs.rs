@@ -368,6 +368,9 @@ fn configuration_examples_pass_validate() {
         ("PASETO_SYMMETRIC_KEY", "docs-example-key-0123456789abcde"),
         ("HEIMDALL_SIGNING_KEY", secret.as_str()),
         ("HEIMDALL_JWT_KEY", jwt_key.as_str()),
+        // The Kratos example of docs/mechanisms.md (the `http` contextualizer).
+        ("KRATOS_ADMIN_URL", "http://kratos:4434"),
+        ("KRATOS_ADMIN_TOKEN", "docs-example-token"),
     ];
 
     let dir = std::env::temp_dir().join(format!("heimdall-docs-{}", std::process::id()));

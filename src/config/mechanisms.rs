@@ -379,11 +379,13 @@ impl Default for CacheConfig {
 pub enum ContextualizerSpec {
     /// Merges the principal's attributes published on NATS into it (needs `nats`).
     PrincipalAttributes(PrincipalAttributesConfig),
+    /// Asks an HTTP service and maps its answer into the subject's attributes.
+    Http(Box<super::remote_call::HttpContextualizerConfig>),
 }
 
 impl TypedSpec for ContextualizerSpec {
     const KIND: Kind = Kind::Contextualizer;
-    const TYPES: &'static [&'static str] = &["principal_attributes"];
+    const TYPES: &'static [&'static str] = &["principal_attributes", "http"];
 }
 
 /// `principal_attributes`: which principal, and whether attributes are required.
@@ -410,11 +412,13 @@ pub enum AuthorizerSpec {
     Cel(CelConfig),
     /// Asks the Cerbos PDP (needs `cerbos`).
     Cerbos(CerbosAuthorizerConfig),
+    /// Asks an HTTP policy service; its status, or a CEL expression over its answer, decides.
+    Remote(super::remote_call::RemoteAuthorizerConfig),
 }
 
 impl TypedSpec for AuthorizerSpec {
     const KIND: Kind = Kind::Authorizer;
-    const TYPES: &'static [&'static str] = &["allow", "deny", "cel", "cerbos"];
+    const TYPES: &'static [&'static str] = &["allow", "deny", "cel", "cerbos", "remote"];
 }
 
 /// `cel`: the expression and the logged reason.

@@ -2,7 +2,7 @@
 //! fields that do not exist.
 
 use super::ExprError;
-use super::fields::{ErrorField, RequestField, SubjectField, Uses, Variable};
+use super::fields::{ErrorField, RequestField, ResponseField, SubjectField, Uses, Variable};
 
 /// Records a use of `variable.field`, refusing fields that do not exist.
 fn mark(uses: &mut Uses, variable: Variable, field: &str, source: &str) -> Result<(), ExprError> {
@@ -26,6 +26,10 @@ fn mark(uses: &mut Uses, variable: Variable, field: &str, source: &str) -> Resul
         Variable::Error => {
             ErrorField::parse(field).ok_or_else(|| unknown(ErrorField::names()))?;
             uses.add_error();
+        }
+        Variable::Response => {
+            ResponseField::parse(field).ok_or_else(|| unknown(ResponseField::names()))?;
+            uses.add_response();
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use cel::common::types::{
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 
-use super::fields::{ErrorField, PeerField, RequestField, SubjectField};
+use super::fields::{ErrorField, PeerField, RequestField, ResponseField, SubjectField};
 use crate::decision::StepError;
 use crate::request::{Headers, Peer, RequestView};
 use crate::subject::{Principal, Subject};
@@ -574,12 +574,55 @@ impl<'a> Source<'a> for ErrorSource<'a> {
     }
 }
 
+/// `response`: an outbound call's status, headers (as `request.headers` reads them) and body
+/// (the parsed JSON, or the text).
+#[derive(Debug, Clone)]
+pub(super) struct ResponseSource<'a> {
+    status: CelInt,
+    headers: LazyMap<'a, HeadersSource<'a>>,
+    body: ResponseBody<'a>,
+}
+
+/// A `Box<dyn Val>` that is `Clone`, for [`Source`].
+#[derive(Debug)]
+struct ResponseBody<'a>(Box<dyn Val + 'a>);
+
+impl Clone for ResponseBody<'_> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_as_boxed())
+    }
+}
+
+impl<'a> ResponseSource<'a> {
+    fn field<'b>(&'b self, field: ResponseField) -> &'b (dyn Val + 'a) {
+        match field {
+            ResponseField::Status => &self.status,
+            ResponseField::Headers => &self.headers,
+            ResponseField::Body => &*self.body.0,
+        }
+    }
+}
+
+impl<'a> Source<'a> for ResponseSource<'a> {
+    fn lookup<'b>(&'b self, key: &str) -> Option<CowVal<'b, 'a>> {
+        borrowed(self.field(ResponseField::parse(key)?))
+    }
+
+    fn entries(&self) -> Entries<'a> {
+        ResponseField::ALL
+            .iter()
+            .map(|f| (key(f.name()), self.field(*f).clone_as_boxed()))
+            .collect()
+    }
+}
+
 /// The variables of one evaluation, borrowing from the request, the subject and the error.
 #[derive(Debug, Default)]
 pub struct Vars<'a> {
     request: Option<LazyMap<'a, RequestSource<'a>>>,
     subject: Option<LazyMap<'a, PrincipalSource<'a>>>,
     error: Option<LazyMap<'a, ErrorSource<'a>>>,
+    response: Option<LazyMap<'a, ResponseSource<'a>>>,
 }
 
 impl VariableResolver for Vars<'_> {
@@ -588,6 +631,7 @@ impl VariableResolver for Vars<'_> {
             "request" => self.request.as_ref()?,
             "subject" => self.subject.as_ref()?,
             "error" => self.error.as_ref()?,
+            "response" => self.response.as_ref()?,
             _ => return None,
         };
         Some(CowVal::Borrowed(value))
@@ -612,6 +656,20 @@ impl<'a> Vars<'a> {
             kind: error.kind.as_str().into(),
             message: error.message.as_str().into(),
             mechanism: (&*error.mechanism).into(),
+        }));
+    }
+
+    /// Binds `response`: an outbound call's `status`, `headers` and `body` (JSON, or text).
+    pub fn bind_response(
+        &mut self,
+        status: u16,
+        headers: &'a http::HeaderMap,
+        body: &'a serde_json::Value,
+    ) {
+        self.response = Some(LazyMap::new(ResponseSource {
+            status: CelInt::from(i64::from(status)),
+            headers: LazyMap::new(HeadersSource(Headers::Http(headers))),
+            body: ResponseBody(json_val(body)),
         }));
     }
 

@@ -79,6 +79,16 @@ fields!(
 );
 
 fields!(
+    /// The fields of `response`: the answer of an outbound call, in the expressions of the
+    /// mechanisms that make one (`http` contextualizer, `remote` authorizer).
+    ResponseField {
+        Status => "status",
+        Headers => "headers",
+        Body => "body",
+    }
+);
+
+fields!(
     /// The fields of `request.peer`.
     PeerField {
         Address => "address",
@@ -92,16 +102,18 @@ pub(crate) enum Variable {
     Request,
     Subject,
     Error,
+    Response,
 }
 
 impl Variable {
-    pub(crate) const ALL: [Self; 3] = [Self::Request, Self::Subject, Self::Error];
+    pub(crate) const ALL: [Self; 4] = [Self::Request, Self::Subject, Self::Error, Self::Response];
 
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Request => "request",
             Self::Subject => "subject",
             Self::Error => "error",
+            Self::Response => "response",
         }
     }
 
@@ -118,6 +130,7 @@ pub struct Uses {
     request: u16,
     subject: u16,
     error: bool,
+    response: bool,
 }
 
 impl Uses {
@@ -139,6 +152,7 @@ impl Uses {
         request: u16::MAX,
         subject: u16::MAX,
         error: true,
+        response: true,
     };
 
     /// The fields either of `self` and `other` reads.
@@ -148,6 +162,7 @@ impl Uses {
             request: self.request | other.request,
             subject: self.subject | other.subject,
             error: self.error || other.error,
+            response: self.response || other.response,
         }
     }
 
@@ -159,6 +174,11 @@ impl Uses {
     /// Whether `error` is read.
     pub fn reads_error(self) -> bool {
         self.error
+    }
+
+    /// Whether `response` is read.
+    pub fn reads_response(self) -> bool {
+        self.response
     }
 
     /// Whether `request` is read at all.
@@ -180,11 +200,16 @@ impl Uses {
             Variable::Request => self.request = u16::MAX,
             Variable::Subject => self.subject = u16::MAX,
             Variable::Error => self.error = true,
+            Variable::Response => self.response = true,
         }
     }
 
     pub(super) fn add_error(&mut self) {
         self.error = true;
+    }
+
+    pub(super) fn add_response(&mut self) {
+        self.response = true;
     }
 }
 

@@ -43,8 +43,12 @@ fn env() -> Result<&'static Arc<Env>, ExprError> {
 pub enum ExprError {
     #[error("invalid CEL `{expr}`: {message}")]
     Parse { expr: String, message: String },
-    #[error("CEL `{expr}` uses unknown variable `{name}` (known: request, subject, error)")]
-    UnknownVariable { expr: String, name: String },
+    #[error("CEL `{expr}` uses unknown variable `{name}` (known: {known})")]
+    UnknownVariable {
+        expr: String,
+        name: String,
+        known: &'static str,
+    },
     #[error("CEL `{expr}`: `{variable}` has no field `{field}` (fields: {known})")]
     UnknownField {
         expr: String,
@@ -84,6 +88,24 @@ pub struct Expr {
 impl Expr {
     /// Compiles `expr`, refusing variables and fields heimdall does not bind.
     pub fn compile(expr: &str) -> Result<Self, ExprError> {
+        Self::compile_binding(expr, false)
+    }
+
+    /// Compiles an expression over the answer of an outbound call: `response` (`status`,
+    /// `headers`, `body`) is bound besides `request` and `subject`.
+    pub fn compile_over_response(expr: &str) -> Result<Self, ExprError> {
+        Self::compile_binding(expr, true)
+    }
+
+    fn compile_binding(expr: &str, response: bool) -> Result<Self, ExprError> {
+        let bindable = |name: &str| {
+            Variable::parse(name).is_some_and(|v| match v {
+                Variable::Response => response,
+                // No error pipeline runs around an outbound call.
+                Variable::Error => !response,
+                Variable::Request | Variable::Subject => true,
+            })
+        };
         let program = env()?.compile(expr).map_err(|e| ExprError::Parse {
             expr: expr.to_owned(),
             message: e.to_string().replace('\n', " "),
@@ -94,11 +116,16 @@ impl Expr {
         if let Some(name) = references
             .variables()
             .into_iter()
-            .find(|v| Variable::parse(v).is_none() && !bound.iter().any(|b| b == v))
+            .find(|v| !bindable(v) && !bound.iter().any(|b| b == v))
         {
             return Err(ExprError::UnknownVariable {
                 expr: expr.to_owned(),
                 name: name.to_owned(),
+                known: if response {
+                    "request, subject, response"
+                } else {
+                    "request, subject, error"
+                },
             });
         }
         let mut uses = Uses::default();

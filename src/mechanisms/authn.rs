@@ -238,6 +238,7 @@ impl PasetoAuthenticator {
             issued_at: times.issued_at,
             token_id: claims.jti.map(Arc::from),
             stored: None,
+            fetched: None,
         });
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.insert(key, Arc::clone(&principal));

@@ -17,6 +17,7 @@ pub enum Authorizer {
     Deny(Arc<str>),
     Cel(CelAuthorizer),
     Cerbos(CerbosAuthorizer),
+    Remote(Box<super::remote_authorizer::RemoteAuthorizer>),
 }
 
 /// Asks Cerbos `CheckResources` about the request's resource; allows only when every action is
@@ -176,20 +177,27 @@ impl Authorizer {
                     actions: compile("actions".into(), &cfg.actions)?,
                 }))
             }
+            AuthorizerSpec::Remote(cfg) => Ok(Self::Remote(Box::new(
+                super::remote_authorizer::RemoteAuthorizer::build(id, &cfg, ctx)?,
+            ))),
         }
     }
 
-    /// Decides. `vars` has `request` (when any expression needs it) and `subject` bound.
-    pub async fn authorize(&self, vars: &Vars<'_>) -> Result<(), StepError> {
+    /// Decides. `vars` has `request` (when any expression needs it) and `subject` bound. An
+    /// allow may carry attributes to layer into the subject for the finalizers (`remote`).
+    pub async fn authorize(
+        &self,
+        vars: &Vars<'_>,
+    ) -> Result<Option<crate::subject::FetchedAttributes>, StepError> {
         match self {
-            Self::Allow => Ok(()),
+            Self::Allow => Ok(None),
             Self::Deny(id) => Err(StepError::new(
                 ErrorKind::Authorization,
                 id,
                 "denied by `deny`",
             )),
             Self::Cel(a) => match a.expression.eval_bool(vars) {
-                Ok(true) => Ok(()),
+                Ok(true) => Ok(None),
                 Ok(false) => Err(StepError::new(
                     ErrorKind::Authorization,
                     &a.id,
@@ -204,7 +212,9 @@ impl Authorizer {
             },
             // Boxed: a gRPC call's state is kilobytes, and without the box every Check's future
             // (allocated and moved per request) would be that large, whatever the rule.
-            Self::Cerbos(a) => Box::pin(a.authorize(vars)).await,
+            Self::Cerbos(a) => Box::pin(a.authorize(vars)).await.map(|()| None),
+            // Boxed for the same reason: an HTTP exchange and a cache lookup.
+            Self::Remote(a) => Box::pin(a.authorize(vars)).await,
         }
     }
 
@@ -218,6 +228,7 @@ impl Authorizer {
                     .chain(a.attr.iter().map(|(_, e)| e))
                     .chain(std::iter::once(&a.actions)),
             ),
+            Self::Remote(a) => Box::new(a.expressions()),
             Self::Allow | Self::Deny(_) => Box::new(std::iter::empty()),
         }
     }

@@ -17,6 +17,7 @@ use crate::subject::enrich;
 /// The built-in contextualizers.
 pub enum Contextualizer {
     PrincipalAttributes(PrincipalAttributes),
+    Http(Box<super::http_contextualizer::HttpContextualizer>),
 }
 
 /// Merges the principal's stored attributes into it.
@@ -44,14 +45,31 @@ impl Contextualizer {
                     required: cfg.required,
                 }))
             }
+            ContextualizerSpec::Http(cfg) => Ok(Self::Http(Box::new(
+                super::http_contextualizer::HttpContextualizer::build(id, &cfg, ctx)?,
+            ))),
         }
     }
 
-    /// Enriches `subject` in place.
-    pub async fn contextualize(&self, subject: &mut Subject) -> Result<(), StepError> {
+    /// Enriches `subject` in place; `req` and `captures` are what its expressions read.
+    pub async fn contextualize(
+        &self,
+        req: &crate::request::RequestView<'_>,
+        captures: &[(&str, std::borrow::Cow<'_, str>)],
+        subject: &mut Subject,
+    ) -> Result<(), StepError> {
         match self {
             // Boxed, like the other I/O steps: only rules that enrich pay for the lookup's state.
             Self::PrincipalAttributes(c) => Box::pin(c.contextualize(subject)).await,
+            Self::Http(c) => Box::pin(c.contextualize(req, captures, subject)).await,
+        }
+    }
+
+    /// The expressions this contextualizer evaluates.
+    pub fn expressions(&self) -> Box<dyn Iterator<Item = &crate::expr::Expr> + '_> {
+        match self {
+            Self::PrincipalAttributes(_) => Box::new(std::iter::empty()),
+            Self::Http(c) => Box::new(c.expressions()),
         }
     }
 }
@@ -125,6 +143,7 @@ mod tests {
             attributes: Some(&store),
             check_timeout: std::time::Duration::from_millis(180),
             provider_metrics: &Default::default(),
+            remote_calls: None,
         };
         let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).unwrap();
         let spec = crate::config::mechanisms::parse("principal_attributes", &config).unwrap();
@@ -136,8 +155,10 @@ mod tests {
             serde_json::from_value(token_attributes).unwrap(),
             "bearer",
         ));
+        let line = crate::canonical::RequestLine::internal("GET", "/");
+        let view = crate::request::RequestView::new(&line, "http", crate::request::Headers::None);
         mechanism
-            .contextualize(&mut subject)
+            .contextualize(&view, &[], &mut subject)
             .await
             .map(|()| subject)
     }

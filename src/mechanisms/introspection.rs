@@ -327,6 +327,7 @@ mod tests {
             attributes: None,
             check_timeout: Duration::from_millis(180),
             provider_metrics: &metrics,
+            remote_calls: None,
         };
         let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
         let crate::config::mechanisms::AuthenticatorSpec::OAuth2Introspection(cfg) =

@@ -215,6 +215,7 @@ pub(crate) fn principal(
         issued_at: unix_time(claims.get("iat")),
         token_id: text("jti"),
         stored: None,
+        fetched: None,
     })
 }
 

@@ -21,6 +21,7 @@ pub mod noop;
 pub mod oidc;
 pub mod ports;
 pub mod process;
+pub mod remote_service;
 pub mod stack;
 pub mod token_verifier;
 pub mod tools;

@@ -10,5 +10,7 @@
 )]
 
 mod finalizers;
+mod http_contextualizer;
 mod introspection;
 mod jwt;
+mod remote_authorizer;

@@ -448,6 +448,7 @@ mod tests {
             attributes: None,
             check_timeout: std::time::Duration::from_millis(180),
             provider_metrics: &Default::default(),
+            remote_calls: None,
         };
         UpstreamToken::build(&Arc::from("upstream"), format, cfg, &ctx).map_err(|e| e.to_string())
     }
