@@ -1492,3 +1492,50 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let tested = promtool_ok(&promtool, &["test", "rules", tests_file.to_str().unwrap()]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let Some(promtool) = tools::require("promtool") else {
+        return;
+    };
+    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    found.push(expr.clone());
+                }
+                map.values().for_each(|v| exprs(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("infra").join("grafana").join("heimdall.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(!queries.is_empty());
+    // promtool parses PromQL in rule files: each query becomes a recording rule, with Grafana's
+    // variables replaced by what they stand for.
+    let rules: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, query)| {
+            let promql = query
+                .replace("$__rate_interval", "5m")
+                .replace("$job", ".+");
+            serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": promql })
+        })
+        .collect();
+    let file = scratch("dashboard_queries").join("queries.yaml");
+    let groups = serde_json::json!({ "groups": [ { "name": "dashboard", "rules": rules } ] });
+    std::fs::write(&file, serde_json::to_string_pretty(&groups).unwrap()).unwrap();
+    let checked = promtool_ok(&promtool, &["check", "rules", file.to_str().unwrap()]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{checked}"
+    );
+}
