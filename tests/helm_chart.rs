@@ -1376,3 +1376,166 @@ fn the_dockerfile_passes_hadolint_and_runs_unprivileged() {
         "the chart runs the image `docker build -t heimdall` makes"
     );
 }
+
+/// The alert rules Prometheus loads and the chart embeds.
+fn alert_rules_file() -> PathBuf {
+    chart().join("files").join("prometheus-rules.yaml")
+}
+
+#[test]
+fn prometheus_rule_renders_the_alert_file_only_when_enabled() {
+    let Some(helm) = helm() else { return };
+    for mode in ["deployment", "sidecar"] {
+        let manifests = render(&helm, &["--set", &format!("mode={mode}")]);
+        assert!(
+            !kinds(&manifests).contains(&"PrometheusRule"),
+            "a PrometheusRule by default in {mode} mode: {:?}",
+            kinds(&manifests)
+        );
+    }
+    let file = yaml(&std::fs::read_to_string(alert_rules_file()).unwrap());
+    for mode in ["deployment", "sidecar"] {
+        let manifests = render(
+            &helm,
+            &[
+                "--set",
+                &format!("mode={mode}"),
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "prometheusRule.labels.release=prometheus",
+            ],
+        );
+        let rule = find(&manifests, "PrometheusRule", FULLNAME);
+        assert_eq!(*path(rule, "apiVersion"), "monitoring.coreos.com/v1");
+        assert_eq!(*path(rule, "metadata.labels.release"), "prometheus");
+        assert_eq!(
+            *path(rule, "spec.groups"),
+            *path(&file, "groups"),
+            "the PrometheusRule's groups are the file's ({mode} mode)"
+        );
+    }
+
+    let extra = scratch("prometheus_rule_additional").join("values.yaml");
+    std::fs::write(
+        &extra,
+        "prometheusRule:\n  enabled: true\n  additionalRules:\n    - alert: HeimdallDown\n      expr: up{job=\"heimdall\"} == 0\n      for: 5m\n",
+    )
+    .unwrap();
+    let manifests = render(&helm, &["-f", extra.to_str().unwrap()]);
+    let groups = path(find(&manifests, "PrometheusRule", FULLNAME), "spec.groups")
+        .as_sequence()
+        .unwrap();
+    let file_groups = path(&file, "groups").as_sequence().unwrap();
+    assert_eq!(groups[..file_groups.len()], file_groups[..]);
+    assert_eq!(
+        groups[file_groups.len()],
+        yaml(
+            "{name: heimdall.additional, rules: [{alert: HeimdallDown, expr: 'up{job=\"heimdall\"} == 0', for: 5m}]}"
+        )
+    );
+}
+
+/// Runs promtool in the repository; a failure fails the test with promtool's words.
+fn promtool_ok(promtool: &Path, args: &[&str]) -> String {
+    let out = Command::new(promtool)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {} failed ({}):\n{said}",
+        args.join(" "),
+        out.status
+    );
+    said
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = tools::require("promtool") else {
+        return;
+    };
+    let rules = alert_rules_file();
+    let checked = promtool_ok(&promtool, &["check", "rules", rules.to_str().unwrap()]);
+    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
+    // Every alert has a unit test, and every unit test names an alert of the file.
+    let tests_file = repo()
+        .join("infra")
+        .join("prometheus")
+        .join("alerts.test.yaml");
+    let alerts: std::collections::BTreeSet<String> =
+        path(&yaml(&std::fs::read_to_string(&rules).unwrap()), "groups")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|group| path(group, "rules").as_sequence().unwrap())
+            .map(|rule| text(rule, "alert").to_owned())
+            .collect();
+    let tested: std::collections::BTreeSet<String> = path(
+        &yaml(&std::fs::read_to_string(&tests_file).unwrap()),
+        "tests",
+    )
+    .as_sequence()
+    .unwrap()
+    .iter()
+    .flat_map(|test| path(test, "alert_rule_test").as_sequence().unwrap())
+    .map(|case| text(case, "alertname").to_owned())
+    .collect();
+    assert_eq!(alerts, tested, "alerts and their unit tests");
+    let tested = promtool_ok(&promtool, &["test", "rules", tests_file.to_str().unwrap()]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let Some(promtool) = tools::require("promtool") else {
+        return;
+    };
+    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    found.push(expr.clone());
+                }
+                map.values().for_each(|v| exprs(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("infra").join("grafana").join("heimdall.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(!queries.is_empty());
+    // promtool parses PromQL in rule files: each query becomes a recording rule, with Grafana's
+    // variables replaced by what they stand for.
+    let rules: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, query)| {
+            let promql = query
+                .replace("$__rate_interval", "5m")
+                .replace("$job", ".+");
+            serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": promql })
+        })
+        .collect();
+    let file = scratch("dashboard_queries").join("queries.yaml");
+    let groups = serde_json::json!({ "groups": [ { "name": "dashboard", "rules": rules } ] });
+    std::fs::write(&file, serde_json::to_string_pretty(&groups).unwrap()).unwrap();
+    let checked = promtool_ok(&promtool, &["check", "rules", file.to_str().unwrap()]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{checked}"
+    );
+}

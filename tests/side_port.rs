@@ -169,3 +169,151 @@ async fn decision_refuses_untrusted_peers() {
     );
     running.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Rules whose decisions cover every outcome: `open` allows, `closed` denies and `broken` fails
+/// (its header finalizer reads an attribute an anonymous subject does not have: an internal
+/// error, so `decision="error"`).
+const OUTCOME_RULES: &str = r#"
+version: "1"
+mechanisms:
+  authenticators:
+    - id: anonymous
+      type: anonymous
+  authorizers:
+    - id: allow
+      type: allow
+    - id: deny
+      type: deny
+  finalizers:
+    - id: tenant_header
+      type: header
+      config:
+        headers:
+          X-Tenant: subject.attr.tenant
+rules:
+  - id: open
+    match: { paths: [/open] }
+    execute: [ { authenticator: anonymous }, { authorizer: allow } ]
+  - id: closed
+    match: { paths: [/closed] }
+    execute: [ { authenticator: anonymous }, { authorizer: deny } ]
+  - id: broken
+    match: { paths: [/broken] }
+    execute:
+      - authenticator: anonymous
+      - authorizer: allow
+      - finalizer: tenant_header
+"#;
+
+/// Runs `promtool check metrics` on `exposition`; promtool's complaints are the error.
+fn promtool_check_metrics(promtool: &std::path::Path, exposition: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    }
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let Some(promtool) = heimdall::test_helpers::tools::require("promtool") else {
+        return;
+    };
+    let running = heimdall::app::build(test_config(OUTCOME_RULES), test_keys())
+        .unwrap()
+        .serve()
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.http_addr);
+    let http = client();
+    for (path, status) in [
+        ("/open", StatusCode::OK),
+        ("/closed", StatusCode::FORBIDDEN),
+        ("/broken", StatusCode::INTERNAL_SERVER_ERROR),
+        ("/nowhere", StatusCode::FORBIDDEN),
+    ] {
+        let response = http
+            .get(format!("{base}/decision"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-host", "api.example.com")
+            .header("x-forwarded-uri", path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+    // Without an Accept header (as curl and promtool fetch it): the Prometheus text format.
+    let served = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Prometheus asks for OpenMetrics and gets it.
+    let openmetrics = http
+        .get(format!("{base}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
+    running.shutdown(Duration::from_secs(2)).await;
+    for sample in [
+        r#"heimdall_check_decisions_total{rule="open",decision="allow"} 1"#,
+        r#"heimdall_check_decisions_total{rule="closed",decision="deny"} 1"#,
+        r#"heimdall_check_decisions_total{rule="broken",decision="error"} 1"#,
+        r#"heimdall_step_errors_total{mechanism="tenant_header",kind="internal"} 1"#,
+    ] {
+        assert!(
+            served.contains(sample),
+            "metrics lack `{sample}`:\n{served}"
+        );
+    }
+    if let Err(complaints) = promtool_check_metrics(&promtool, &served) {
+        panic!("promtool check metrics on /metrics:\n{complaints}\n--- /metrics:\n{served}");
+    }
+
+    // The Cerbos and attribute families appear only when those are configured: check them too.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let _cerbos = heimdall::cerbos::CerbosMetrics::new(&mut registry);
+    let _attributes = heimdall::attributes::AttributeMetrics::new(&mut registry);
+    let mut optional = String::new();
+    prometheus_client::encoding::text::encode(&mut optional, &registry).unwrap();
+    let optional = heimdall::metrics::to_prometheus_text(&optional);
+    if let Err(complaints) = promtool_check_metrics(&promtool, &optional) {
+        panic!(
+            "promtool check metrics on the Cerbos and attribute families:\n{complaints}\n---\n{optional}"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRef, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -51,18 +51,36 @@ async fn ready(State(ops): State<Ops>) -> Response {
     }
 }
 
-async fn metrics(State(ops): State<Ops>) -> Response {
+/// The exposition format follows `Accept`: OpenMetrics for a scraper that asks for it (Prometheus
+/// does), the Prometheus text format otherwise (`curl`, `promtool check metrics`, older agents).
+async fn metrics(State(ops): State<Ops>, headers: HeaderMap) -> Response {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &ops.registry) {
-        Ok(()) => (
+    if prometheus_client::encoding::text::encode(&mut body, &ops.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             body,
         )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::to_prometheus_text(&body),
+        )
+            .into_response()
     }
 }
 
