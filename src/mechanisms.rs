@@ -137,6 +137,26 @@ pub fn build(
     })
 }
 
+/// Runs `f` with the build context of a process that has only `keys` and `tokens`: no Cerbos, no
+/// attribute store, the default Check deadline; for unit tests that build one mechanism.
+#[cfg(test)]
+pub(crate) fn with_test_context<T>(
+    keys: &Arc<Keyring>,
+    tokens: &TokensConfig,
+    f: impl FnOnce(&BuildContext<'_>) -> T,
+) -> T {
+    let provider_metrics = provider::ProviderMetrics::default();
+    f(&BuildContext {
+        keys,
+        tokens,
+        cerbos: None,
+        attributes: None,
+        check_timeout: crate::config::ServerConfig::default().check_timeout,
+        provider_metrics: &provider_metrics,
+        remote_calls: None,
+    })
+}
+
 /// A header name as configured, checked and lower-cased.
 pub(crate) fn header_name(name: &str) -> Result<Arc<str>, BuildError> {
     let parsed =

@@ -317,25 +317,16 @@ mod tests {
     use serde_json::json;
 
     fn authenticator(yaml: &str) -> Result<IntrospectionAuthenticator, BuildError> {
-        let keys = Arc::new(crate::tokens::Keyring::default());
-        let tokens = crate::config::TokensConfig::default();
-        let metrics = ProviderMetrics::default();
-        let ctx = BuildContext {
-            keys: &keys,
-            tokens: &tokens,
-            cerbos: None,
-            attributes: None,
-            check_timeout: Duration::from_millis(180),
-            provider_metrics: &metrics,
-            remote_calls: None,
-        };
         let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
         let crate::config::mechanisms::AuthenticatorSpec::OAuth2Introspection(cfg) =
             crate::config::mechanisms::parse("oauth2_introspection", &config).unwrap()
         else {
             unreachable!()
         };
-        IntrospectionAuthenticator::new(&Arc::from("opaque"), cfg, &ctx)
+        let keys = Arc::new(crate::tokens::Keyring::default());
+        crate::mechanisms::with_test_context(&keys, &Default::default(), |ctx| {
+            IntrospectionAuthenticator::new(&Arc::from("opaque"), cfg, ctx)
+        })
     }
 
     #[test]

@@ -860,20 +860,12 @@ mod tests {
     /// Builds a mechanism of `kind` and `type_name` from `yaml`, the message of its refusal.
     fn refusal(kind: crate::mechanisms::Kind, type_name: &str, yaml: &str) -> Option<String> {
         let keys = Arc::new(crate::tokens::Keyring::default());
-        let tokens = crate::config::TokensConfig::default();
-        let ctx = crate::mechanisms::BuildContext {
-            keys: &keys,
-            tokens: &tokens,
-            cerbos: None,
-            attributes: None,
-            check_timeout: std::time::Duration::from_millis(180),
-            provider_metrics: &Default::default(),
-            remote_calls: None,
-        };
         let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
-        crate::mechanisms::build(kind, &Arc::from("m"), type_name, &config, &ctx)
-            .err()
-            .map(|e| e.to_string())
+        crate::mechanisms::with_test_context(&keys, &Default::default(), |ctx| {
+            crate::mechanisms::build(kind, &Arc::from("m"), type_name, &config, ctx)
+        })
+        .err()
+        .map(|e| e.to_string())
     }
 
     #[test]

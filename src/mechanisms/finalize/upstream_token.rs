@@ -441,16 +441,10 @@ mod tests {
             Ok(_) => unreachable!(),
             Err(e) => return Err(e.to_string()),
         };
-        let ctx = BuildContext {
-            keys,
-            tokens,
-            cerbos: None,
-            attributes: None,
-            check_timeout: std::time::Duration::from_millis(180),
-            provider_metrics: &Default::default(),
-            remote_calls: None,
-        };
-        UpstreamToken::build(&Arc::from("upstream"), format, cfg, &ctx).map_err(|e| e.to_string())
+        crate::mechanisms::with_test_context(keys, tokens, |ctx| {
+            UpstreamToken::build(&Arc::from("upstream"), format, cfg, ctx)
+        })
+        .map_err(|e| e.to_string())
     }
 
     #[test]
