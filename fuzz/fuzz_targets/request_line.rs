@@ -54,6 +54,9 @@ static RULES: LazyLock<RuleSet> = LazyLock::new(|| {
         tokens: &config.tokens,
         cerbos: None,
         attributes: None,
+        check_timeout: config.server.check_timeout,
+        provider_metrics: &Default::default(),
+        remote_calls: None,
     };
     RuleSet::compile(&config, &ctx, &Metrics::default()).expect("the embedded rules compile")
 });
