@@ -50,13 +50,7 @@ impl HttpContextualizer {
         }
         Ok(Self {
             id: Arc::clone(id),
-            call: RemoteCall::build(
-                id,
-                &config.request,
-                &config.cache,
-                ctx.remote_calls,
-                ctx.check_timeout,
-            )?,
+            call: RemoteCall::build(id, &config.request, &config.cache, ctx)?,
             attributes: compile_attributes(&config.attributes)?,
             accept_status: config.accept_status.clone().into(),
             continue_on_error: config.continue_on_error,

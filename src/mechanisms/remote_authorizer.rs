@@ -31,13 +31,7 @@ impl RemoteAuthorizer {
     ) -> Result<Self, BuildError> {
         Ok(Self {
             id: Arc::clone(id),
-            call: RemoteCall::build(
-                id,
-                &config.request,
-                &config.cache,
-                ctx.remote_calls,
-                ctx.check_timeout,
-            )?,
+            call: RemoteCall::build(id, &config.request, &config.cache, ctx)?,
             allow: config
                 .allow
                 .as_deref()

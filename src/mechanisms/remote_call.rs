@@ -99,9 +99,9 @@ impl RemoteCall {
         id: &Arc<str>,
         request: &RemoteRequestConfig,
         cache: &RemoteCacheConfig,
-        metrics: Option<&RemoteCallMetrics>,
-        check_timeout: std::time::Duration,
+        ctx: &super::BuildContext<'_>,
     ) -> Result<Self, BuildError> {
+        let (metrics, check_timeout) = (ctx.remote_calls, ctx.check_timeout);
         let invalid = |message: String| BuildError::Invalid(message.into());
         let method = parse_method(&request.method).map_err(invalid)?;
         let url = UrlTemplate::parse(&request.url, &|name| std::env::var(name).ok())
