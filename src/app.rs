@@ -2,6 +2,7 @@
 //! graceful shutdown. Tests build the whole app on `127.0.0.1:0` through [`build`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -18,10 +19,11 @@ use crate::extauthz::{AuthorizationServer, ExtAuthz};
 use crate::http::{ForwardAuth, LoginRoutes, Ops, PolicyApi, SideState, router};
 use crate::listener;
 use crate::login::Login;
+use crate::mechanisms::Authenticator;
 use crate::mechanisms::remote_call::RemoteCallMetrics;
-use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::reload::{ReloadMetrics, Reloader, Services};
 use crate::rules::RuleSet;
 use crate::tokens::{Claims, Keyring, Purpose};
 
@@ -46,12 +48,17 @@ pub struct Built {
     pub cerbos: Option<Arc<Cerbos>>,
     /// Principal attributes from NATS, when configured.
     pub attributes: Option<Arc<PrincipalStore>>,
-    /// Verifies the bearer token of `/check` and `/plan/resources`.
-    pub api_authenticator: Option<Arc<Authenticator>>,
+    /// Verifies the bearer token of `/check` and `/plan/resources` when the rules name no
+    /// `api.authenticator`.
+    pub builtin_api_authenticator: Option<Arc<Authenticator>>,
     /// What `heimdall validate` warns about ([`RuleSet::lint`]).
     pub warnings: Vec<String>,
     /// OpenID Connect login, when configured.
     pub login: Option<Arc<Login>>,
+    /// What reloaded rules are compiled against.
+    pub services: Services,
+    /// The configuration file [`Built::serve`] reloads rules from ([`Built::reload_from`]).
+    reload_source: Option<(PathBuf, Arc<dyn Env + Send + Sync>)>,
 }
 
 /// Compiles the rules against the keys.
@@ -72,22 +79,21 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
             AttributeMetrics::new(&mut registry),
         ))
     });
-    let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
-    let remote_calls = RemoteCallMetrics::new(&mut registry);
-    let ctx = BuildContext {
-        keys: &keys,
-        tokens: &config.tokens,
-        cerbos: cerbos.as_ref(),
-        attributes: attributes.as_ref(),
-        check_timeout: config.server.check_timeout,
-        provider_metrics: &provider_metrics,
-        remote_calls: Some(&remote_calls),
+    let services = Services {
+        keys: Arc::clone(&keys),
+        cerbos: cerbos.clone(),
+        attributes: attributes.clone(),
+        provider_metrics: crate::mechanisms::provider::ProviderMetrics::new(&mut registry),
+        remote_calls: RemoteCallMetrics::new(&mut registry),
+        reloads: ReloadMetrics::new(&mut registry),
     };
+    let ctx = services.context(&config);
     let rules = RuleSet::compile(&config, &ctx, &metrics)
         .map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     // The policy API verifies callers with `api.authenticator`, or a built-in `paseto` one.
-    let api_authenticator = match rules.api_authenticator() {
-        Some(authenticator) => Some(Arc::clone(authenticator)),
+    // `api` is a restart-only section, so whether the rules name one never changes on reload.
+    let builtin_api_authenticator = match rules.api_authenticator() {
+        Some(_) => None,
         None => {
             let api_id: Arc<str> = Arc::from("api");
             match Authenticator::build(&api_id, "paseto", &serde_yaml_ng::Value::Null, &ctx) {
@@ -150,7 +156,9 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         login,
         cerbos,
         attributes,
-        api_authenticator,
+        builtin_api_authenticator,
+        services,
+        reload_source: None,
         config: Arc::new(config),
         keys,
         engine,
@@ -175,6 +183,13 @@ pub struct Running {
 }
 
 impl Built {
+    /// Makes [`Built::serve`] reload the rules from `source` on SIGHUP and when its contents
+    /// change (`crate::reload`), reading the environment through `env` as at startup.
+    pub fn reload_from(mut self, source: PathBuf, env: Arc<dyn Env + Send + Sync>) -> Self {
+        self.reload_source = Some((source, env));
+        self
+    }
+
     /// Binds both ports (port 0 picks a free one) and serves until [`Running::shutdown`].
     pub async fn serve(self) -> anyhow::Result<Running> {
         let listening = self.readiness.block("listeners");
@@ -223,7 +238,8 @@ impl Built {
             },
             policy_api: PolicyApi {
                 cerbos: self.cerbos.clone(),
-                authenticator: self.api_authenticator.clone(),
+                engine: Arc::clone(&self.engine),
+                builtin_authenticator: self.builtin_api_authenticator.clone(),
                 attributes: self.attributes.clone(),
                 config: self.config.api.clone(),
             },
@@ -263,6 +279,19 @@ impl Built {
             ))),
             _ => None,
         };
+        let reload = match self.reload_source {
+            Some((source, env)) => tokio::spawn(
+                Reloader::new(
+                    source,
+                    env,
+                    (*self.config).clone(),
+                    Arc::clone(&self.engine),
+                    self.services,
+                )
+                .run(signal.clone(), self.config.server.reload_poll_interval),
+            ),
+            None => tokio::spawn(crate::reload::answer_hangups_without_file(signal.clone())),
+        };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
         Ok(Running {
@@ -277,6 +306,7 @@ impl Built {
                 .into_iter()
                 .chain(attributes)
                 .chain(login_warm_up)
+                .chain(Some(reload))
                 .collect(),
         })
     }

@@ -220,6 +220,13 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
+    /// How often the configuration file is re-read to catch a change no file-system event
+    /// reported; events (a write, a rename over it, a ConfigMap's symlink swap) reload at once.
+    /// Only `mechanisms`, `rules` and `default_rule` reload (docs/operations.md, "Reloading
+    /// rules"); SIGHUP reloads too.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_poll_interval: Duration,
     /// Limits of the ext_authz gRPC listener (docs/security.md, "Listener limits").
     pub grpc: GrpcListenerConfig,
     /// Limits of the HTTP side-port listener (docs/security.md, "Listener limits").
@@ -245,6 +252,7 @@ impl Default for ServerConfig {
             rule_extension: "heimdall_rule".into(),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
+            reload_poll_interval: Duration::from_secs(10),
             grpc: GrpcListenerConfig::default(),
             http: HttpListenerConfig::default(),
             paths: crate::canonical::PathPolicy::default(),
@@ -720,6 +728,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "server.check_timeout",
                 message: "must be positive".into(),
+            });
+        }
+        if self.server.reload_poll_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                field: "server.reload_poll_interval",
+                message: "must be at least 1s (file-system events reload at once; the poll only \
+                          catches what they miss)"
+                    .into(),
             });
         }
         self.validate_listeners()?;

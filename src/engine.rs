@@ -88,6 +88,11 @@ impl Engine {
     }
 
     /// Replaces the rule set; requests in flight finish on the old one.
+    /// The policy API's authenticator of the serving rules (`api.authenticator`), if named.
+    pub fn api_authenticator(&self) -> Option<Arc<crate::mechanisms::Authenticator>> {
+        self.rules.load().api_authenticator().cloned()
+    }
+
     pub fn swap_rules(&self, rules: RuleSet) {
         self.rules.store(Arc::new(rules));
     }

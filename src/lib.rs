@@ -24,6 +24,7 @@ pub(crate) mod pipeline;
 pub mod policy;
 pub mod readiness;
 pub(crate) mod redact;
+pub mod reload;
 pub mod request;
 pub mod rules;
 pub mod subject;

@@ -321,7 +321,11 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("get a token this heimdall accepts with: heimdall token mint --sub alice --roles user (same configuration and environment)");
         }
         let (drain_delay, grace) = (config.server.drain_delay, config.server.shutdown_grace);
-        let running = heimdall::app::build(config, keys)?.serve().await?;
+        let mut built = heimdall::app::build(config, keys)?;
+        if let Origin::File(path) = origin {
+            built = built.reload_from(path, std::sync::Arc::new(ProcessEnv));
+        }
+        let running = built.serve().await?;
         let mut running = running;
         let failure = tokio::select! {
             result = wait_for_signal() => result.err(),

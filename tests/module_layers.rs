@@ -41,7 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("rule compiler", &["rules"]),
     ("engine", &["engine"]),
     ("entry points", &["extauthz", "http"]),
-    ("process", &["app", "test_helpers"]),
+    ("process", &["app", "reload", "test_helpers"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

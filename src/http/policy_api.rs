@@ -25,6 +25,7 @@ use crate::canonical::RequestLine;
 use crate::cerbos::{Cerbos, CerbosError};
 use crate::config::ApiConfig;
 use crate::decision::ErrorKind;
+use crate::engine::Engine;
 use crate::mechanisms::{Authenticator, AuthnError};
 use crate::policy::{OwnedPrincipal, Plan, PolicyDecisionPoint as _, ResourceCheck, ResourceInput};
 use crate::request::{Headers, RequestView};
@@ -35,8 +36,11 @@ use crate::subject::enrich;
 pub(crate) struct PolicyApi {
     /// The policy engine; without one every question is a 503.
     pub cerbos: Option<Arc<Cerbos>>,
-    /// Verifies the caller's bearer token; without one (no token key) a question is a 401.
-    pub authenticator: Option<Arc<Authenticator>>,
+    /// The serving rules name the authenticator (`api.authenticator`, reloaded with them).
+    pub engine: Arc<Engine>,
+    /// Verifies the caller's bearer token when the rules name none: the built-in `paseto` one;
+    /// without it (no token key) a question is a 401.
+    pub builtin_authenticator: Option<Arc<Authenticator>>,
     /// Principal attributes merged into a token's principal.
     pub attributes: Option<Arc<PrincipalStore>>,
     pub config: ApiConfig,
@@ -155,8 +159,9 @@ async fn principal(
         return Ok(principal);
     }
     let authenticator = state
-        .authenticator
-        .as_ref()
+        .engine
+        .api_authenticator()
+        .or_else(|| state.builtin_authenticator.clone())
         .ok_or_else(|| Refusal::new(StatusCode::UNAUTHORIZED, "no token key is configured"))?;
     let line = RequestLine::internal("POST", "/");
     let view = RequestView::new(&line, "http", Headers::Http(headers));

@@ -388,7 +388,7 @@ change (deployment mode; in sidecar mode, put them on your own pod template).
 */}}
 {{- define "heimdall.checksumAnnotations" -}}
 {{- $lines := list }}
-{{- if not .Values.existingConfigMap }}
+{{- if not (or .Values.existingConfigMap .Values.reloadConfigInPlace) }}
 {{- $lines = append $lines (printf "checksum/config: %s" (include "heimdall.configYaml" . | sha256sum)) }}
 {{- end }}
 {{- if include "heimdall.managedKeySecret" . }}
