@@ -19,6 +19,7 @@ use super::authn::AuthnError;
 use super::provider::{
     ProviderMetrics, audience_matches, discover, http_url, json_object, principal, unix_time,
 };
+use super::remote_call::expand_env;
 use super::token_source::{TokenSources, check_leeway, check_size, token_key, ttl_until};
 use super::{BuildContext, BuildError};
 use crate::config::mechanisms::IntrospectionConfig;
@@ -91,7 +92,11 @@ impl IntrospectionAuthenticator {
             http_url("issuer", issuer)?;
         }
         let endpoint = match (&cfg.introspection_url, &cfg.issuer) {
-            (Some(url), _) => Endpoint::Url(http_url("introspection_url", url)?.as_str().into()),
+            (Some(url), _) => {
+                let url = expand_env(url, &|name| std::env::var(name).ok())
+                    .map_err(|e| invalid(format!("introspection_url: {e}")))?;
+                Endpoint::Url(http_url("introspection_url", &url)?.as_str().into())
+            }
             (None, Some(_)) => Endpoint::Discovery(ArcSwapOption::empty()),
             (None, None) => {
                 return Err(invalid(

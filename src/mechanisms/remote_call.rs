@@ -469,6 +469,52 @@ impl TemplateError {
     }
 }
 
+/// Replaces every `${NAME}` in `text` by the environment variable's value, now (at load):
+/// `${HYDRA_ADMIN_URL}/admin/oauth2/introspect`. An unset or blank variable is an error naming
+/// it; `$` not followed by `{` stays as it is.
+pub(crate) fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut expanded = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let (before, from) = rest.split_at(at);
+        expanded.push_str(before);
+        let (value, after) = env_placeholder(text, from.get(2..).unwrap_or_default(), env)?;
+        expanded.push_str(&value);
+        rest = after;
+    }
+    expanded.push_str(rest);
+    Ok(expanded)
+}
+
+/// Reads one `${NAME}` whose text after `${` is `after`: the variable's trimmed value and the
+/// text after the closing `}`. `${BASE}/path` with BASE ending in `/` does not make `//path`.
+fn env_placeholder<'t>(
+    template: &str,
+    after: &'t str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, &'t str), String> {
+    let end = after
+        .find('}')
+        .ok_or_else(|| format!("`${{` without its `}}` in `{template}`"))?;
+    let name = after.get(..end).unwrap_or_default();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`${{{name}}}` is not an environment variable name"));
+    }
+    let value = env(name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("the environment variable `{name}` is not set"))?;
+    let rest = after.get(end + 1..).unwrap_or_default();
+    let value = if rest.starts_with('/') {
+        value.trim().trim_end_matches('/')
+    } else {
+        value.trim()
+    };
+    Ok((value.to_owned(), rest))
+}
+
 impl UrlTemplate {
     /// Reads `template`: `${NAME}` is replaced by `env(NAME)` now, `{cel}` is compiled.
     fn parse(template: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, TemplateError> {
@@ -482,26 +528,8 @@ impl UrlTemplate {
             let (before, from) = rest.split_at(at);
             literal.push_str(before);
             if let Some(after) = from.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| syntax(format!("`${{` without its `}}` in `{template}`")))?;
-                let name = after.get(..end).unwrap_or_default();
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(syntax(format!(
-                        "`${{{name}}}` is not an environment variable name"
-                    )));
-                }
-                let value = env(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-                    syntax(format!("the environment variable `{name}` is not set"))
-                })?;
-                let rest_after = after.get(end + 1..).unwrap_or_default();
-                // `${BASE}/path` with BASE ending in `/` must not make `//path`.
-                let value = if rest_after.starts_with('/') {
-                    value.trim().trim_end_matches('/')
-                } else {
-                    value.trim()
-                };
-                literal.push_str(value);
+                let (value, rest_after) = env_placeholder(template, after, env).map_err(syntax)?;
+                literal.push_str(&value);
                 rest = rest_after;
             } else if let Some(after) = from.strip_prefix('{') {
                 let end = placeholder_end(after)
@@ -778,6 +806,20 @@ mod tests {
         vars.bind_request(&view, &captures);
         vars.bind_subject(&subject);
         parse(template).unwrap().render(&vars)
+    }
+
+    #[test]
+    fn environment_variables_expand_in_plain_urls() {
+        assert_eq!(
+            expand_env("${KRATOS_ADMIN_URL}/admin/x", &env).unwrap(),
+            "http://kratos:4434/admin/x"
+        );
+        assert_eq!(expand_env("http://h/$x", &env).unwrap(), "http://h/$x");
+        assert_eq!(
+            expand_env("${NOT_SET_ANYWHERE}/x", &env).unwrap_err(),
+            "the environment variable `NOT_SET_ANYWHERE` is not set"
+        );
+        assert!(expand_env("${KRATOS_ADMIN_URL", &env).is_err());
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub struct IntrospectionConfig {
     /// The provider's issuer URL: without `introspection_url`, discovery finds the endpoint
     /// (`introspection_endpoint`); an answer's `iss`, when present, must equal it.
     pub issuer: Option<String>,
-    /// The introspection endpoint (Ory Hydra: `<HYDRA_ADMIN_URL>/admin/oauth2/introspect`).
+    /// The introspection endpoint. `${NAME}` is read from the environment at load, as in the
+    /// service contract's `${HYDRA_ADMIN_URL}/admin/oauth2/introspect` (Ory Hydra).
     pub introspection_url: Option<String>,
     /// heimdall's client id at the endpoint (`client_secret_basic`); absent: no client
     /// authentication.
