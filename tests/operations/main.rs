@@ -1,0 +1,3 @@
+//! Operations: the deployment artefacts heimdall ships, checked without the platforms that run them.
+
+mod compose;
