@@ -2,7 +2,7 @@
 # a slim Debian image, run as an unprivileged user. No HEALTHCHECK: Kubernetes probes /health and
 # /ready (the Helm chart sets them).
 #
-#   docker build -t heimdall:0.1.0 .
+#   docker build -t heimdall:0.1.0 .            # the last stage, `runtime`
 #   docker build --target debug-symbols --output type=local,dest=symbols .   # heimdall.debug
 ARG RUST_VERSION=1.95
 
@@ -18,7 +18,7 @@ RUN cargo build --release --locked --bin heimdall \
 FROM scratch AS debug-symbols
 COPY --from=build /heimdall.debug /heimdall.debug
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 # CA certificates: Cerbos, NATS and OpenID providers over TLS are verified against the system roots.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \

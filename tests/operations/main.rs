@@ -9,4 +9,5 @@
     reason = "integration tests: a failed assertion is the finding"
 )]
 
+mod compose;
 mod reload;
