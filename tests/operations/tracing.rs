@@ -4,7 +4,9 @@
 //! Envoy's spans and heimdall's: heimdall's decision span must be in Envoy's trace, a child of
 //! the span of Envoy's ext_authz call (the context Envoy puts in the gRPC metadata, not the
 //! client's `traceparent` header in the `CheckRequest`), carry the rule and the decision, and
-//! have the Cerbos call as a child; heimdall's log lines in the decision carry the trace id.
+//! have the Cerbos call and an HTTP contextualizer's call as children (the remote service
+//! receiving a `traceparent` that names heimdall's client span), record the steps as events;
+//! heimdall's log lines in the decision carry the trace id.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +24,7 @@ use heimdall::test_helpers::cerbos::Cerbos;
 use heimdall::test_helpers::echo::EchoUpstream;
 use heimdall::test_helpers::envoy::{self, Envoy, TemplateValues, replace_exactly};
 use heimdall::test_helpers::heimdall::HeimdallProcess;
+use heimdall::test_helpers::remote_service::{RemoteService, Reply};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -110,11 +113,14 @@ async fn start_receiver() -> (Receiver, SocketAddr) {
     (receiver, addr)
 }
 
-/// One rule: anonymous callers may view a public document, as Cerbos decides.
-fn heimdall_config(cerbos: &Cerbos) -> String {
+/// One rule: anonymous callers, their plan fetched from `profiles`, may view a public document,
+/// as Cerbos decides.
+fn heimdall_config(cerbos: &Cerbos, profiles: &RemoteService) -> String {
     format!(
         r#"version: "1"
 log: {{ decisions: true }}
+# Generous deadlines: a loaded test machine must not turn the decision into a timeout.
+server: {{ check_timeout: 1500ms }}
 cerbos:
   url: "{}"
   timeout: 500ms
@@ -122,6 +128,15 @@ cerbos:
 mechanisms:
   authenticators:
     - {{ id: anon, type: anonymous }}
+  contextualizers:
+    - id: profile
+      type: http
+      config:
+        request:
+          url: "{}/profiles/{{subject.id}}"
+          timeout: 500ms
+        attributes:
+          plan: response.body.plan
   authorizers:
     - id: public_document
       type: cerbos
@@ -136,9 +151,11 @@ rules:
     match: {{ paths: [/docs] }}
     execute:
       - authenticator: anon
+      - contextualizer: profile
       - authorizer: public_document
 "#,
-        cerbos.grpc_url()
+        cerbos.grpc_url(),
+        profiles.base_url()
     )
 }
 
@@ -242,9 +259,11 @@ async fn a_decision_joins_envoys_trace_and_its_cerbos_call_is_its_child() {
     };
     let (receiver, collector) = start_receiver().await;
     let echo = EchoUpstream::start().await;
+    let profiles =
+        RemoteService::start(|_| Reply::json(200, &serde_json::json!({ "plan": "gold" }))).await;
     let endpoint = format!("http://{collector}");
     let heimdall = HeimdallProcess::start(
-        &heimdall_config(&cerbos),
+        &heimdall_config(&cerbos, &profiles),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "heimdall"),
@@ -331,6 +350,47 @@ async fn a_decision_joins_envoys_trace_and_its_cerbos_call_is_its_child() {
     assert_eq!(cerbos_call.trace_id, decision.trace_id);
     assert_eq!(cerbos_call.parent_span_id, decision.span_id);
     assert_eq!(cerbos_call.kind, SpanKind::Client as i32);
+
+    // So is the HTTP contextualizer's call, whose context the service received.
+    let http_call = wait_for(&receiver, "heimdall's HTTP client span", |spans| {
+        spans
+            .iter()
+            .find(|r| r.service == "heimdall" && r.span.name == "GET")
+            .map(|r| r.span.clone())
+    })
+    .await;
+    assert_eq!(http_call.parent_span_id, decision.span_id);
+    assert_eq!(http_call.kind, SpanKind::Client as i32);
+    let received = profiles.received().await;
+    let sent = received
+        .first()
+        .and_then(|r| r.headers.get("traceparent"))
+        .expect("the profile service received a traceparent");
+    assert_eq!(
+        sent,
+        &format!("00-{CLIENT_TRACE}-{}-01", hex(&http_call.span_id))
+    );
+
+    // Each step that ran is an event of the decision span.
+    let steps: Vec<(String, String)> = decision
+        .events
+        .iter()
+        .filter(|e| e.name == "step")
+        .map(|e| {
+            (
+                attribute(&e.attributes, "step.kind").unwrap_or_default(),
+                attribute(&e.attributes, "step.outcome").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("authenticator".to_owned(), "accepted".to_owned()),
+            ("contextualizer".to_owned(), "done".to_owned()),
+            ("authorizer".to_owned(), "allowed".to_owned()),
+        ]
+    );
 
     // The decision's log line carries the trace id; nothing was dropped.
     assert!(
