@@ -32,6 +32,7 @@ pub struct TracingConfig {
     pub sampler: Sampler,
     /// The share of traces kept by the `*traceidratio` samplers, 0 to 1
     /// (`OTEL_TRACES_SAMPLER_ARG`).
+    #[serde(serialize_with = "serialize_ratio")]
     pub ratio: f64,
     /// Deadline of one export call to the collector (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`,
     /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds).
@@ -125,6 +126,16 @@ fn serialize_endpoint<S: serde::Serializer>(
     match endpoint {
         Some(url) => crate::redact::serialize_redacted_url(url, serializer),
         None => serializer.serialize_none(),
+    }
+}
+
+/// 0 and 1 as integers: `jq` (which regenerates the chart's schema) rewrites `1.0` as `1`, and
+/// the generated schema must read back equal.
+fn serialize_ratio<S: serde::Serializer>(ratio: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if *ratio == 0.0 || *ratio == 1.0 {
+        serializer.serialize_u8(u8::from(*ratio == 1.0))
+    } else {
+        serializer.serialize_f64(*ratio)
     }
 }
 
