@@ -7,6 +7,7 @@
 
 pub mod jwt_keys;
 pub mod mechanisms;
+pub mod otel;
 pub mod reference;
 pub mod remote_call;
 pub mod spec;
@@ -158,6 +159,10 @@ pub struct Config {
     pub default_rule: Option<PipelineSpec>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// OpenTelemetry trace export (OTLP/gRPC); off without an endpoint. The `OTEL_*`
+    /// variables override it.
+    #[serde(default)]
+    pub tracing: otel::TracingConfig,
 }
 
 fn default_version() -> String {
@@ -608,7 +613,8 @@ impl Config {
         Ok((config, origin))
     }
 
-    /// Applies `PORT`, `GRPC_PORT`, `HEIMDALL_BIND`, `CERBOS_GRPC_URL` and `NATS_URL`, after
+    /// Applies `PORT`, `GRPC_PORT`, `HEIMDALL_BIND`, `CERBOS_GRPC_URL`, `NATS_URL`, the `OIDC_*` and
+    /// the `OTEL_*` variables (see [`otel::OTEL_ENV_VARS`]), after
     /// checking that every variable of [`ENV_VARS`] that is set holds UTF-8 text.
     pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         for name in ENV_VARS {
@@ -635,7 +641,8 @@ impl Config {
         if let Some(port) = env.var("GRPC_PORT")? {
             self.server.grpc_port = parse_port("GRPC_PORT", &port)?;
         }
-        self.apply_login_env(env)
+        self.apply_login_env(env)?;
+        self.tracing.apply_env(env)
     }
 
     /// `OIDC_ISSUER_URL`, `OIDC_CLIENT_ID`, `OIDC_CLIENT_SECRET` and `OIDC_REDIRECT_URL` turn
@@ -763,6 +770,9 @@ impl Config {
                 .validate()
                 .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         }
+        self.tracing
+            .validate()
+            .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         Ok(())
     }
 

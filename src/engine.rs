@@ -134,10 +134,25 @@ impl Engine {
     /// Selects the rule and runs its pipeline under `server.check_timeout`; a timeout, no rule
     /// or a refused `context_extensions` rule name are decisions too, counted and logged.
     pub async fn decide(&self, req: &RequestView<'_>) -> Decided {
-        // Debug level: at info a formatting subscriber renders the span's fields for every check
-        // (about 4% of CPU under load), and the decision log lines carry `rule.id` themselves.
-        let span =
-            tracing::debug_span!("check", request.id = %req.id, rule.id = tracing::field::Empty);
+        self.decide_within(req, None).await
+    }
+
+    /// [`Engine::decide`] as part of the caller's trace: `parent` is the trace context the
+    /// caller sent beside the request (Envoy's ext_authz span, from the gRPC metadata);
+    /// without one, the request's own `traceparent` header. Ignored when tracing is off.
+    pub async fn decide_within(
+        &self,
+        req: &RequestView<'_>,
+        parent: Option<opentelemetry::Context>,
+    ) -> Decided {
+        let span = if crate::trace_context::enabled() {
+            decision_span(req, parent)
+        } else {
+            // Debug level: at info a formatting subscriber renders the span's fields for every
+            // check (about 4% of CPU under load), and the decision log lines carry `rule.id`
+            // themselves.
+            tracing::debug_span!("check", request.id = %req.id, rule.id = tracing::field::Empty)
+        };
         // A handle to record the rule into: `Span::current()` would ask the subscriber on every
         // Check, even when the span is disabled.
         let record = span.clone();
@@ -208,6 +223,9 @@ impl Engine {
         let elapsed = started.elapsed();
         rule_metrics.duration.observe(elapsed.as_secs_f64());
         let rule_id = rule.as_deref().unwrap_or(NO_RULE_LABEL);
+        if crate::trace_context::enabled() {
+            record_outcome(span, &outcome);
+        }
         match &outcome.decision {
             Decision::Allow(_) => {
                 rule_metrics.allow.inc();
@@ -251,6 +269,63 @@ impl Engine {
     }
 }
 
+/// The span of one decision when tracing is on: an OpenTelemetry server span whose parent is
+/// `parent`, else the request's `traceparent` (a malformed or repeated one is no parent: the
+/// span starts a trace). Its `trace_id` field puts the trace id on every log line written
+/// inside the decision.
+fn decision_span(req: &RequestView<'_>, parent: Option<opentelemetry::Context>) -> tracing::Span {
+    use crate::request::HeaderLookup;
+    use crate::trace_context::{TRACEPARENT, TRACESTATE, extract_values};
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing::field::Empty;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "heimdall.decision",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        request.id = %req.id,
+        rule.id = Empty,
+        decision = Empty,
+        http.response.status_code = Empty,
+        error.kind = Empty,
+        error.mechanism = Empty,
+        trace_id = Empty,
+    );
+    let parent = parent.or_else(|| match req.headers.get_unique(TRACEPARENT) {
+        HeaderLookup::One(traceparent) => extract_values(traceparent, req.headers.get(TRACESTATE)),
+        HeaderLookup::Absent | HeaderLookup::Ambiguous => None,
+    });
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
+}
+
+/// The decision's attributes on its span.
+fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    let (decision, status) = match &outcome.decision {
+        Decision::Allow(_) => ("allow", None),
+        Decision::Deny(response) => ("deny", Some(response.status)),
+        Decision::Error(response) => {
+            // heimdall could not decide: the one outcome that is an error of the span.
+            span.record("otel.status_code", "ERROR");
+            ("error", Some(response.status))
+        }
+    };
+    span.record("decision", decision);
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if let Some(error) = &outcome.error {
+        span.record("error.kind", error.kind.as_str());
+        span.record("error.mechanism", &*error.mechanism);
+    }
+}
+
 /// Header names by length, then ASCII case-insensitively: a total order in which a name sent in
 /// any case finds its lower-case entry, and most comparisons end at the length.
 fn folded_order(a: &str, b: &str) -> std::cmp::Ordering {
@@ -259,4 +334,65 @@ fn folded_order(a: &str, b: &str) -> std::cmp::Ordering {
             .map(|c| c.to_ascii_lowercase())
             .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+    use crate::test_helpers::CheckRequestBuilder;
+    use opentelemetry::trace::{TraceContextExt as _, TraceId};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    /// The trace id of the decision span for a request with `traceparents` (raw header lines,
+    /// so a header can be sent twice), under a subscriber with the OpenTelemetry layer.
+    fn decision_trace(traceparents: &[&str]) -> TraceId {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
+        let subscriber = crate::telemetry::traced_subscriber(
+            LogFormat::Plain,
+            tracing_subscriber::EnvFilter::new("off"),
+            false,
+            std::io::sink,
+            tracer,
+        );
+        let mut builder = CheckRequestBuilder::get("/").raw_headers(true);
+        for traceparent in traceparents {
+            builder = builder.header("traceparent", traceparent);
+        }
+        let check = builder.build();
+        let line = crate::extauthz::request_line(&check, &PathPolicy::default()).unwrap();
+        let view = crate::extauthz::view(&check, &line);
+        tracing::subscriber::with_default(subscriber, || {
+            decision_span(&view, None)
+                .context()
+                .span()
+                .span_context()
+                .trace_id()
+        })
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_header_is_the_parent() {
+        let joined = decision_trace(&[&format!("00-{TRACE}-00f067aa0ba902b7-01")]);
+        assert_eq!(joined, TraceId::from_hex(TRACE).unwrap());
+    }
+
+    #[test]
+    fn a_malformed_or_repeated_traceparent_starts_a_trace_of_its_own() {
+        let valid = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        for traceparents in [
+            vec![format!("00-{}-00f067aa0ba902b7-01", TRACE.to_uppercase())],
+            vec![format!("00-{TRACE}-0000000000000000-01")],
+            vec![format!("00-{TRACE}-00f067aa0ba902b7")],
+            vec![valid.clone(), valid.clone()],
+        ] {
+            let refs: Vec<&str> = traceparents.iter().map(String::as_str).collect();
+            let root = decision_trace(&refs);
+            assert_ne!(root, TraceId::INVALID, "{traceparents:?}");
+            assert_ne!(root, TraceId::from_hex(TRACE).unwrap(), "{traceparents:?}");
+        }
+    }
 }

@@ -219,6 +219,13 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // Envoy's ext_authz client sends its own span's context as gRPC metadata: the parent
+        // of the decision span (the request's headers are the fallback, in the engine).
+        let parent = if crate::trace_context::enabled() {
+            crate::trace_context::extract(&crate::trace_context::MetadataRef(request.metadata()))
+        } else {
+            None
+        };
         let check = request.into_inner();
         let line = match request_line(&check, self.engine.path_policy()) {
             Ok(line) => line,
@@ -240,7 +247,7 @@ impl Authorization for ExtAuthz {
             }
         };
         let view = view(&check, &line);
-        let decided = self.engine.decide(&view).await;
+        let decided = self.engine.decide_within(&view, parent).await;
         let kind = decided.outcome.error.as_ref().map(|e| e.kind);
         Ok(Response::new(check_response(
             decided.outcome.decision,

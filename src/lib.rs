@@ -30,6 +30,7 @@ pub mod rules;
 pub mod subject;
 pub mod telemetry;
 pub mod tokens;
+pub mod trace_context;
 pub mod ttl_cache;
 
 #[cfg(any(test, feature = "testing"))]

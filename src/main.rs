@@ -299,13 +299,23 @@ fn validate_json(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (config, origin) = load(cli)?;
-    heimdall::telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    // The trace exporter's batch task and connection live on the runtime.
+    let traces = {
+        let _entered = runtime.enter();
+        heimdall::telemetry::init_with_tracing(&config.log, &config.tracing)?
+    };
     runtime.block_on(async move {
         tracing::info!(config = %origin, "configuration loaded");
+        if traces.is_some() {
+            tracing::info!(
+                service = %config.tracing.service_name,
+                "exporting OpenTelemetry traces (OTLP/gRPC)"
+            );
+        }
         tracing::debug!(config = %config.redacted_yaml(), "effective configuration");
         let (keys, ephemeral) = heimdall::app::keys_for_serve(&config, &ProcessEnv)?;
         if ephemeral {
@@ -336,6 +346,11 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
             running.drain(drain_delay).await;
         }
         running.shutdown(grace).await;
+        // After the last decision: its spans are in the queue. Bounded by
+        // `tracing.shutdown_timeout`.
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         match failure {
             None => Ok(ExitCode::SUCCESS),
             Some(error) => Err(error.context("heimdall stopped serving")),

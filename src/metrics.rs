@@ -131,6 +131,12 @@ impl Metrics {
             "Decisions in progress",
             metrics.in_flight.clone(),
         );
+        // Process-wide (one exporter); zero while tracing is off.
+        r.register(
+            "trace_spans_dropped",
+            "Finished spans dropped because the trace export queue was full",
+            crate::trace_context::spans_dropped().clone(),
+        );
         metrics
     }
 

@@ -46,8 +46,44 @@ impl HttpClient {
         self.timeout
     }
 
-    /// Sends one request and reads its answer, at most `max_body_bytes` of it.
+    /// Sends one request and reads its answer, at most `max_body_bytes` of it. With tracing
+    /// on, the call is a client span of the current one, and its context goes out as
+    /// `traceparent`.
     pub async fn send(
+        &self,
+        mut request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, OutboundError> {
+        if !crate::trace_context::enabled() {
+            return self.exchange(request).await;
+        }
+        use tracing::Instrument as _;
+        use tracing::field::Empty;
+        let span = tracing::info_span!(
+            "http.client",
+            otel.name = %request.method(),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = %request.method(),
+            server.address = request.uri().host().unwrap_or_default(),
+            http.response.status_code = Empty,
+        );
+        crate::trace_context::inject(
+            &span,
+            &mut crate::trace_context::HttpHeaders(request.headers_mut()),
+        );
+        let answer = self.exchange(request).instrument(span.clone()).await;
+        match &answer {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status().as_u16());
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        answer
+    }
+
+    async fn exchange(
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, OutboundError> {

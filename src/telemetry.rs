@@ -8,6 +8,8 @@
 //! through [`JsonSafeWriter`] (serde already escapes what JSON requires; the writer adds the
 //! rest). URLs that may carry credentials go through [`redact_url`] before they are shown.
 
+pub mod otel;
+
 use std::fmt::{self, Write as _};
 use std::io;
 
@@ -22,11 +24,94 @@ use crate::redact::{needs_escape, write_escaped};
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+    let _ = subscriber(config.format, log_filter(config), ansi(), std::io::stderr).try_init();
+}
+
+/// Installs the global subscriber with OpenTelemetry export when `tracing` sets an endpoint
+/// (see [`otel`]); without one this is [`init`]. Runs inside the tokio runtime, which carries
+/// the exporter. Returns the tracer to shut down at exit.
+pub fn init_with_tracing(
+    log: &LogConfig,
+    tracing: &crate::config::otel::TracingConfig,
+) -> Result<Option<otel::Tracing>, otel::TracingError> {
+    let Some((handle, tracer)) = otel::build(tracing)? else {
+        init(log);
+        return Ok(None);
+    };
+    let installed = traced_subscriber(log.format, log_filter(log), ansi(), std::io::stderr, tracer)
+        .try_init()
+        .is_ok();
+    if installed {
+        crate::trace_context::enable();
+    }
+    Ok(Some(handle))
+}
+
+fn log_filter(config: &LogConfig) -> EnvFilter {
+    EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = subscriber(config.format, filter, ansi, std::io::stderr).try_init();
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+fn ansi() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// What the OpenTelemetry layer receives: heimdall's spans, its events at `info` and above
+/// (span events: a denial's reason, a warning), and the pipeline's step events.
+fn exported(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    target.starts_with("heimdall")
+        && (metadata.is_span()
+            || *metadata.level() <= tracing::Level::INFO
+            || target == crate::trace_context::STEP_TARGET)
+}
+
+/// [`subscriber`] plus the OpenTelemetry layer. Each layer filters for itself: the log filter
+/// (`log.level`, `RUST_LOG`) decides what is written, [`exported`] what becomes a span, so a
+/// quiet log level does not switch tracing off. Log lines written inside a decision carry its
+/// span, and with it the `trace_id` field.
+pub fn traced_subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        // Per-span bookkeeping nobody asked for: busy/idle times, code locations, threads.
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(exported));
+    let registry = tracing_subscriber::registry().with(spans);
+    match format {
+        LogFormat::Plain => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .fmt_fields(EscapingFields::default())
+                    .with_writer(writer)
+                    .with_filter(filter),
+            ),
+        ),
+        LogFormat::Json => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(JsonSafeWriter(writer))
+                    .with_filter(filter),
+            ),
+        ),
+    }
 }
 
 /// The subscriber [`init`] installs, writing to `writer`; tests capture its output.
@@ -166,9 +251,37 @@ mod tests {
     fn log_with(format: LogFormat) -> String {
         let (sender, receiver) = std::sync::mpsc::channel();
         let subscriber = subscriber(format, EnvFilter::new("info"), false, Capture(sender));
+        log_hostile(subscriber, receiver)
+    }
+
+    /// As [`log_with`], through the subscriber with the OpenTelemetry layer.
+    fn traced_log_with(format: LogFormat) -> String {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
+        let subscriber = traced_subscriber(
+            format,
+            EnvFilter::new("info"),
+            false,
+            Capture(sender),
+            tracer,
+        );
+        log_hostile(subscriber, receiver)
+    }
+
+    fn log_hostile(
+        subscriber: Box<dyn tracing::Subscriber + Send + Sync>,
+        receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> String {
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("request", path = HOSTILE);
             let _entered = span.enter();
+            tracing::event!(
+                target: crate::trace_context::STEP_TARGET,
+                tracing::Level::DEBUG,
+                step.id = HOSTILE,
+                "step"
+            );
             let error = std::io::Error::other(HOSTILE.to_owned());
             tracing::info!(
                 reason = %HOSTILE,
@@ -218,6 +331,20 @@ mod tests {
         assert_eq!(parsed["plain"], HOSTILE);
         assert_eq!(parsed["message"], format!("message {HOSTILE}"));
         assert!(out.contains("\\u007f") && out.contains("\\u2028"), "{out}");
+    }
+
+    /// With tracing on the log layer is another (per-layer filtered) one: the same escaping,
+    /// and no line for the step events below the log level.
+    #[test]
+    fn traced_lines_cannot_be_forged_either() {
+        let plain = traced_log_with(LogFormat::Plain);
+        assert_clean(&plain);
+        assert!(plain.contains(" reason=kid\\n2025"), "{plain}");
+        let json = traced_log_with(LogFormat::Json);
+        assert_clean(&json);
+        let parsed: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(parsed["reason"], HOSTILE);
+        assert_eq!(parsed["span"]["path"], HOSTILE);
     }
 
     #[test]

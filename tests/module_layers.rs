@@ -25,6 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "readiness",
             "ttl_cache",
             "file_watch",
+            "trace_context",
         ],
     ),
     (

@@ -97,6 +97,21 @@ pub struct PrincipalStore {
     revocations: ArcSwapOption<RevocationPublisher>,
 }
 
+/// The producer span of a publish on `subject` when tracing is on; its context travels in the
+/// message's headers. Off: a disabled span.
+fn publish_span(subject: &str) -> tracing::Span {
+    if !crate::trace_context::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "nats.publish",
+        otel.name = format_args!("publish {subject}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = subject,
+    )
+}
+
 /// The JetStream context and subject revocation events are published on.
 struct RevocationPublisher {
     js: async_nats::jetstream::Context,
@@ -143,16 +158,29 @@ impl PrincipalStore {
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| e.to_string())?;
         let event = serde_json::json!({ "user_id": principal, "not_before": not_before });
+        let span = publish_span(&publisher.subject);
         let publish = async {
-            publisher
-                .js
-                .publish(publisher.subject.clone(), event.to_string().into())
-                .await
+            let subject = publisher.subject.clone();
+            let payload = event.to_string().into();
+            let acknowledged = if crate::trace_context::enabled() {
+                let mut headers = async_nats::HeaderMap::new();
+                crate::trace_context::inject(
+                    &span,
+                    &mut crate::trace_context::NatsHeaders(&mut headers),
+                );
+                publisher
+                    .js
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            } else {
+                publisher.js.publish(subject, payload).await
+            };
+            acknowledged
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())
         };
-        tokio::time::timeout(within, publish)
+        tracing::Instrument::instrument(tokio::time::timeout(within, publish), span.clone())
             .await
             .map_err(|_| format!("no acknowledgement within {within:?}"))?
             .map(|_| ())

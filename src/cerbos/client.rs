@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 use crate::ttl_cache::TtlCache;
 
@@ -132,7 +133,7 @@ impl Cerbos {
         self.metrics
             .latency(call)
             .observe(started.elapsed().as_secs_f64());
-        match result {
+        let answer = match result {
             Err(_) => Err(self.failed(call, CerbosError::Timeout(self.timeout))),
             Ok(Err(status)) => {
                 let error = match status.code() {
@@ -153,8 +154,45 @@ impl Cerbos {
                 Err(self.failed(call, error))
             }
             Ok(Ok(response)) => Ok(response.into_inner()),
+        };
+        if let Err(error) = &answer
+            && crate::trace_context::enabled()
+        {
+            // The call's span (see `traced`): the trace shows which call failed and how.
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("error.kind", error.kind().as_str());
         }
+        answer
     }
+}
+
+/// The gRPC request for `message` and, when tracing is on, the client span of the call, whose
+/// context goes to Cerbos as `traceparent` metadata. Off: the bare request and a disabled span.
+fn traced<M>(call: CerbosCall, message: M) -> (tonic::Request<M>, tracing::Span) {
+    let mut request = tonic::Request::new(message);
+    if !crate::trace_context::enabled() {
+        return (request, tracing::Span::none());
+    }
+    let method = match call {
+        CerbosCall::CheckResources => "CheckResources",
+        CerbosCall::PlanResources => "PlanResources",
+    };
+    let span = tracing::info_span!(
+        "cerbos",
+        otel.name = format_args!("cerbos.svc.v1.CerbosService/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "cerbos.svc.v1.CerbosService",
+        rpc.method = method,
+        error.kind = tracing::field::Empty,
+    );
+    crate::trace_context::inject(
+        &span,
+        &mut crate::trace_context::Metadata(request.metadata_mut()),
+    );
+    (request, span)
 }
 
 impl PolicyDecisionPoint for Cerbos {
@@ -200,7 +238,11 @@ impl PolicyDecisionPoint for Cerbos {
         };
         self.check_size(CALL, &message)?;
         let mut client = self.client();
-        let response = self.call(CALL, client.check_resources(message)).await?;
+        let (request, span) = traced(CALL, message);
+        let response = self
+            .call(CALL, client.check_resources(request))
+            .instrument(span)
+            .await?;
         let results: Arc<[ResourceResult]> = resources
             .iter()
             .zip(response.results.iter())
@@ -302,7 +344,11 @@ impl PolicyDecisionPoint for Cerbos {
         };
         self.check_size(CALL, &message)?;
         let mut client = self.client();
-        let response = self.call(CALL, client.plan_resources(message)).await?;
+        let (request, span) = traced(CALL, message);
+        let response = self
+            .call(CALL, client.plan_resources(request))
+            .instrument(span)
+            .await?;
         if !response.validation_errors.is_empty() {
             let plan = ResourceResult {
                 id: String::new(),

@@ -157,7 +157,10 @@ impl HeimdallCommand {
         let mut command = Command::new(&self.binary);
         // Relative paths in a test configuration resolve against the repository root.
         command.current_dir(tools::repo_root());
-        for name in CLEARED_ENV {
+        for name in CLEARED_ENV
+            .iter()
+            .chain(&crate::config::otel::OTEL_ENV_VARS)
+        {
             command.env_remove(name);
         }
         match (&self.config, config_file) {

@@ -11,3 +11,4 @@
 
 mod compose;
 mod reload;
+mod tracing;
