@@ -23,6 +23,7 @@ use crate::mechanisms::{Authenticator, BuildContext};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::rules::RuleSet;
+use crate::tls::ListenerTls;
 use crate::tokens::{Claims, Keyring, Purpose};
 
 /// The key ring for `serve`: configured keys, or an ephemeral signing key when none is
@@ -52,6 +53,8 @@ pub struct Built {
     pub warnings: Vec<String>,
     /// OpenID Connect login, when configured.
     pub login: Option<Arc<Login>>,
+    /// TLS of the two ports (`server.grpc.tls`, `server.http.tls`), read at build.
+    pub tls: ListenerTls,
 }
 
 /// Compiles the rules against the keys.
@@ -72,6 +75,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
             AttributeMetrics::new(&mut registry),
         ))
     });
+    let tls = ListenerTls::load(&config.server, &mut registry)?;
     let provider_metrics = crate::mechanisms::provider::ProviderMetrics::new(&mut registry);
     let remote_calls = RemoteCallMetrics::new(&mut registry);
     let ctx = BuildContext {
@@ -146,6 +150,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         &config.server.remove_client_headers,
     ));
     Ok(Built {
+        tls,
         warnings,
         login,
         cerbos,
@@ -208,6 +213,7 @@ impl Built {
             listener::grpc_builder(&server.grpc),
             listener::GrpcHandler::new(routes),
             listener::Limits::grpc(&server.grpc),
+            self.tls.grpc.clone(),
             signal.clone(),
         ));
 
@@ -242,6 +248,7 @@ impl Built {
             listener::http_builder(&server.http),
             listener::HttpHandler::new(router(state), server.http.max_body_bytes),
             listener::Limits::http(&server.http),
+            self.tls.http.clone(),
             signal.clone(),
         ));
         let health = match (&self.cerbos, &self.config.cerbos) {
@@ -263,6 +270,10 @@ impl Built {
             ))),
             _ => None,
         };
+        let tls_reload = {
+            let listeners = self.tls.all();
+            (!listeners.is_empty()).then(|| tokio::spawn(crate::tls::reload_on_sighup(listeners)))
+        };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
         Ok(Running {
@@ -277,6 +288,7 @@ impl Built {
                 .into_iter()
                 .chain(attributes)
                 .chain(login_warm_up)
+                .chain(tls_reload)
                 .collect(),
         })
     }
