@@ -13,6 +13,7 @@ pub mod decision;
 pub mod engine;
 pub(crate) mod expr;
 pub mod extauthz;
+pub mod file_watch;
 pub(crate) mod http;
 pub(crate) mod listener;
 pub mod login;

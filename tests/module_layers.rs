@@ -18,7 +18,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "vocabulary",
-        &["redact", "canonical", "decision", "readiness", "ttl_cache"],
+        &[
+            "redact",
+            "canonical",
+            "decision",
+            "readiness",
+            "ttl_cache",
+            "file_watch",
+        ],
     ),
     (
         "request and services",
