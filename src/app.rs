@@ -272,7 +272,7 @@ impl Built {
         };
         let tls_reload = {
             let listeners = self.tls.all();
-            (!listeners.is_empty()).then(|| tokio::spawn(crate::tls::reload_on_sighup(listeners)))
+            (!listeners.is_empty()).then(|| tokio::spawn(crate::tls::reload_on_change(listeners)))
         };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");

@@ -6,11 +6,13 @@
 //! reload builds a complete new configuration (certificate, key and client verifier together)
 //! and swaps it in only when everything in it is valid, so a handshake never sees a new
 //! certificate with an old CA or a key that does not match, and broken files leave the old
-//! configuration serving.
+//! configuration serving. A reload follows a change of the files' contents (`file_watch`) or
+//! SIGHUP.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -28,6 +30,7 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 
 use crate::config::ServerConfig;
 use crate::config::tls::{TlsConfig, TlsVersion};
+use crate::file_watch::Changes;
 
 /// The port a TLS configuration belongs to.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -125,6 +128,15 @@ impl ServerTls {
         self.port
     }
 
+    /// The files it reads.
+    fn paths(&self) -> Vec<PathBuf> {
+        [&self.files.cert_file, &self.files.key_file]
+            .into_iter()
+            .chain(&self.files.client_ca_file)
+            .cloned()
+            .collect()
+    }
+
     /// An acceptor with the configuration in use now.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
@@ -218,7 +230,7 @@ impl ListenerTls {
     }
 }
 
-/// Reloads every listener's certificates (SIGHUP); each keeps its old one when its files are
+/// Reloads the listeners' certificates; each keeps its old one when its files are
 /// broken. Returns whether all reloaded.
 pub async fn reload_certificates(listeners: &[Arc<ServerTls>]) -> bool {
     let mut all = true;
@@ -228,25 +240,72 @@ pub async fn reload_certificates(listeners: &[Arc<ServerTls>]) -> bool {
     all
 }
 
-/// Reloads the listeners' certificates on every SIGHUP, until the task is aborted.
-pub async fn reload_on_sighup(listeners: Vec<Arc<ServerTls>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => hangup,
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler: TLS certificates are not reloaded");
-                return;
-            }
-        };
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading TLS certificates");
-            reload_certificates(&listeners).await;
+/// How late a change the kernel does not report (a replaced parent directory, a network file
+/// system) is seen.
+const WATCH_POLL: Duration = Duration::from_secs(30);
+
+/// Reloads a listener's certificates when one of its files has new contents (an atomic rename,
+/// a Kubernetes Secret's `..data` symlink swap) and every listener's on SIGHUP, until the task
+/// is aborted.
+pub async fn reload_on_change(listeners: Vec<Arc<ServerTls>>) {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for path in listeners.iter().flat_map(|l| l.paths()) {
+        if !paths.contains(&path) {
+            paths.push(path);
         }
     }
-    #[cfg(not(unix))]
-    drop(listeners);
+    let mut changes = Changes::new(paths, WATCH_POLL).await;
+    let mut hangup = Hangup::new();
+    loop {
+        tokio::select! {
+            changed = changes.next() => {
+                let affected: Vec<Arc<ServerTls>> = listeners
+                    .iter()
+                    .filter(|l| l.paths().iter().any(|p| changed.contains(p)))
+                    .cloned()
+                    .collect();
+                tracing::info!(files = ?changed, "TLS files changed; reloading");
+                reload_certificates(&affected).await;
+            }
+            () = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading TLS certificates");
+                reload_certificates(&listeners).await;
+            }
+        }
+    }
+}
+
+/// SIGHUP, or nothing where it does not exist or cannot be handled.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no SIGHUP handler: TLS reloads on file changes only");
+                })
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A configuration ready to serve and its certificate's expiry.
@@ -259,9 +318,9 @@ struct Loaded {
 fn load(port: Port, files: &TlsConfig) -> Result<Loaded, TlsError> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certificates(port, "cert_file", &files.cert_file)?;
-    let leaf = chain.first().ok_or_else(|| {
-        TlsError::new(port, "cert_file", &files.cert_file, "no PEM certificate")
-    })?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| TlsError::new(port, "cert_file", &files.cert_file, "no PEM certificate"))?;
     let not_after = not_after(leaf).ok_or_else(|| {
         TlsError::new(
             port,
@@ -330,7 +389,9 @@ fn read_certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(format!("not a PEM certificate file: {e}")))?;
     if certificates.is_empty() {
-        return Err(error("no PEM certificate (`BEGIN CERTIFICATE`) in it".into()));
+        return Err(error(
+            "no PEM certificate (`BEGIN CERTIFICATE`) in it".into(),
+        ));
     }
     Ok(certificates)
 }
@@ -441,7 +502,7 @@ impl TlsMetrics {
         let r = registry.sub_registry_with_prefix("heimdall_tls");
         r.register(
             "reloads",
-            "Certificate reloads (SIGHUP) by listener and outcome; a failure keeps the old certificate",
+            "Certificate reloads (file change or SIGHUP) by listener and outcome; a failure keeps the old certificate",
             metrics.reloads.clone(),
         );
         r.register(
@@ -489,8 +550,11 @@ mod tests {
         let server = ca.server_cert();
         write_pem(&dir, "server", &server);
         std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
-        let loaded = load(Port::Grpc, &files(&dir, "server.crt", "server.key", Some("ca.crt")))
-            .unwrap();
+        let loaded = load(
+            Port::Grpc,
+            &files(&dir, "server.crt", "server.key", Some("ca.crt")),
+        )
+        .unwrap();
         assert_eq!(loaded.config.alpn_protocols, [b"h2".to_vec()]);
         assert_eq!(loaded.not_after, server.not_after);
         let http = load(Port::Http, &files(&dir, "server.crt", "server.key", None)).unwrap();
@@ -523,11 +587,21 @@ mod tests {
         assert_eq!(e.field, "server.grpc.tls.key_file");
         assert!(e.problem.contains("does not match"), "{e}");
 
-        let e = error(&files(&dir, "server.crt", "server.key", Some("garbage.pem")));
+        let e = error(&files(
+            &dir,
+            "server.crt",
+            "server.key",
+            Some("garbage.pem"),
+        ));
         assert_eq!(e.field, "server.grpc.tls.client_ca_file");
         assert!(e.problem.contains("no PEM certificate"), "{e}");
 
-        let e = error(&files(&dir, "server.crt", "server.key", Some("nothing.pem")));
+        let e = error(&files(
+            &dir,
+            "server.crt",
+            "server.key",
+            Some("nothing.pem"),
+        ));
         assert_eq!(e.field, "server.grpc.tls.client_ca_file");
         assert!(e.to_string().contains("nothing.pem"), "{e}");
     }

@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// TLS on a listener. Absent: the listener speaks plaintext. The files are read at start-up
-/// (a missing, unreadable or malformed one is refused) and again on SIGHUP; a reload with
+/// (a missing, unreadable or malformed one is refused) and again when their contents change
+/// (a rename over them, a Secret's `..data` swap) or on SIGHUP; a reload with
 /// broken files is refused and the certificate already loaded keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +46,8 @@ mod tests {
             serde_yaml_ng::from_str("cert_file: c.pem\nkey_file: k.pem\nmin_version: \"1.3\"\n")
                 .unwrap();
         assert_eq!(tls.min_version, TlsVersion::Tls13);
-        let tls: TlsConfig = serde_yaml_ng::from_str("cert_file: c.pem\nkey_file: k.pem\n").unwrap();
+        let tls: TlsConfig =
+            serde_yaml_ng::from_str("cert_file: c.pem\nkey_file: k.pem\n").unwrap();
         assert_eq!(tls.min_version, TlsVersion::Tls12);
         assert!(tls.client_ca_file.is_none());
         let err = serde_yaml_ng::from_str::<TlsConfig>(
