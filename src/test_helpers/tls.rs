@@ -44,9 +44,8 @@ fn must<T>(result: Result<T, rcgen::Error>, what: &str) -> T {
 fn validity(params: &mut CertificateParams) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now
-        + time::Duration::days(30)
-        + time::Duration::seconds(i64::from(super::unique_id()));
+    params.not_after =
+        now + time::Duration::days(30) + time::Duration::seconds(i64::from(super::unique_id()));
 }
 
 impl TestCa {
@@ -127,6 +126,50 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::write(&temporary, text)
         .and_then(|()| std::fs::rename(&temporary, path))
         .unwrap_or_else(|e| fail(&format!("write {}: {e}", path.display())));
+}
+
+/// A directory laid out as the kubelet mounts a Secret: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..v1`; [`SecretDir::publish`] writes a new `..vN` and swaps `..data` to it in one
+/// rename, so every file changes at once, as in a cert-manager rotation.
+pub struct SecretDir {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl SecretDir {
+    /// An empty directory; nothing is mounted until the first [`SecretDir::publish`].
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            dir: temp_dir(prefix),
+            version: 0,
+        }
+    }
+
+    /// The path a configuration names, e.g. `path("tls.crt")`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Publishes `files` (name, contents) as the Secret's new version.
+    pub fn publish(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let staged = self.dir.join(&version);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir(&staged)?;
+            for (name, contents) in files {
+                std::fs::write(staged.join(name), contents)?;
+                let link = self.dir.join(name);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    std::os::unix::fs::symlink(Path::new("..data").join(name), &link)?;
+                }
+            }
+            let swap = self.dir.join("..data_tmp");
+            std::os::unix::fs::symlink(&version, &swap)?;
+            std::fs::rename(&swap, self.dir.join("..data"))
+        })();
+        result.unwrap_or_else(|e| fail(&format!("publish {}: {e}", staged.display())));
+    }
 }
 
 /// What a TLS connection to a port gave: the server's certificate and the ALPN protocol.

@@ -1,0 +1,3 @@
+//! Operating heimdall in production: one test binary, one module per feature.
+
+mod tls;
