@@ -45,10 +45,13 @@ rules:
     match: { paths: [/api/documents] }
     execute: [{ authenticator: bearer }, { authorizer: allow }]
 "#;
+/// `server.grpc.header_read_timeout` of the tests' heimdall.
+const HEADER_READ_TIMEOUT_MS: u64 = 500;
 /// How long a reload may take to show.
 const RELOAD_WITHIN: Duration = Duration::from_secs(10);
 
-/// heimdall's test rules with the gRPC port on TLS from `secret`'s files.
+/// heimdall's test rules with the gRPC port on TLS from `secret`'s files, and a short
+/// header-read deadline (which bounds the handshake too).
 async fn heimdall_with_tls(secret: &SecretDir, client_ca: bool) -> HeimdallProcess {
     let ca_line = if client_ca {
         format!(
@@ -59,7 +62,7 @@ async fn heimdall_with_tls(secret: &SecretDir, client_ca: bool) -> HeimdallProce
         String::new()
     };
     let overlay = format!(
-        "server:\n  grpc:\n    tls:\n        cert_file: {}\n        key_file: {}{ca_line}\n",
+        "server:\n  grpc:\n    header_read_timeout: {HEADER_READ_TIMEOUT_MS}ms\n    tls:\n        cert_file: {}\n        key_file: {}{ca_line}\n",
         secret.path("tls.crt").display(),
         secret.path("tls.key").display(),
     );
@@ -185,11 +188,37 @@ async fn envoy_decides_through_heimdall_over_mtls_and_other_clients_are_refused(
         answer.first().is_none_or(|b| *b == 21),
         "plaintext got an answer: {answer:?}"
     );
+    // A client that starts a handshake and stalls: closed at the header-read deadline.
+    let started = Instant::now();
+    let stalled = stalled_handshake(grpc).await;
+    let held = started.elapsed();
+    assert!(stalled.is_empty(), "a stalled handshake got {stalled:?}");
+    assert!(
+        held >= Duration::from_millis(HEADER_READ_TIMEOUT_MS - 100)
+            && held < Duration::from_secs(3),
+        "a stalled handshake held its connection for {held:?}"
+    );
+
     let failures = heimdall
         .metric_value(r#"heimdall_tls_handshake_failures_total{listener="grpc"}"#)
         .await
         .unwrap_or(0.0);
-    assert!(failures >= 3.0, "handshake failures counted: {failures}");
+    assert!(failures >= 4.0, "handshake failures counted: {failures}");
+}
+
+/// Sends a TLS record header announcing a ClientHello, then nothing; returns what comes back
+/// before heimdall closes the connection (bounded).
+async fn stalled_handshake(addr: SocketAddr) -> Vec<u8> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("heimdall closes a stalled handshake")
+        .ok();
+    answer
 }
 
 /// Sends the HTTP/2 preface in plaintext and returns what comes back before the connection
