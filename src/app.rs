@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::{ReloadMetrics, Reloader, Services};
 use crate::rules::RuleSet;
+use crate::tls::ListenerTls;
 use crate::tokens::{Claims, Keyring, Purpose};
 
 /// The key ring for `serve`: configured keys, or an ephemeral signing key when none is
@@ -59,6 +60,8 @@ pub struct Built {
     pub services: Services,
     /// The configuration file [`Built::serve`] reloads rules from ([`Built::reload_from`]).
     reload_source: Option<(PathBuf, Arc<dyn Env + Send + Sync>)>,
+    /// TLS of the two ports (`server.grpc.tls`, `server.http.tls`), read at build.
+    pub tls: ListenerTls,
 }
 
 /// Compiles the rules against the keys.
@@ -79,6 +82,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
             AttributeMetrics::new(&mut registry),
         ))
     });
+    let tls = ListenerTls::load(&config.server, &mut registry)?;
     let services = Services {
         keys: Arc::clone(&keys),
         cerbos: cerbos.clone(),
@@ -152,6 +156,7 @@ pub fn build(config: Config, keys: Keyring) -> anyhow::Result<Built> {
         &config.server.remove_client_headers,
     ));
     Ok(Built {
+        tls,
         warnings,
         login,
         cerbos,
@@ -223,6 +228,7 @@ impl Built {
             listener::grpc_builder(&server.grpc),
             listener::GrpcHandler::new(routes),
             listener::Limits::grpc(&server.grpc),
+            self.tls.grpc.clone(),
             signal.clone(),
         ));
 
@@ -258,6 +264,7 @@ impl Built {
             listener::http_builder(&server.http),
             listener::HttpHandler::new(router(state), server.http.max_body_bytes),
             listener::Limits::http(&server.http),
+            self.tls.http.clone(),
             signal.clone(),
         ));
         let health = match (&self.cerbos, &self.config.cerbos) {
@@ -292,6 +299,10 @@ impl Built {
             ),
             None => tokio::spawn(crate::reload::answer_hangups_without_file(signal.clone())),
         };
+        let tls_reload = {
+            let listeners = self.tls.all();
+            (!listeners.is_empty()).then(|| tokio::spawn(crate::tls::reload_on_change(listeners)))
+        };
         drop(listening);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "heimdall is serving");
         Ok(Running {
@@ -307,6 +318,7 @@ impl Built {
                 .chain(attributes)
                 .chain(login_warm_up)
                 .chain(Some(reload))
+                .chain(tls_reload)
                 .collect(),
         })
     }

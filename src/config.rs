@@ -11,6 +11,7 @@ pub mod otel;
 pub mod reference;
 pub mod remote_call;
 pub mod spec;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -304,6 +305,11 @@ pub struct GrpcListenerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+    /// TLS on this port (docs/operations.md, "TLS and mTLS"); absent: plaintext. With
+    /// `client_ca_file`, Envoy must present a client certificate. ALPN offers `h2`. The TLS
+    /// handshake counts against `header_read_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Default for GrpcListenerConfig {
@@ -317,6 +323,7 @@ impl Default for GrpcListenerConfig {
             keepalive_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -345,6 +352,11 @@ pub struct HttpListenerConfig {
     /// Largest request body on any route; `api.max_body_bytes` limits `/check` and
     /// `/plan/resources` further and may not exceed it.
     pub max_body_bytes: usize,
+    /// TLS on this port (docs/operations.md, "TLS and mTLS"); absent: plaintext. ALPN offers
+    /// `h2` and `http/1.1`. Kubernetes probes then need `scheme: HTTPS`, and with
+    /// `client_ca_file` every caller (probes and scrapers included) needs a client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Default for HttpListenerConfig {
@@ -355,6 +367,7 @@ impl Default for HttpListenerConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_body_bytes: 1024 * 1024,
+            tls: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod request;
 pub mod rules;
 pub mod subject;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod trace_context;
 pub mod ttl_cache;

@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::{GrpcListenerConfig, HttpListenerConfig};
+use crate::tls::ServerTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -110,13 +111,15 @@ pub(crate) fn http_builder(config: &HttpListenerConfig) -> Builder<TokioExecutor
 
 /// Accepts on `listener` and serves every connection with `handler` until `shutdown` turns true
 /// (or its sender is dropped); then stops accepting, closes connections gracefully and returns
-/// once all are gone. The caller bounds that wait.
+/// once all are gone. The caller bounds that wait. With `tls`, every connection is a TLS one:
+/// its handshake runs in the connection's task, within its header-read deadline.
 pub(crate) async fn serve<H: Handler>(
     port: &'static str,
     listener: TcpListener,
     builder: Builder<TokioExecutor>,
     handler: H,
     limits: Limits,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -182,6 +185,7 @@ pub(crate) async fn serve<H: Handler>(
             builder.clone(),
             Arc::clone(&handler),
             limits,
+            tls.clone(),
             shutdown.clone(),
             permit,
         ));
@@ -231,24 +235,71 @@ impl Backoff {
     }
 }
 
-/// Serves one connection within its deadlines; the permit goes back when it ends.
+/// Serves one connection within its deadlines; the permit goes back when it ends. A TLS
+/// handshake counts against the header-read deadline: a peer that stalls it holds its permit no
+/// longer than one that stalls its request headers.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's whole context, passed once from the accept loop"
+)]
 async fn connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     builder: Builder<TokioExecutor>,
     handler: Arc<H>,
     limits: Limits,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
+    let Some(tls) = tls else {
+        let io = TokioIo::new(stream);
+        return serve_connection(io, peer, builder, handler, limits, shutdown, activity).await;
+    };
+    let deadline = activity.opened + limits.header_read_timeout;
+    let handshake = tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => return,
+        handshake = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            let io = TokioIo::new(stream);
+            serve_connection(io, peer, builder, handler, limits, shutdown, activity).await;
+        }
+        // Scanners and misconfigured clients: counted, not logged above debug.
+        Ok(Err(error)) => {
+            tls.handshake_failed();
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        Err(_) => {
+            tls.handshake_failed();
+            tracing::debug!(%peer, "TLS handshake not finished within header_read_timeout");
+        }
+    }
+}
+
+/// Runs hyper on one connection (plaintext or TLS) within its deadlines.
+async fn serve_connection<H, IO>(
+    io: IO,
+    peer: SocketAddr,
+    builder: Builder<TokioExecutor>,
+    handler: Arc<H>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
+    H: Handler,
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = Connection {
         handler,
         activity: Arc::clone(&activity),
         peer,
         request_timeout: limits.request_timeout,
     };
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut conn = pin!(builder.serve_connection(io, service));
     let mut deadline = activity.opened + limits.header_read_timeout;
     let mut closing = false;
     loop {

@@ -278,6 +278,11 @@ fn validate_json(cli: &Cli) -> anyhow::Result<ExitCode> {
                         Ok(found) => warnings = found,
                         Err(e) => problems.extend(e.0),
                     }
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    if let Err(e) = heimdall::tls::ListenerTls::load(&config.server, &mut registry)
+                    {
+                        problems.push(Problem::config(e.to_string()));
+                    }
                 }
             }
         }

@@ -2,6 +2,11 @@
 //! ext_authz settings as `envoy/envoy.yaml`, that setup fails closed, and a replica stopped behind it
 //! drains without failing a request.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup is a failed test"
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -48,17 +53,96 @@ fn every_shipped_envoy_config_is_valid() {
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for expected in ["envoy.yaml", "sidecar.yaml", "front-proxy.yaml"] {
+    for expected in [
+        "envoy.yaml",
+        "envoy-mtls.yaml",
+        "sidecar.yaml",
+        "front-proxy.yaml",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "envoy/{expected} is missing (found {names:?})"
         );
     }
+    // envoy/envoy-mtls.yaml reads certificate files Envoy checks in validate mode: it is
+    // validated as shipped, but with its directory pointing at generated ones.
+    let tls_files = EnvoyTlsFiles::generate();
     let failures: Vec<String> = files
         .iter()
-        .filter_map(|file| Envoy::validate(file).err())
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            if text.contains(ENVOY_TLS_DIR) {
+                Envoy::validate(&tls_files.substitute(file, &text)).err()
+            } else {
+                Envoy::validate(file).err()
+            }
+        })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Where envoy/envoy-mtls.yaml expects Envoy's client certificate, key and heimdall's CA.
+const ENVOY_TLS_DIR: &str = "/etc/envoy/heimdall-tls/";
+
+/// Generated `tls.crt`, `tls.key` and `ca.crt` for the configurations that name
+/// [`ENVOY_TLS_DIR`].
+struct EnvoyTlsFiles {
+    dir: PathBuf,
+}
+
+impl EnvoyTlsFiles {
+    fn generate() -> Self {
+        use heimdall::test_helpers::tls::{TestCa, temp_dir};
+        let dir = temp_dir("envoy-tls-files");
+        let ca = TestCa::new("validate CA");
+        let client = ca.client_cert("envoy");
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.join("tls.crt"), &client.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &client.key_pem).unwrap();
+        Self { dir }
+    }
+
+    /// `file`'s text with [`ENVOY_TLS_DIR`] replaced by the generated files' directory, written
+    /// next to them.
+    fn substitute(&self, file: &Path, text: &str) -> PathBuf {
+        let path = self.dir.join(file.file_name().unwrap());
+        let text = text.replace(ENVOY_TLS_DIR, &format!("{}/", self.dir.display()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// envoy/envoy-mtls.yaml is envoy/envoy.yaml plus TLS on the `heimdall` cluster, nothing else:
+/// the ext_authz settings stay the tested ones.
+#[test]
+fn the_mtls_config_is_the_local_stack_config_with_tls_to_heimdall() {
+    let read = |name: &str| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo().join("envoy").join(name)).unwrap())
+            .unwrap()
+    };
+    let (mut mtls, plain) = (read("envoy-mtls.yaml"), read("envoy.yaml"));
+    let clusters = mtls["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap();
+    let heimdall = clusters
+        .iter_mut()
+        .find(|c| c["name"] == "heimdall")
+        .unwrap()
+        .as_mapping_mut()
+        .unwrap();
+    let tls = heimdall.remove("transport_socket").unwrap();
+    assert_eq!(
+        tls["typed_config"]["common_tls_context"]["alpn_protocols"][0],
+        "h2"
+    );
+    assert!(tls["typed_config"]["common_tls_context"]["tls_certificates"].is_sequence());
+    assert!(
+        tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"].is_mapping()
+    );
+    assert_eq!(
+        mtls, plain,
+        "envoy-mtls.yaml differs from envoy.yaml beyond the TLS block"
+    );
 }
 
 #[test]

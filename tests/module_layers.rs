@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("principals and policy questions", &["subject", "policy"]),
     ("policy engine", &["cerbos"]),
     ("login", &["login"]),
-    ("configuration", &["config", "telemetry", "listener"]),
+    ("configuration", &["config", "telemetry", "tls", "listener"]),
     ("expressions", &["expr"]),
     ("mechanisms", &["mechanisms"]),
     ("pipeline", &["pipeline"]),

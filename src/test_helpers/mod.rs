@@ -23,6 +23,7 @@ pub mod ports;
 pub mod process;
 pub mod remote_service;
 pub mod stack;
+pub mod tls;
 pub mod token_verifier;
 pub mod tools;
 

@@ -11,4 +11,5 @@
 
 mod compose;
 mod reload;
+mod tls;
 mod tracing;
