@@ -137,6 +137,45 @@ async fn digest(path: &Path) -> Option<blake3::Hash> {
         .map(|bytes| blake3::hash(&bytes))
 }
 
+/// SIGHUP, the other reload trigger; where it does not exist or cannot be handled, a stream
+/// that never fires. Each holder gets every signal.
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// `what` names what reloads (`"TLS"`), for the warning when no handler can be installed.
+    pub fn new(what: &str) -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no SIGHUP handler for {what}: reloads follow file changes only");
+                })
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = what;
+            Self {}
+        }
+    }
+
+    /// Resolves at the next SIGHUP.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use crate::attributes::PrincipalStore;
 use crate::cerbos::Cerbos;
 use crate::config::{Config, Env};
 use crate::engine::Engine;
-use crate::file_watch::Changes;
+use crate::file_watch::{Changes, Hangups};
 use crate::mechanisms::BuildContext;
 use crate::mechanisms::provider::ProviderMetrics;
 use crate::mechanisms::remote_call::RemoteCallMetrics;
@@ -257,12 +257,12 @@ impl Reloader {
     /// Reloads on SIGHUP and on every change of the file, until `shutdown`. Compiling reads
     /// key and secret files, so it runs on a blocking thread.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, poll: Duration) {
-        let mut hangups = hangup_signals();
+        let mut hangups = Hangups::new("the rule set");
         let mut changes = Changes::new(vec![self.source.clone()], poll).await;
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
-                () = next_hangup(&mut hangups) => Trigger::Signal,
+                () = hangups.recv() => Trigger::Signal,
                 _ = changes.next() => Trigger::File,
             };
             self = match tokio::task::spawn_blocking(move || {
@@ -284,47 +284,16 @@ impl Reloader {
 /// Without a configuration file (the embedded example) there is nothing to reload, but SIGHUP
 /// must still not kill the process (its default action): it is answered with a log line.
 pub async fn answer_hangups_without_file(mut shutdown: watch::Receiver<bool>) {
-    let mut hangups = hangup_signals();
+    let mut hangups = Hangups::new("the embedded configuration");
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            () = next_hangup(&mut hangups) => tracing::warn!(
+            () = hangups.recv() => tracing::warn!(
                 "SIGHUP: nothing to reload, heimdall runs the embedded example configuration \
                  (start it with --config or HEIMDALL_CONFIG)"
             ),
         }
     }
-}
-
-#[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = Option<()>;
-
-fn hangup_signals() -> Hangups {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler: reload only on file changes");
-                None
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    None
-}
-
-async fn next_hangup(hangups: &mut Hangups) {
-    #[cfg(unix)]
-    if let Some(signal) = hangups
-        && signal.recv().await.is_some()
-    {
-        return;
-    }
-    let _ = hangups;
-    std::future::pending::<()>().await;
 }
 
 /// The sections built once at startup whose new value differs from the running one.

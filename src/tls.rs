@@ -30,7 +30,7 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 
 use crate::config::ServerConfig;
 use crate::config::tls::{TlsConfig, TlsVersion};
-use crate::file_watch::Changes;
+use crate::file_watch::{Changes, Hangups};
 
 /// The port a TLS configuration belongs to.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -255,7 +255,7 @@ pub async fn reload_on_change(listeners: Vec<Arc<ServerTls>>) {
         }
     }
     let mut changes = Changes::new(paths, WATCH_POLL).await;
-    let mut hangup = Hangup::new();
+    let mut hangup = Hangups::new("TLS");
     loop {
         tokio::select! {
             changed = changes.next() => {
@@ -272,39 +272,6 @@ pub async fn reload_on_change(listeners: Vec<Arc<ServerTls>>) {
                 reload_certificates(&listeners).await;
             }
         }
-    }
-}
-
-/// SIGHUP, or nothing where it does not exist or cannot be handled.
-struct Hangup {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangup {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let signal = signal(SignalKind::hangup())
-                .inspect_err(|error| {
-                    tracing::warn!(%error, "no SIGHUP handler: TLS reloads on file changes only");
-                })
-                .ok();
-            Self { signal }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = &mut self.signal
-            && signal.recv().await.is_some()
-        {
-            return;
-        }
-        std::future::pending::<()>().await;
     }
 }
 
