@@ -76,5 +76,9 @@ fuzz_target!(|data: &[u8]| {
         "open redirect: {raw:?} sends the browser to {location:?}"
     );
     let again = LIST.check(location).unwrap();
-    assert_eq!(again.as_str(), location, "a second reading differs: {raw:?}");
+    assert_eq!(
+        again.as_str(),
+        location,
+        "a second reading differs: {raw:?}"
+    );
 });
