@@ -298,42 +298,28 @@ pub async fn answer_hangups_without_file(mut shutdown: watch::Receiver<bool>) {
 
 /// The sections built once at startup whose new value differs from the running one.
 fn sections_needing_restart(running: &Config, file: &Config) -> Vec<&'static str> {
-    let differ = |a: &dyn erased::Section, b: &dyn erased::Section| a.value() != b.value();
-    let mut sections = Vec::new();
-    let pairs: [(&'static str, &dyn erased::Section, &dyn erased::Section); 7] = [
-        ("server", &running.server, &file.server),
-        ("log", &running.log, &file.log),
-        ("tokens", &running.tokens, &file.tokens),
-        ("cerbos", &running.cerbos, &file.cerbos),
-        ("nats", &running.nats, &file.nats),
-        ("api", &running.api, &file.api),
-        ("login", &running.login, &file.login),
-    ];
-    for (name, a, b) in pairs {
-        if differ(a, b) {
-            sections.push(name);
-        }
-    }
-    sections
+    [
+        ("server", json(&running.server) != json(&file.server)),
+        ("log", json(&running.log) != json(&file.log)),
+        ("tokens", json(&running.tokens) != json(&file.tokens)),
+        ("cerbos", json(&running.cerbos) != json(&file.cerbos)),
+        ("nats", json(&running.nats) != json(&file.nats)),
+        ("api", json(&running.api) != json(&file.api)),
+        ("login", json(&running.login) != json(&file.login)),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 fn same_rules(a: &Config, b: &Config) -> bool {
-    use erased::Section as _;
-    a.mechanisms.value() == b.mechanisms.value()
-        && a.default_rule.value() == b.default_rule.value()
-        && a.rules.value() == b.rules.value()
+    json(&a.mechanisms) == json(&b.mechanisms)
+        && json(&a.default_rule) == json(&b.default_rule)
+        && json(&a.rules) == json(&b.rules)
 }
 
-/// Sections compared through their serialized form: the config types are data, and equal
-/// serializations mean equal settings.
-mod erased {
-    pub(super) trait Section {
-        fn value(&self) -> Option<serde_json::Value>;
-    }
-
-    impl<T: serde::Serialize> Section for T {
-        fn value(&self) -> Option<serde_json::Value> {
-            serde_json::to_value(self).ok()
-        }
-    }
+/// A section in its serialized form: the config types are data, so equal serializations mean
+/// equal settings.
+fn json<T: serde::Serialize>(section: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(section).ok()
 }

@@ -260,19 +260,8 @@ async fn envoy_fails_closed_when_heimdall_is_unreachable() {
     assert_eq!(escaped.status(), 400);
 
     // The refusals came from the ext_authz filter failing, not from anything else.
-    let stats = client
-        .get(envoy.admin_url("/stats?filter=ext_authz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let errors: u64 = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("http.ingress.ext_authz.error: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ext_authz error counter in:\n{stats}"));
+    let (errors, stats) = envoy.stat("http.ingress.ext_authz.error").await;
+    let errors = errors.unwrap_or_else(|| panic!("no ext_authz error counter in:\n{stats}"));
     assert!(errors >= 3, "ext_authz errors: {errors}\n{stats}");
 }
 

@@ -301,6 +301,25 @@ impl Envoy {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The value of the counter or gauge `name` (`cluster.heimdall.ssl.handshake`) on the admin
+    /// port's `/stats`, with the whole filtered stats text for a failure message; `None` when
+    /// Envoy has no such stat.
+    pub async fn stat(&self, name: &str) -> (Option<u64>, String) {
+        let text = match super::http_client()
+            .get(self.admin_url(&format!("/stats?filter=^{name}$")))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) => format!("admin port: {e}"),
+        };
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .and_then(|v| v.trim().parse().ok());
+        (value, text)
+    }
+
     /// The rendered configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("envoy.yaml")

@@ -140,19 +140,8 @@ async fn envoy_decides_through_heimdall_over_mtls_and_other_clients_are_refused(
         .await
         .unwrap();
     assert_eq!(denied.status(), 401, "{}", heimdall.log_tail(20));
-    let stats = client
-        .get(envoy.admin_url("/stats?filter=cluster.heimdall.ssl.handshake"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let handshakes: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cluster.heimdall.ssl.handshake: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let (handshakes, stats) = envoy.stat("cluster.heimdall.ssl.handshake").await;
+    let handshakes = handshakes.unwrap_or(0);
     assert!(
         handshakes >= 1,
         "Envoy made no TLS handshake to heimdall: {stats}"
