@@ -21,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CARGO_FUZZ_VERSION="0.13.2"
-TARGETS_ALL=(token event config check_request request_line redirect)
+TARGETS_ALL=(token event config check_request request_line redirect traceparent)
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 # release (default): optimized, for long runs. dev: unoptimized, builds in a third of the time,
